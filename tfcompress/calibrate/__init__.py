@@ -1,0 +1,1 @@
+"""Image reading, streaming range collection, calibrators and the range cache."""

@@ -1,0 +1,118 @@
+"""The calibration cache: a JSON file at a path the user names.
+
+Schema (version 1):
+
+    {
+      "format": "tfcompress.calibration",
+      "version": 1,
+      "fingerprint": {
+        "model": "<sha256 of the optimized float GraphDef and signature>",
+        "preprocessing": {"height":…, "width":…, "channels":…, "mean":…, "std":…, "resize":…},
+        "collector": {"histogram": "pow2-aligned", "max_bins": 2048}
+      },
+      "images": {"count": N, "sha256": "<names + contents>"},
+      "calibrator": {"method": "minmax"} | {"method": "percentile", "percentile": 99.99},
+      "tensors": {
+        "<tensor name>": {"min":…, "max":…, "count":…,
+                          "histogram": {"bin_width":…, "first_bin":…, "counts": […]},
+                          "range": [lo, hi]}
+      }
+    }
+
+`fingerprint` decides validity: a different model, preprocessing or collector
+makes the cache stale.  `range` is what `calibrator` derived; another
+calibrator (or percentile) is re-derived from `histogram` with no image read.
+Tensor names are those of the optimized float graph; exporters that see other
+names (TFLite) map them through the graph's layer names.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, Optional, Tuple
+
+from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
+from tfcompress.calibrate.stats import MAX_BINS, TensorStats
+from tfcompress.errors import TfcError
+from tfcompress.io.atomic import write_bytes
+
+FORMAT = "tfcompress.calibration"
+VERSION = 1
+COLLECTOR = {"histogram": "pow2-aligned", "max_bins": MAX_BINS}
+
+
+@dataclasses.dataclass
+class CalibrationCache:
+    """In-memory form of the cache file."""
+    model_fingerprint: str
+    preprocessing: dict
+    stats: Dict[str, TensorStats]
+    calibrator: CalibratorConfig
+    image_count: int = 0
+    image_sha256: str = ""
+
+    def ranges(self, calibrator: Optional[CalibratorConfig] = None) -> Dict[str, Tuple[float, float]]:
+        return compute_ranges(self.stats, calibrator or self.calibrator)
+
+    def to_json(self) -> str:
+        ranges = self.ranges()
+        tensors = {}
+        for name in sorted(self.stats):
+            entry = self.stats[name].to_json()
+            entry["range"] = list(ranges[name])
+            tensors[name] = entry
+        doc = {
+            "format": FORMAT, "version": VERSION,
+            "fingerprint": {"model": self.model_fingerprint, "preprocessing": self.preprocessing,
+                            "collector": COLLECTOR},
+            "images": {"count": self.image_count, "sha256": self.image_sha256},
+            "calibrator": self.calibrator.as_dict(),
+            "tensors": tensors,
+        }
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def save(cache: CalibrationCache, path: str) -> None:
+    """Writes the cache atomically to `path`."""
+    write_bytes(path, cache.to_json().encode())
+
+
+def load(path: str) -> CalibrationCache:
+    """Reads a cache file; raises TfcError if unreadable or not a version-1 cache."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise ValueError("not a tfcompress calibration cache")
+        fp = doc["fingerprint"]
+        cal = doc["calibrator"]
+        stats = {name: TensorStats.from_json(t) for name, t in doc["tensors"].items()}
+        for name, st in stats.items():
+            if not (math.isfinite(st.min) and math.isfinite(st.max)):
+                raise TfcError(f"calibration cache {path} has a NaN or Inf range for {name}; "
+                               "pass --recalibrate")
+        if fp.get("collector") != COLLECTOR:
+            raise TfcError(f"calibration cache {path} is stale: collected with {fp.get('collector')}; "
+                           "pass --recalibrate")
+        return CalibrationCache(model_fingerprint=fp["model"], preprocessing=fp["preprocessing"], stats=stats,
+                                calibrator=CalibratorConfig(**cal), image_count=doc["images"]["count"],
+                                image_sha256=doc["images"]["sha256"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise TfcError(f"calibration cache {path} is unreadable or corrupt ({type(e).__name__})") from e
+
+
+def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, preprocessing: dict) -> None:
+    """Raises TfcError naming what changed if the cache does not match this model and preprocessing."""
+    if cache.model_fingerprint != model_fingerprint:
+        raise TfcError(f"calibration cache {path} is stale: it was made for a different model; "
+                       "pass --recalibrate to overwrite it")
+    if cache.preprocessing != preprocessing:
+        changed = sorted(k for k in set(cache.preprocessing) | set(preprocessing)
+                         if cache.preprocessing.get(k) != preprocessing.get(k))
+        raise TfcError(f"calibration cache {path} is stale: preprocessing differs ({', '.join(changed)}); "
+                       "pass --recalibrate to overwrite it")
+
+
+def exists(path: Optional[str]) -> bool:
+    return bool(path) and os.path.exists(path)

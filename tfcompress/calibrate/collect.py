@@ -1,0 +1,54 @@
+"""Runs the float graph over images and streams per-tensor statistics.
+
+Protocol (cf. onnxruntime's CalibraterBase): choose tensors -> collect stats
+batch by batch -> compute ranges with a calibrator.  Memory stays bounded by
+the batch size and the histogram size, not by the number of images.
+"""
+
+from typing import Dict, List, Sequence
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.calibrate.stats import TensorStats
+from tfcompress.graph.graph import Graph
+from tfcompress.graph.runner import GraphRunner
+from tfcompress.io.frozen import FrozenModel
+
+# Ops whose outputs never need a quantization range.
+_SKIP_OPS = {"Const", "Shape", "Size", "Rank", "NoOp", "Assert"}
+
+
+def calibration_tensors(model: FrozenModel) -> List[str]:
+    """Every float32 activation tensor (first outputs of non-Const nodes) in the graph.
+
+    This is a superset of what the eightbit graph requantizes, so one cache
+    serves every quantization mode.
+    """
+    graph = Graph(model.graph_def, outputs=[s.tensor for s in model.outputs])
+    names = []
+    for node in graph.topo_order():
+        if node.op in _SKIP_OPS:
+            continue
+        dtype = node.attr["T"].type if "T" in node.attr else node.attr["dtype"].type if "dtype" in node.attr \
+            else None
+        if dtype == tf.float32.as_datatype_enum:
+            names.append(node.name + ":0")
+    return names
+
+
+def collect_stats(model: FrozenModel, image_paths: Sequence[str], prep: Preprocessing, *,
+                  batch_size: int = 32, progress: bool = True) -> Dict[str, TensorStats]:
+    """Streams the images through the model; returns statistics per tensor."""
+    tensors = calibration_tensors(model)
+    stats = {t: TensorStats() for t in tensors}
+    feed = model.image_input().tensor
+    with GraphRunner(model.graph_def, [feed], tensors) as runner:
+        bar = tqdm(total=len(image_paths), desc="calibrating", unit="img", disable=not progress, leave=False)
+        for batch in iter_batches(image_paths, prep, batch_size):
+            for name, value in zip(tensors, runner.run(batch)):
+                stats[name].update(value)
+            bar.update(len(batch))
+        bar.close()
+    return stats

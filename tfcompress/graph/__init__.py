@@ -1,0 +1,1 @@
+"""GraphDef wrapper, declarative op patterns, rewrites and the ordered pass list."""

@@ -1,0 +1,34 @@
+"""Removes Identity, StopGradient, Snapshot and NoOp nodes and stale control edges.
+
+    Conv2D -> Identity -> Relu        Conv2D -> Relu
+    ^NoOp (control)            =>      (no control edges)
+
+In a frozen inference graph control edges only ordered variable reads, which
+are Consts now; dropping them cannot change any value.  Graph outputs are kept
+by name.
+"""
+
+from tfcompress.graph.graph import Graph
+
+PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics"}
+
+
+def run(graph: Graph) -> int:
+    count = 0
+    for node in graph.nodes.values():
+        controls = [i for i in node.input if i.startswith("^")]
+        if controls:
+            kept = [i for i in node.input if not i.startswith("^")]
+            del node.input[:]
+            node.input.extend(kept)
+            count += 1
+    for node in list(graph.nodes.values()):
+        if node.op == "NoOp" and not graph.is_output(node.name):
+            graph.remove(node.name)
+            count += 1
+        elif node.op in PASS_THROUGH and not graph.is_output(node.name) and len(node.input) == 1:
+            graph.rewire(node.name, node.input[0])
+            graph.remove(node.name)
+            count += 1
+    graph.invalidate()
+    return count

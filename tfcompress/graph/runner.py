@@ -1,0 +1,49 @@
+"""Running a GraphDef on numpy batches (TF1 Session, so node names are stable)."""
+
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.errors import TfcError
+
+
+class GraphRunner:
+    """Imports a GraphDef once and runs it many times.
+
+    Args:
+      graph_def: the graph.
+      fetches: tensor names to fetch ("node:0").
+      feeds: input tensor names, in the order batches are passed.
+    """
+
+    def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str]):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            try:
+                tf.graph_util.import_graph_def(graph_def, name="")
+            except Exception as e:
+                raise TfcError(f"graph does not import: {str(e).splitlines()[0]}") from e
+        config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        self.feeds = [self.graph.get_tensor_by_name(t) for t in feeds]
+        self.fetches = [self.graph.get_tensor_by_name(t) for t in fetches]
+
+    def run(self, *inputs: np.ndarray) -> List[np.ndarray]:
+        return self.session.run(self.fetches, dict(zip(self.feeds, inputs)))
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_graph(graph_def, feeds: Dict[str, np.ndarray], fetches: Iterable[str]) -> List[np.ndarray]:
+    """One-shot convenience: run `graph_def` with `feeds`, return `fetches`."""
+    fetches = list(fetches)
+    with GraphRunner(graph_def, list(feeds), fetches) as runner:
+        return runner.run(*feeds.values())

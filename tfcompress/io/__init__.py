@@ -1,0 +1,1 @@
+"""Loading models into frozen GraphDefs and writing outputs atomically."""

@@ -1,0 +1,1 @@
+"""Typed QuantConfig, op-keyed quantizers and the eightbit / weights graph builders."""

@@ -1,0 +1,44 @@
+"""Typed quantization configuration."""
+
+import dataclasses
+
+from tfcompress.errors import TfcError
+
+MODES = ("eightbit", "weights", "weights_rounded")
+KERNELS = ("reference", "onednn")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """How to quantize a float graph.
+
+    Attributes:
+      mode: "eightbit" (quantized kernels, calibrated activations), "weights"
+        (8-bit constants + Dequantize) or "weights_rounded" (float constants
+        snapped to 2^bitdepth levels).
+      bitdepth: levels for the weights modes (eightbit kernels are 8-bit).
+      min_weight_size: constants with fewer elements stay float (weights modes).
+      kernels: "reference" (TF's portable quantized kernels: run in any TF
+        process) or "onednn" (fused oneDNN kernels: faster, need a TF whose
+        oneDNN ops are on, i.e. `TF_ENABLE_ONEDNN_OPTS=1` on CPUs where TF
+        does not enable them by default).
+    """
+    mode: str = "eightbit"
+    bitdepth: int = 8
+    min_weight_size: int = 1024
+    kernels: str = "reference"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise TfcError(f"unknown --mode {self.mode!r} (choose from {', '.join(MODES)})")
+        if self.kernels not in KERNELS:
+            raise TfcError(f"unknown --kernels {self.kernels!r} (choose from {', '.join(KERNELS)})")
+        if self.mode == "eightbit" and self.bitdepth != 8:
+            raise TfcError(f"--bitdepth={self.bitdepth}: eightbit kernels are 8-bit; "
+                           "other depths apply to --mode=weights or weights_rounded")
+        if self.mode == "weights" and not 2 <= self.bitdepth <= 8:
+            raise TfcError(f"--bitdepth must be in [2, 8] for --mode=weights, got {self.bitdepth}")
+        if self.mode == "weights_rounded" and not 1 <= self.bitdepth <= 16:
+            raise TfcError(f"--bitdepth must be in [1, 16] for --mode=weights_rounded, got {self.bitdepth}")
+        if self.min_weight_size < 1:
+            raise TfcError(f"--min_weight_size must be positive, got {self.min_weight_size}")

@@ -1,0 +1,259 @@
+"""Quantizers for TF's portable (reference) quantized kernels, keyed by op type.
+
+These kernels are registered in every TF build, so the graphs they make run in
+any TF process.  Weights are per-tensor (the reference QuantizedConv2D and
+QuantizedMatMul take scalar filter ranges; only the oneDNN kernels take
+per-channel ones).  Accumulators are qint32 and go back to quint8 through
+Requantize with a calibrated constant range.
+
+Each quantizer has `should_quantize(builder, node)` (it may decline; the
+fallback then keeps the op float) and `emit(builder, node)`, which adds nodes
+through the builder's helpers and records the output triple.
+
+References:
+  Warden, "How to Quantize Neural Networks with TensorFlow" (2016), the
+  eightbit scheme of TF1's quantize_graph; Jacob et al., arXiv:1712.05877.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.graph.graph import make_node
+from tfcompress.quantize.builder import Builder, attr_dtype, data_inputs
+from tfcompress.quantize.weights import quantize_min_first, quantize_symmetric_per_channel
+
+
+def _float32(node) -> bool:
+    return attr_dtype(node) == tf.float32
+
+
+def _const(builder: Builder, tensor: str):
+    return builder.src.const_value(tensor)
+
+
+def _unit(values) -> bool:
+    return all(v == 1 for v in values)
+
+
+class FloatFallback:
+    """Keeps the op float; its quantized inputs are dequantized once."""
+
+    def emit(self, builder: Builder, node) -> None:
+        builder.copy_float(node)
+
+
+class _WeightedQuantizer:
+    """Conv2D / DepthwiseConv2dNative / MatMul with a constant weight."""
+
+    op = ""
+    filter_dtype = tf.quint8
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        w = _const(builder, ins[1])
+        return _float32(node) and w is not None and self._supported(node)
+
+    def _supported(self, node) -> bool:
+        return True
+
+    def _weights(self, builder: Builder, node, w):
+        base = node.name + "/eightbit"
+        if self.filter_dtype == tf.quint8:
+            q, lo, hi = quantize_min_first(w)
+            return (builder.const(base + "/weights", q, tf.quint8), builder.const(base + "/weights_min", lo, tf.float32),
+                    builder.const(base + "/weights_max", hi, tf.float32))
+        # Symmetric qint8, one range for the whole tensor.
+        q, amax = quantize_symmetric_per_channel(w.reshape(-1, 1), axis=1)
+        q = q.reshape(w.shape)
+        return (builder.const(base + "/weights", q, tf.qint8),
+                builder.const(base + "/weights_min", -float(amax[0]), tf.float32),
+                builder.const(base + "/weights_max", float(amax[0]), tf.float32))
+
+    def emit(self, builder: Builder, node) -> None:
+        ins = data_inputs(node)
+        x = builder.quantized_input(ins[0])
+        w = self._weights(builder, node, _const(builder, ins[1]))
+        base = node.name + "/eightbit"
+        builder.add(self._op(base, node, x, w))
+        acc = (base, base + ":1", base + ":2")
+        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), self.op)
+
+
+def _conv_attrs(node):
+    return {"strides": list(node.attr["strides"].list.i), "padding": node.attr["padding"].s.decode(),
+            "dilations": list(node.attr["dilations"].list.i) or [1, 1, 1, 1]}
+
+
+def _conv_supported(node) -> bool:
+    fmt = node.attr["data_format"].s.decode() or "NHWC"
+    return (fmt == "NHWC" and node.attr["padding"].s in (b"SAME", b"VALID")
+            and _unit(node.attr["dilations"].list.i))
+
+
+class Conv2DQuantizer(_WeightedQuantizer):
+    op = "QuantizedConv2D"
+
+    def _supported(self, node) -> bool:
+        return _conv_supported(node)
+
+    def _op(self, base, node, x, w):
+        return make_node("QuantizedConv2D", base, [x[0], w[0], x[1], x[2], w[1], w[2]], Tinput=tf.quint8,
+                         Tfilter=tf.quint8, out_type=tf.qint32, **_conv_attrs(node))
+
+
+class DepthwiseQuantizer(_WeightedQuantizer):
+    op = "QuantizedDepthwiseConv2D"
+    filter_dtype = tf.qint8
+
+    def _supported(self, node) -> bool:
+        return _conv_supported(node)
+
+    def _op(self, base, node, x, w):
+        return make_node("QuantizedDepthwiseConv2D", base, [x[0], w[0], x[1], x[2], w[1], w[2]],
+                         Tinput=tf.quint8, Tfilter=tf.qint8, out_type=tf.qint32, **_conv_attrs(node))
+
+
+class MatMulQuantizer(_WeightedQuantizer):
+    op = "QuantizedMatMul"
+
+    def _supported(self, node) -> bool:
+        return not node.attr["transpose_a"].b
+
+    def _op(self, base, node, x, w):
+        return make_node("QuantizedMatMul", base, [x[0], w[0], x[1], x[2], w[1], w[2]], T1=tf.quint8,
+                         T2=tf.quint8, Toutput=tf.qint32, transpose_a=False,
+                         transpose_b=node.attr["transpose_b"].b, Tactivation=tf.quint8)
+
+
+class BiasAddQuantizer:
+    """QuantizedBiasAdd on a quantized input; the bias is quint8 with its own range."""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        fmt = node.attr["data_format"].s.decode() or "NHWC"
+        return (_float32(node) and fmt == "NHWC" and builder.is_quantized(ins[0])
+                and _const(builder, ins[1]) is not None)
+
+    def emit(self, builder: Builder, node) -> None:
+        ins = data_inputs(node)
+        x = builder.quantized_input(ins[0])
+        q, lo, hi = quantize_min_first(_const(builder, ins[1]))
+        base = node.name + "/eightbit"
+        b = (builder.const(base + "/bias", q, tf.quint8), builder.const(base + "/bias_min", lo, tf.float32),
+             builder.const(base + "/bias_max", hi, tf.float32))
+        builder.add(make_node("QuantizedBiasAdd", base, [x[0], b[0], x[1], x[2], b[1], b[2]], T1=tf.quint8,
+                              T2=tf.quint8, out_type=tf.qint32))
+        acc = (base, base + ":1", base + ":2")
+        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), "QuantizedBiasAdd")
+
+
+class _PassRangeQuantizer:
+    """Ops whose quantized kernel keeps (or derives) the range: Relu, Relu6, pools, Reshape.
+
+    Quantized only when the input already is: wrapping a cheap op in
+    QuantizeV2/Dequantize would cost more than it saves.
+    """
+    op = ""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        return _float32(node) and builder.is_quantized(data_inputs(node)[0]) and self._supported(builder, node)
+
+    def _supported(self, builder, node) -> bool:
+        return True
+
+    def emit(self, builder: Builder, node) -> None:
+        x = builder.quantized_input(data_inputs(node)[0])
+        base = node.name + "/eightbit"
+        builder.add(self._op(builder, base, node, x))
+        builder.set_quantized_output(node, (base, base + ":1", base + ":2"), self.op)
+
+
+class ReluQuantizer(_PassRangeQuantizer):
+    op = "QuantizedRelu"
+
+    def _op(self, builder, base, node, x):
+        return make_node(self.op, base, list(x), Tinput=tf.quint8, out_type=tf.quint8)
+
+
+class Relu6Quantizer(ReluQuantizer):
+    op = "QuantizedRelu6"
+
+
+class PoolQuantizer(_PassRangeQuantizer):
+    def __init__(self, op):
+        self.op = op
+
+    def _supported(self, builder, node) -> bool:
+        return (node.attr["data_format"].s.decode() or "NHWC") == "NHWC"
+
+    def _op(self, builder, base, node, x):
+        return make_node(self.op, base, list(x), T=tf.quint8, ksize=list(node.attr["ksize"].list.i),
+                         strides=list(node.attr["strides"].list.i), padding=node.attr["padding"].s.decode())
+
+
+class ReshapeQuantizer(_PassRangeQuantizer):
+    op = "QuantizedReshape"
+
+    def _supported(self, builder, node) -> bool:
+        return _const(builder, data_inputs(node)[1]) is not None
+
+    def _op(self, builder, base, node, x):
+        shape = builder.const(base + "/shape", _const(builder, data_inputs(node)[1]))
+        return make_node(self.op, base, [x[0], shape, x[1], x[2]], T=tf.quint8, Tshape=attr_dtype(node, "Tshape"))
+
+
+class ConcatQuantizer:
+    """QuantizedConcat: all inputs quantized (float ones get a QuantizeV2); output range is their union."""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        axis = _const(builder, ins[-1])
+        return (_float32(node) and axis is not None and builder.rank(node.name) is not None
+                and any(builder.is_quantized(i) for i in ins[:-1]))
+
+    def emit(self, builder: Builder, node) -> None:
+        ins = data_inputs(node)
+        triples = [builder.quantized_input(i) for i in ins[:-1]]
+        base = node.name + "/eightbit"
+        axis = int(_const(builder, ins[-1])) % builder.rank(node.name)  # The kernel wants axis >= 0.
+        axis = builder.const(base + "/axis", np.int32(axis))
+        builder.add(make_node("QuantizedConcat", base,
+                              [axis] + [t[0] for t in triples] + [t[1] for t in triples] + [t[2] for t in triples],
+                              N=len(triples), T=tf.quint8))
+        builder.set_quantized_output(node, (base, base + ":1", base + ":2"), "QuantizedConcat")
+
+
+class AddQuantizer:
+    """QuantizedAdd for two same-shape activations (residual connections), requantized to calibration."""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        if not _float32(node) or len(ins) != 2 or any(_const(builder, i) is not None for i in ins):
+            return False
+        return any(builder.is_quantized(i) for i in ins)
+
+    def emit(self, builder: Builder, node) -> None:
+        ins = data_inputs(node)
+        x, y = builder.quantized_input(ins[0]), builder.quantized_input(ins[1])
+        base = node.name + "/eightbit"
+        builder.add(make_node("QuantizedAdd", base, [x[0], y[0], x[1], x[2], y[1], y[2]], T1=tf.quint8,
+                              T2=tf.quint8, Toutput=tf.qint32))
+        acc = (base, base + ":1", base + ":2")
+        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), "QuantizedAdd")
+
+
+QUANTIZERS = {
+    "Conv2D": Conv2DQuantizer(),
+    "DepthwiseConv2dNative": DepthwiseQuantizer(),
+    "MatMul": MatMulQuantizer(),
+    "BiasAdd": BiasAddQuantizer(),
+    "Relu": ReluQuantizer(),
+    "Relu6": Relu6Quantizer(),
+    "MaxPool": PoolQuantizer("QuantizedMaxPool"),
+    "AvgPool": PoolQuantizer("QuantizedAvgPool"),
+    "Reshape": ReshapeQuantizer(),
+    "ConcatV2": ConcatQuantizer(),
+    "AddV2": AddQuantizer(),
+    "Add": AddQuantizer(),
+}
+FALLBACK = FloatFallback()
