@@ -21,6 +21,13 @@ from tfcompress.graph.graph import Graph, make_const, make_node, node_name, tens
 
 Triple = Tuple[str, str, str]
 
+# QuantizeV2/Dequantize mode for activations.  MIN_COMBINED, not TF1's
+# MIN_FIRST: where TF's oneDNN graph rewrite is on (the default on CPUs with
+# AVX-512 VNNI), QuantizeV2 and Dequantize run oneDNN kernels whose MIN_FIRST
+# rounding differs from the reference kernels by one step, while MIN_COMBINED
+# is bit-identical either way (tests/quantize/test_portability.py checks this).
+MODE = "MIN_COMBINED"
+
 
 @dataclasses.dataclass
 class QuantReport:
@@ -85,7 +92,7 @@ class Builder:
         self.const(base + "/min", lo, tf.float32)
         self.const(base + "/max", hi, tf.float32)
         self.add(make_node("QuantizeV2", base, [self.float_input(t), base + "/min", base + "/max"],
-                           T=tf.quint8, mode="MIN_FIRST"))
+                           T=tf.quint8, mode=MODE))
         triple = (base, base + ":1", base + ":2")
         self.quantized[t] = triple
         return triple
@@ -99,7 +106,7 @@ class Builder:
             raise AssertionError(f"tensor {t} has neither a float nor a quantized form")
         q, lo, hi = self.quantized[t]
         name = node_name(t) if t.endswith(":0") else node_name(t) + "_" + t.split(":")[1]
-        self.add(make_node("Dequantize", name, [q, lo, hi], T=tf.quint8, mode="MIN_FIRST", dtype=tf.float32))
+        self.add(make_node("Dequantize", name, [q, lo, hi], T=tf.quint8, mode=MODE, dtype=tf.float32))
         self.float_names[t] = name
         return name
 

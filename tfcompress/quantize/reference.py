@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfcompress.graph.graph import make_node
 from tfcompress.quantize.builder import Builder, attr_dtype, data_inputs
-from tfcompress.quantize.weights import quantize_min_first, quantize_symmetric_per_channel
+from tfcompress.quantize.weights import quantize_affine, quantize_symmetric_per_channel
 
 
 def _float32(node) -> bool:
@@ -59,7 +59,7 @@ class _WeightedQuantizer:
     def _weights(self, builder: Builder, node, w):
         base = node.name + "/eightbit"
         if self.filter_dtype == tf.quint8:
-            q, lo, hi = quantize_min_first(w)
+            q, lo, hi = quantize_affine(w)
             return (builder.const(base + "/weights", q, tf.quint8), builder.const(base + "/weights_min", lo, tf.float32),
                     builder.const(base + "/weights_max", hi, tf.float32))
         # Symmetric qint8, one range for the whole tensor.
@@ -91,6 +91,10 @@ def _conv_supported(node) -> bool:
 
 
 class Conv2DQuantizer(_WeightedQuantizer):
+    """QuantizedConv2D with quint8 filters: the only filter type with a reference kernel.
+
+    (quint8 x qint8 has only a oneDNN kernel; without oneDNN it returns no output.)
+    """
     op = "QuantizedConv2D"
 
     def _supported(self, node) -> bool:
@@ -137,7 +141,7 @@ class BiasAddQuantizer:
     def emit(self, builder: Builder, node) -> None:
         ins = data_inputs(node)
         x = builder.quantized_input(ins[0])
-        q, lo, hi = quantize_min_first(_const(builder, ins[1]))
+        q, lo, hi = quantize_affine(_const(builder, ins[1]))
         base = node.name + "/eightbit"
         b = (builder.const(base + "/bias", q, tf.quint8), builder.const(base + "/bias_min", lo, tf.float32),
              builder.const(base + "/bias_max", hi, tf.float32))
@@ -244,7 +248,7 @@ class AddQuantizer:
 
 QUANTIZERS = {
     "Conv2D": Conv2DQuantizer(),
-    "DepthwiseConv2dNative": DepthwiseQuantizer(),
+    # No "DepthwiseConv2dNative": QuantizedDepthwiseConv2D has only a oneDNN kernel (see onednn.py).
     "MatMul": MatMulQuantizer(),
     "BiasAdd": BiasAddQuantizer(),
     "Relu": ReluQuantizer(),

@@ -12,8 +12,8 @@ import tensorflow as tf
 from tfcompress.graph.graph import Graph, make_const, make_node
 
 
-def quantize_min_first(value: np.ndarray, dtype=tf.quint8) -> Tuple[np.ndarray, float, float]:
-    """Per-tensor affine quantization (range widened to contain 0), MIN_FIRST mode.
+def quantize_affine(value: np.ndarray, dtype=tf.quint8) -> Tuple[np.ndarray, float, float]:
+    """Per-tensor affine quantization (range widened to contain 0), MIN_COMBINED mode.
 
     Returns:
       (quantized array, actual min, actual max) as TF's QuantizeV2 produced them.
@@ -21,7 +21,8 @@ def quantize_min_first(value: np.ndarray, dtype=tf.quint8) -> Tuple[np.ndarray, 
     lo, hi = float(min(value.min(), 0.0)), float(max(value.max(), 0.0))
     if hi - lo < 1e-8:
         hi = lo + 1e-8
-    q = tf.quantization.quantize(tf.constant(value, tf.float32), lo, hi, dtype, mode="MIN_FIRST")
+    q = tf.raw_ops.QuantizeV2(input=tf.constant(value, tf.float32), min_range=lo, max_range=hi, T=dtype,
+                              mode="MIN_COMBINED")
     return q.output.numpy(), float(q.output_min.numpy()), float(q.output_max.numpy())
 
 

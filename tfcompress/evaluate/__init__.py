@@ -1,0 +1,1 @@
+"""Measuring artifacts: op census, sizes, agreement with the float model, reports."""

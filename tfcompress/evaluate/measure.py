@@ -1,0 +1,89 @@
+"""Op census, on-disk size (raw and gzip -9) and agreement between two graphs."""
+
+import collections
+import dataclasses
+import gzip
+import os
+from typing import Dict, Sequence
+
+import numpy as np
+
+from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.graph.runner import GraphRunner
+from tfcompress.io.frozen import FrozenModel
+
+LINEAR_FLOAT_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+LINEAR_QUANT_OPS = ("QuantizedConv2D", "QuantizedDepthwiseConv2D", "QuantizedMatMul",
+                    "QuantizedConv2DWithBiasAndRequantize", "QuantizedConv2DWithBiasAndReluAndRequantize",
+                    "QuantizedConv2DWithBiasSumAndReluAndRequantize",
+                    "QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize",
+                    "QuantizedDepthwiseConv2DWithBiasAndRequantize",
+                    "QuantizedMatMulWithBiasAndRequantize", "QuantizedMatMulWithBiasAndReluAndRequantize",
+                    "QuantizedMatMulWithBiasAndDequantize")
+
+
+def op_census(graph_def) -> Dict[str, int]:
+    return dict(sorted(collections.Counter(n.op for n in graph_def.node).items()))
+
+
+def linear_quantized_share(before: Dict[str, int], after: Dict[str, int]) -> float:
+    """Fraction of the float graph's conv/matmul ops that became quantized kernels."""
+    total = sum(before.get(op, 0) for op in LINEAR_FLOAT_OPS)
+    quantized = sum(after.get(op, 0) for op in LINEAR_QUANT_OPS)
+    return quantized / total if total else 0.0
+
+
+@dataclasses.dataclass
+class Size:
+    raw: int
+    gzip: int
+
+
+def path_size(path: str) -> Size:
+    """Bytes of a file, or of all files under a directory (sorted), raw and gzip -9 of the concatenation."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+    else:
+        files = [path]
+    data = b"".join(open(f, "rb").read() for f in files)
+    return Size(raw=len(data), gzip=len(gzip.compress(data, compresslevel=9, mtime=0)))
+
+
+def graph_size(graph_def) -> Size:
+    data = graph_def.SerializeToString(deterministic=True)
+    return Size(raw=len(data), gzip=len(gzip.compress(data, compresslevel=9, mtime=0)))
+
+
+@dataclasses.dataclass
+class Agreement:
+    """How closely `candidate` follows `reference` on a set of images.
+
+    Attributes:
+      images: how many images were compared.
+      top1: fraction with the same argmax (None if the output is not a class vector).
+      max_abs_error: largest |reference - candidate| over all outputs.
+    """
+    images: int
+    top1: float
+    max_abs_error: float
+
+
+def agreement(reference: FrozenModel, candidate: FrozenModel, image_paths: Sequence[str],
+              prep: Preprocessing, batch_size: int = 32) -> Agreement:
+    """Runs both models on the images; compares their first outputs."""
+    feed_r, feed_c = reference.image_input().tensor, candidate.image_input().tensor
+    out_r, out_c = reference.outputs[0].tensor, candidate.outputs[0].tensor
+    same = total = 0
+    max_err = 0.0
+    classes = True
+    with GraphRunner(reference.graph_def, [feed_r], [out_r]) as rr, \
+            GraphRunner(candidate.graph_def, [feed_c], [out_c]) as rc:
+        for batch in iter_batches(image_paths, prep, batch_size):
+            a, b = rr.run(batch)[0], rc.run(batch)[0]
+            max_err = max(max_err, float(np.max(np.abs(a.astype(np.float64) - b))))
+            if a.ndim == 2 and a.shape[1] > 1:
+                same += int(np.sum(np.argmax(a, 1) == np.argmax(b, 1)))
+            else:
+                classes = False
+            total += len(batch)
+    return Agreement(images=total, top1=same / total if classes and total else None, max_abs_error=max_err)

@@ -1,0 +1,57 @@
+"""calibrate: collect activation statistics for a model and write the calibration cache.
+
+    python tools/calibrate.py --input=net.keras --calibration_images=data/sample \
+        --calibration_cache=out/net.ranges.json --input_mean=127.5 --input_std=127.5
+
+quantize_graph (and convert) read the same cache and then read no image.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+_MODEL = common.define_model_flags()
+_CAL = common.define_calibration_flags()
+
+
+def main() -> None:
+    from tfcompress.calibrate.calibrators import CalibratorConfig
+    from tfcompress.calibrate.images import Preprocessing
+    from tfcompress.calibrate.run import calibrate
+    from tfcompress.errors import TfcError
+    from tfcompress.graph.passes import optimize
+
+    cache_path = _CAL["calibration_cache"].value
+    if not cache_path:
+        raise TfcError("--calibration_cache is required")
+    default_run = _MODEL["input"].value is None
+    images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
+    float_model, _ = optimize(common.load_model_from_flags(_MODEL))
+    prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
+                                   std=_CAL["input_std"].value)
+    calibrator = CalibratorConfig(method=_CAL["calibrator"].value, percentile=_CAL["percentile"].value)
+    result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images, cache_path=cache_path,
+                       recalibrate=_CAL["recalibrate"].value, batch_size=_CAL["batch_size"].value)
+    ranges = result.cache.ranges(calibrator)
+    print(f"calibration cache {cache_path}: {len(ranges)} tensors, "
+          + ("reused (0 images read)" if result.reused else f"{result.images_read} images read"))
+    rows = [["tensor", "min", "max", f"range ({calibrator.method})"]]
+    for name, (lo, hi) in list(ranges.items())[:12]:
+        s = result.cache.stats[name]
+        rows.append([name, f"{s.min:.4g}", f"{s.max:.4g}", f"[{lo:.4g}, {hi:.4g}]"])
+    common.print_table(rows)
+    if len(ranges) > 12:
+        print(f"… and {len(ranges) - 12} more")
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,114 @@
+"""quantize_graph: SavedModel / .keras / .h5 / frozen .pb -> calibrated eightbit TF graph.
+
+    python tools/quantize_graph.py --input=net_savedmodel --output=out/net_q8 \
+        --mode=eightbit --calibration_images=data/sample_images \
+        --input_mean=127.5 --input_std=127.5 --calibration_cache=out/net.ranges.json
+
+With no --input it runs on the model and images shipped in testdata/.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+_MODEL = common.define_model_flags()
+_CAL = common.define_calibration_flags()
+_OUTPUT = flags.DEFINE_string("output", None, "Output SavedModel directory (or .pb with --output_format=frozen_pb).")
+_OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "saved_model", ["saved_model", "frozen_pb"], "Output format.")
+_MODE = flags.DEFINE_enum("mode", "eightbit", ["eightbit", "weights", "weights_rounded"], "Quantization mode.")
+_BITDEPTH = flags.DEFINE_integer("bitdepth", 8, "Bits for the weights modes (eightbit is 8).")
+_MIN_WEIGHT_SIZE = flags.DEFINE_integer("min_weight_size", 1024, "Smaller constants stay float (weights modes).")
+_KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "onednn"],
+                             "reference: portable kernels; onednn: fused oneDNN kernels (need oneDNN ops on).")
+_EVAL_IMAGES = flags.DEFINE_string("eval_images", None, "Images for the agreement check "
+                                   "(default: the calibration images).")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+
+def main() -> None:
+    from tfcompress.calibrate.calibrators import CalibratorConfig
+    from tfcompress.calibrate.images import Preprocessing, list_images
+    from tfcompress.calibrate.run import calibrate
+    from tfcompress.errors import TfcError
+    from tfcompress.evaluate import measure
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.atomic import check_output_outside_input
+    from tfcompress.io.writers import write_model
+    from tfcompress.quantize.config import QuantConfig
+    from tfcompress.quantize.convert import quantize_model
+
+    if not _OUTPUT.value:
+        raise TfcError("--output is required")
+    default_run = _MODEL["input"].value is None
+    input_path = _MODEL["input"].value or common.DEFAULT_MODEL
+    images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
+    eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run else images)
+    check_output_outside_input(_OUTPUT.value, input_path)
+    config = QuantConfig(mode=_MODE.value, bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
+                         kernels=_KERNELS.value)
+    calibrator = CalibratorConfig(method=_CAL["calibrator"].value, percentile=_CAL["percentile"].value)
+
+    loaded = common.load_model_from_flags(_MODEL)
+    float_model, passes = optimize(loaded)
+    prep = None
+    ranges = None
+    cal_note = "not needed"
+    if config.mode == "eightbit":
+        prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
+                                       std=_CAL["input_std"].value)
+        result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images,
+                           cache_path=_CAL["calibration_cache"].value, recalibrate=_CAL["recalibrate"].value,
+                           batch_size=_CAL["batch_size"].value, progress=_PROGRESS.value)
+        ranges = result.cache.ranges(calibrator)
+        cal_note = ("reused cache, 0 images read" if result.reused
+                    else f"{result.images_read} images read" + (
+                        f", cache written to {_CAL['calibration_cache'].value}"
+                        if _CAL["calibration_cache"].value else ""))
+    quantized, report = quantize_model(float_model, config, ranges)
+    write_model(quantized, _OUTPUT.value, _OUTPUT_FORMAT.value)
+
+    before, after = measure.op_census(float_model.graph_def), measure.op_census(quantized.graph_def)
+    rows = [["", "float", "quantized"]]
+    for op in sorted(set(before) | set(after)):
+        rows.append([op, before.get(op, 0), after.get(op, 0)])
+    print(f"\nquantize_graph: {input_path} -> {_OUTPUT.value} (mode={config.mode}, kernels={config.kernels})")
+    print(f"rewrites: " + ", ".join(f"{p.name}={p.rewrites}" for p in passes))
+    print(f"calibration: {cal_note}")
+    print("\nop census")
+    common.print_table(rows)
+    share = measure.linear_quantized_share(before, after)
+    print(f"\nconv/matmul ops quantized: {share:.0%}")
+    if report.kept_float:
+        kept = sorted(set(report.kept_float.values()))
+        print(f"ops kept float (no quantized kernel or declined): {', '.join(kept)}")
+    in_size = measure.path_size(input_path)
+    float_size = measure.graph_size(float_model.graph_def)
+    out_size = measure.path_size(_OUTPUT.value)
+    print()
+    common.print_table([["size", "raw bytes", "gzip -9 bytes"],
+                        ["input model file", in_size.raw, in_size.gzip],
+                        ["float graph (frozen, folded)", float_size.raw, float_size.gzip],
+                        ["output", out_size.raw, out_size.gzip]])
+    if eval_images:
+        if prep is None:
+            prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
+                                           std=_CAL["input_std"].value)
+        agree = measure.agreement(float_model, quantized, list_images(eval_images), prep)
+        top1 = f"{agree.top1:.2%}" if agree.top1 is not None else "n/a (not a class vector)"
+        print(f"\nagreement with float on {agree.images} images ({eval_images}): top-1 {top1}, "
+              f"max abs error {agree.max_abs_error:.4g}")
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
