@@ -66,6 +66,9 @@ def print_table(rows, out=sys.stdout) -> None:
 def run_main(main) -> None:
     """absl's app.run, with TfcError turned into one line on stderr and exit status 1."""
     def wrapped(argv):
+        # Under `bazel run`, relative paths mean the user's directory, not the runfiles tree.
+        if os.environ.get("BUILD_WORKING_DIRECTORY"):
+            os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
         if len(argv) > 1:
             print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
             sys.exit(2)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the shipped testdata and helpers to build small Keras graphs."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTDATA = os.path.join(ROOT, "testdata")
+MODELS = os.path.join(TESTDATA, "models")
+CALIBRATION = os.path.join(TESTDATA, "images", "calibration")
+HELDOUT = os.path.join(TESTDATA, "images", "heldout")
+KERAS_MODEL = os.path.join(MODELS, "digits_resnet.keras")
+
+# Tolerances, named once.  Float rewrites must not change outputs beyond float
+# round-off; int8 results are compared in quantization steps.
+FLOAT_RTOL = 1e-6
+FLOAT_ATOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def float_model():
+    """The shipped digits model, loaded and optimized."""
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import load_model
+    model, _ = optimize(load_model(KERAS_MODEL))
+    return model
+
+
+def assert_close(actual, expected, rtol=FLOAT_RTOL, atol=FLOAT_ATOL):
+    """np.testing.assert_allclose with the mean and mean-absolute error in the message."""
+    import numpy as np
+    diff = np.asarray(actual, np.float64) - np.asarray(expected, np.float64)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
+                               err_msg=f"mean error {diff.mean():.3g}, mean abs error {np.abs(diff).mean():.3g}")

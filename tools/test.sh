@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The full test suite: pytest, then a Bazel smoke test (offline, Debian's bazel-bootstrap).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python3 -m pytest -q tests "$@"
+
+if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/rules/java ]; then
+  echo "installing bazel-bootstrap and bazel-rules-java with apt" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap bazel-rules-java >/dev/null
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+bazel build //... 2>&1 | tail -n 2
+bazel test //tests/graph:test_rewriters 2>&1 | tail -n 3
+bazel run //tools:quantize_graph -- --output="$out/q8" --mode=weights --progress=false 2>&1 | tail -n 4
+test -f "$out/q8/saved_model.pb"
+echo "bazel smoke test: ok"
