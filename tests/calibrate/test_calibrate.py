@@ -1,0 +1,133 @@
+"""Histogram statistics vs numpy, calibrators, image reading and the cache."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CALIBRATION
+from tfcompress.calibrate import cache as cache_lib
+from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
+from tfcompress.calibrate.images import Preprocessing, list_images, load_image
+from tfcompress.calibrate.run import calibrate
+from tfcompress.calibrate.stats import MAX_BINS, TensorStats
+from tfcompress.errors import TfcError
+
+# A histogram quantile is exact up to one bin.
+def _bin_tol(stats):
+    return stats.bin_width
+
+
+def test_stats_match_numpy_and_do_not_depend_on_batching():
+    rng = np.random.default_rng(1)
+    data = np.concatenate([rng.standard_normal(50_000), rng.standard_normal(100) * 30]).astype(np.float32)
+    whole, streamed = TensorStats(), TensorStats()
+    whole.update(data)
+    for chunk in np.array_split(rng.permutation(data), 37):
+        streamed.update(chunk)
+    assert whole.min == float(data.min()) and whole.max == float(data.max()) and whole.count == data.size
+    assert whole.counts.sum() == data.size and whole.counts.size <= MAX_BINS
+    for q in (0.001, 0.5, 0.99, 0.9999):
+        assert abs(whole.quantile(q) - np.quantile(data, q)) <= _bin_tol(whole), q
+        assert abs(streamed.quantile(q) - np.quantile(data, q)) <= _bin_tol(streamed), q
+
+
+def test_percentile_clips_outliers_and_keeps_zero():
+    data = np.concatenate([np.linspace(0.5, 1.0, 10_000), [100.0]])
+    s = TensorStats()
+    s.update(data)
+    lo, hi = compute_ranges({"t": s}, CalibratorConfig(method="percentile", percentile=99.9))["t"]
+    assert lo == 0.0  # Widened to contain zero.
+    assert hi == pytest.approx(np.quantile(data, 0.999), abs=s.bin_width)
+    assert compute_ranges({"t": s}, CalibratorConfig())["t"] == (0.0, 100.0)
+
+
+def test_bad_calibrator_settings():
+    with pytest.raises(TfcError, match="unknown calibrator"):
+        CalibratorConfig(method="nope")
+    with pytest.raises(TfcError, match="percentile"):
+        CalibratorConfig(method="percentile", percentile=101)
+
+
+def test_images_are_found_recursively_and_normalized():
+    paths = list_images(CALIBRATION)
+    assert len(paths) == 100
+    assert {os.path.splitext(p)[1] for p in paths} == {".png", ".jpg", ".bmp", ".gif"}
+    prep = Preprocessing(height=16, width=16, channels=3, mean=127.5, std=127.5)
+    img = load_image(paths[0], prep)
+    assert img.shape == (16, 16, 3) and img.dtype == np.float32
+    assert img.min() >= -1.0 and img.max() <= 1.0
+    # Gray replicated to RGB.
+    np.testing.assert_array_equal(img[..., 0], img[..., 2])
+    raw = np.asarray(Image.open(paths[0]).convert("L").resize((16, 16), Image.Resampling.BILINEAR), np.float32)
+    np.testing.assert_allclose(img[..., 0], (raw - 127.5) / 127.5, atol=1e-6)
+
+
+def test_image_errors(tmp_path):
+    prep = Preprocessing(height=8, width=8, channels=1)
+    with pytest.raises(TfcError, match="does not exist"):
+        list_images(str(tmp_path / "missing"))
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(TfcError, match="has no images"):
+        list_images(str(tmp_path))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(TfcError, match="cannot read image"):
+        load_image(str(bad), prep)
+    color = tmp_path / "color.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(color)
+    with pytest.raises(TfcError, match="color"):
+        load_image(str(color), prep)
+    with pytest.raises(TfcError, match="channels"):
+        Preprocessing(height=8, width=8, channels=2)
+
+
+def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
+    path = str(tmp_path / "ranges.json")
+    prep = Preprocessing.for_input(float_model.image_input().shape, mean=0.0, std=255.0)
+    first = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), images_dir=CALIBRATION,
+                      cache_path=path, progress=False)
+    assert not first.reused and first.images_read == 100
+    doc = json.load(open(path))
+    assert doc["format"] == "tfcompress.calibration" and doc["version"] == 1
+    assert doc["fingerprint"]["model"] == float_model.fingerprint()
+    # Reuse: no images needed at all (the folder is not even given).
+    second = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(method="percentile", percentile=99.0),
+                       images_dir=None, cache_path=path, progress=False)
+    assert second.reused and second.images_read == 0
+    assert second.cache.ranges(CalibratorConfig()) == first.cache.ranges()
+    # Another percentile is re-derived from histograms: ranges shrink or stay.
+    p = second.cache.ranges()
+    m = first.cache.ranges()
+    assert all(p[t][1] <= m[t][1] for t in m) and any(p[t][1] < m[t][1] for t in m)
+    # Stale: different preprocessing.
+    other = Preprocessing.for_input(float_model.image_input().shape, mean=127.5, std=127.5)
+    with pytest.raises(TfcError, match="stale.*preprocessing differs \\(mean, std\\)"):
+        calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images_dir=CALIBRATION, cache_path=path)
+    # ... unless recalibrating, which rewrites the cache.
+    third = calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images_dir=CALIBRATION,
+                      cache_path=path, recalibrate=True, progress=False)
+    assert not third.reused and json.load(open(path))["fingerprint"]["preprocessing"]["mean"] == 127.5
+    # Stale: different model.
+    doc = json.load(open(path))
+    doc["fingerprint"]["model"] = "0" * 64
+    open(path, "w").write(json.dumps(doc))
+    with pytest.raises(TfcError, match="different model"):
+        calibrate(float_model, prep=other, calibrator=CalibratorConfig(), cache_path=path)
+    # NaN range and corrupt file.
+    doc["fingerprint"]["model"] = float_model.fingerprint()
+    first_tensor = sorted(doc["tensors"])[0]
+    doc["tensors"][first_tensor]["max"] = float("nan")
+    open(path, "w").write(json.dumps(doc))
+    with pytest.raises(TfcError, match="NaN or Inf"):
+        cache_lib.load(path)
+    open(path, "w").write("{truncated")
+    with pytest.raises(TfcError, match="corrupt"):
+        cache_lib.load(path)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,115 @@
+"""The command line, through subprocesses: end to end, cache reuse, determinism and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import CALIBRATION, HELDOUT, MODELS, ROOT
+
+TOOL = os.path.join(ROOT, "tools", "quantize_graph.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(*args, tool=TOOL):
+    return subprocess.run([sys.executable, tool, "--progress=false", *args], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=300)
+
+
+def _tree_bytes(path):
+    return {os.path.relpath(os.path.join(r, f), path): open(os.path.join(r, f), "rb").read()
+            for r, _, fs in os.walk(path) for f in fs}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    cache = str(out / "ranges.json")
+    proc = _run(f"--input={MODELS}/digits_resnet_savedmodel", f"--output={out}/q8", f"--calibration_images={CALIBRATION}",
+                f"--calibration_cache={cache}", f"--eval_images={HELDOUT}")
+    assert proc.returncode == 0, proc.stderr
+    return out, cache, proc
+
+
+def test_end_to_end_table_and_fresh_process_load(first_run):
+    out, cache, proc = first_run
+    assert "100 images read" in proc.stdout and "QuantizedConv2D" in proc.stdout
+    assert "conv/matmul ops quantized: 91%" in proc.stdout  # 10 of 11: the depthwise conv stays float.
+    assert "gzip -9 bytes" in proc.stdout and "top-1" in proc.stdout
+    check = ("import sys, numpy as np, tensorflow as tf\n"
+             "m = tf.saved_model.load(sys.argv[1]); f = m.signatures['serving_default']\n"
+             "print(sorted(f.structured_input_signature[1]), sorted(f.structured_outputs))\n"
+             "y = f(image=tf.constant(np.random.default_rng(0).random((2, 32, 32, 3), np.float32)))['output_0']\n"
+             "print(y.dtype.name, y.shape, bool(np.allclose(np.sum(y.numpy(), 1), 1, atol=1e-3)))\n")
+    res = subprocess.run([sys.executable, "-c", check, f"{out}/q8"], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["['image'] ['output_0']", "float32 (2, 10) True"]
+
+
+def test_second_run_reuses_cache_and_writes_identical_bytes(first_run, tmp_path):
+    out, cache, _ = first_run
+    # The image folder given does not exist: a reused cache must not read it.
+    proc = _run(f"--input={MODELS}/digits_resnet_savedmodel", f"--output={tmp_path}/q8",
+                f"--calibration_images={tmp_path}/no_such_folder", f"--calibration_cache={cache}",
+                f"--eval_images={HELDOUT}")
+    assert proc.returncode == 0, proc.stderr
+    assert "reused cache, 0 images read" in proc.stdout
+    assert _tree_bytes(f"{out}/q8") == _tree_bytes(f"{tmp_path}/q8")
+
+
+def test_frozen_pb_output(tmp_path):
+    proc = _run(f"--input={MODELS}/digits_resnet.pb", f"--output={tmp_path}/q8.pb", "--output_format=frozen_pb",
+                "--mode=weights")
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.getsize(f"{tmp_path}/q8.pb") < os.path.getsize(f"{MODELS}/digits_resnet.pb") / 3
+
+
+BAD = [
+    (["--input=/nonexistent/model.keras"], "does not exist"),
+    (["--input={tmp}/corrupt.keras"], "corrupt"),
+    (["--input={models}/digits_resnet.keras", "--calibration_images={tmp}/empty"], "has no images"),
+    (["--input={models}/digits_resnet.keras", "--calibration_images={tmp}/badimg"], "cannot read image"),
+    (["--input={models}/digits_resnet.keras", "--calibration_images={tmp}/color4"], "transparency"),
+    (["--input={tmp}/nan.pb"], "contains NaN"),
+    (["--input={models}/digits_resnet.keras", "--calibration_cache={tmp}/stale.json"], "stale"),
+    (["--input={models}/digits_resnet.keras", "--output={models}/digits_resnet.keras"], "inside the input"),
+    (["--input={models}/digits_resnet_savedmodel", "--output={models}/digits_resnet_savedmodel/q"],
+     "inside the input"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(args, message, tmp_path, first_run):
+    from PIL import Image
+    import tensorflow as tf
+    (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04 not really")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "badimg").mkdir()
+    (tmp_path / "badimg" / "x.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "color4").mkdir()
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "color4" / "a.png")
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 4, 4, 3), name="x")
+        tf.identity(x * tf.constant(np.full(3, np.nan, np.float32)), name="y")
+    (tmp_path / "nan.pb").write_bytes(g.as_graph_def().SerializeToString())
+    stale = json.load(open(first_run[1]))
+    stale["fingerprint"]["model"] = "f" * 64
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    args = [a.format(tmp=tmp_path, models=MODELS) for a in args]
+    output = f"{tmp_path}/out"
+    if not any(a.startswith("--output=") for a in args):
+        args.append(f"--output={output}")
+    before = set(os.listdir(tmp_path)) | set(os.listdir(MODELS))
+    proc = _run(*args)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert set(os.listdir(tmp_path)) | set(os.listdir(MODELS)) == before  # Nothing written, not even temp files.
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
