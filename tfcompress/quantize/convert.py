@@ -13,9 +13,7 @@ from tfcompress.quantize.weights import quantize_weights, round_weights
 
 def _kernel_set(kernels: str):
     if kernels == "onednn":
-        from tfcompress.quantize import onednn
-        onednn.require_onednn()
-        return onednn.QUANTIZERS, onednn.FALLBACK
+        raise TfcError("--kernels=onednn is not implemented yet; use --kernels=reference")
     return reference.QUANTIZERS, reference.FALLBACK
 
 
