@@ -64,9 +64,6 @@ class TensorStats:
             grown[self.first_bin - start:self.first_bin - start + self.counts.size] = self.counts
             self.counts, self.first_bin = grown, start
 
-    def bin_edges(self) -> np.ndarray:
-        return (np.arange(self.counts.size + 1) + self.first_bin) * self.bin_width
-
     def quantile(self, q: float) -> float:
         """Value below which a fraction q of the values lie (linear within a bin, clipped to [min, max])."""
         cum = np.cumsum(self.counts)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfcompress.graph.graph import make_node
 from tfcompress.quantize.builder import Builder, attr_dtype, data_inputs
-from tfcompress.quantize.weights import quantize_affine, quantize_symmetric_per_channel
+from tfcompress.quantize.weights import quantize_affine
 
 
 def _float32(node) -> bool:
@@ -43,10 +43,9 @@ class FloatFallback:
 
 
 class _WeightedQuantizer:
-    """Conv2D / DepthwiseConv2dNative / MatMul with a constant weight."""
+    """Conv2D / MatMul with a constant weight."""
 
     op = ""
-    filter_dtype = tf.quint8
 
     def should_quantize(self, builder: Builder, node) -> bool:
         ins = data_inputs(node)
@@ -57,17 +56,11 @@ class _WeightedQuantizer:
         return True
 
     def _weights(self, builder: Builder, node, w):
+        """quint8 per-tensor filter: the only filter type every reference kernel takes."""
         base = node.name + "/eightbit"
-        if self.filter_dtype == tf.quint8:
-            q, lo, hi = quantize_affine(w)
-            return (builder.const(base + "/weights", q, tf.quint8), builder.const(base + "/weights_min", lo, tf.float32),
-                    builder.const(base + "/weights_max", hi, tf.float32))
-        # Symmetric qint8, one range for the whole tensor.
-        q, amax = quantize_symmetric_per_channel(w.reshape(-1, 1), axis=1)
-        q = q.reshape(w.shape)
-        return (builder.const(base + "/weights", q, tf.qint8),
-                builder.const(base + "/weights_min", -float(amax[0]), tf.float32),
-                builder.const(base + "/weights_max", float(amax[0]), tf.float32))
+        q, lo, hi = quantize_affine(w)
+        return (builder.const(base + "/weights", q, tf.quint8), builder.const(base + "/weights_min", lo, tf.float32),
+                builder.const(base + "/weights_max", hi, tf.float32))
 
     def emit(self, builder: Builder, node) -> None:
         ins = data_inputs(node)
@@ -103,18 +96,6 @@ class Conv2DQuantizer(_WeightedQuantizer):
     def _op(self, base, node, x, w):
         return make_node("QuantizedConv2D", base, [x[0], w[0], x[1], x[2], w[1], w[2]], Tinput=tf.quint8,
                          Tfilter=tf.quint8, out_type=tf.qint32, **_conv_attrs(node))
-
-
-class DepthwiseQuantizer(_WeightedQuantizer):
-    op = "QuantizedDepthwiseConv2D"
-    filter_dtype = tf.qint8
-
-    def _supported(self, node) -> bool:
-        return _conv_supported(node)
-
-    def _op(self, base, node, x, w):
-        return make_node("QuantizedDepthwiseConv2D", base, [x[0], w[0], x[1], x[2], w[1], w[2]],
-                         Tinput=tf.quint8, Tfilter=tf.qint8, out_type=tf.qint32, **_conv_attrs(node))
 
 
 class MatMulQuantizer(_WeightedQuantizer):
@@ -248,7 +229,8 @@ class AddQuantizer:
 
 QUANTIZERS = {
     "Conv2D": Conv2DQuantizer(),
-    # No "DepthwiseConv2dNative": QuantizedDepthwiseConv2D has only a oneDNN kernel (see onednn.py).
+    # No "DepthwiseConv2dNative": QuantizedDepthwiseConv2D has only a oneDNN kernel
+    # (without oneDNN it returns no output), so depthwise convs stay float here.
     "MatMul": MatMulQuantizer(),
     "BiasAdd": BiasAddQuantizer(),
     "Relu": ReluQuantizer(),
