@@ -13,13 +13,11 @@ from tfcompress.graph.runner import GraphRunner
 from tfcompress.io.frozen import FrozenModel
 
 LINEAR_FLOAT_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
-LINEAR_QUANT_OPS = ("QuantizedConv2D", "QuantizedDepthwiseConv2D", "QuantizedMatMul",
-                    "QuantizedConv2DWithBiasAndRequantize", "QuantizedConv2DWithBiasAndReluAndRequantize",
-                    "QuantizedConv2DWithBiasSumAndReluAndRequantize",
-                    "QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize",
-                    "QuantizedDepthwiseConv2DWithBiasAndRequantize",
-                    "QuantizedMatMulWithBiasAndRequantize", "QuantizedMatMulWithBiasAndReluAndRequantize",
-                    "QuantizedMatMulWithBiasAndDequantize")
+
+
+def is_linear_quantized(op: str) -> bool:
+    """A quantized conv/depthwise/matmul kernel, reference or fused."""
+    return op.startswith("Quantized") and ("Conv2D" in op or "MatMul" in op)
 
 
 def op_census(graph_def) -> Dict[str, int]:
@@ -29,7 +27,7 @@ def op_census(graph_def) -> Dict[str, int]:
 def linear_quantized_share(before: Dict[str, int], after: Dict[str, int]) -> float:
     """Fraction of the float graph's conv/matmul ops that became quantized kernels."""
     total = sum(before.get(op, 0) for op in LINEAR_FLOAT_OPS)
-    quantized = sum(after.get(op, 0) for op in LINEAR_QUANT_OPS)
+    quantized = sum(n for op, n in after.items() if is_linear_quantized(op))
     return quantized / total if total else 0.0
 
 
@@ -62,10 +60,17 @@ class Agreement:
       images: how many images were compared.
       top1: fraction with the same argmax (None if the output is not a class vector).
       max_abs_error: largest |reference - candidate| over all outputs.
+      reference_span: max - min of the reference outputs, the scale for max_abs_error.
     """
     images: int
     top1: float
     max_abs_error: float
+    reference_span: float = 0.0
+
+    @property
+    def relative_error(self) -> float:
+        """max_abs_error as a fraction of the reference outputs' span."""
+        return self.max_abs_error / self.reference_span if self.reference_span else float("inf")
 
 
 def agreement(reference: FrozenModel, candidate: FrozenModel, image_paths: Sequence[str],
@@ -75,15 +80,18 @@ def agreement(reference: FrozenModel, candidate: FrozenModel, image_paths: Seque
     out_r, out_c = reference.outputs[0].tensor, candidate.outputs[0].tensor
     same = total = 0
     max_err = 0.0
+    lo, hi = np.inf, -np.inf
     classes = True
     with GraphRunner(reference.graph_def, [feed_r], [out_r]) as rr, \
             GraphRunner(candidate.graph_def, [feed_c], [out_c]) as rc:
         for batch in iter_batches(image_paths, prep, batch_size):
             a, b = rr.run(batch)[0], rc.run(batch)[0]
             max_err = max(max_err, float(np.max(np.abs(a.astype(np.float64) - b))))
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
             if a.ndim == 2 and a.shape[1] > 1:
                 same += int(np.sum(np.argmax(a, 1) == np.argmax(b, 1)))
             else:
                 classes = False
             total += len(batch)
-    return Agreement(images=total, top1=same / total if classes and total else None, max_abs_error=max_err)
+    return Agreement(images=total, top1=same / total if classes and total else None, max_abs_error=max_err,
+                     reference_span=hi - lo if total else 0.0)

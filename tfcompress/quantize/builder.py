@@ -12,21 +12,66 @@ a constant from calibration: no RequantizationRange is left to run.
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from tfcompress.errors import TfcError
 from tfcompress.graph.graph import Graph, make_const, make_node, node_name, tensor_name
 
-Triple = Tuple[str, str, str]
 
-# QuantizeV2/Dequantize mode for activations.  MIN_COMBINED, not TF1's
-# MIN_FIRST: where TF's oneDNN graph rewrite is on (the default on CPUs with
-# AVX-512 VNNI), QuantizeV2 and Dequantize run oneDNN kernels whose MIN_FIRST
-# rounding differs from the reference kernels by one step, while MIN_COMBINED
-# is bit-identical either way (tests/quantize/test_portability.py checks this).
-MODE = "MIN_COMBINED"
+class Encoding(NamedTuple):
+    """How a quantized activation maps to float.
+
+    Attributes:
+      dtype: quint8 or qint8.
+      mode: the QuantizeV2/Dequantize mode.
+      levels: the largest code a value inside the calibrated range takes.
+    """
+    dtype: tf.DType
+    mode: str
+    levels: int
+
+
+# The reference kernels' encoding: quint8 over [min, max].  MIN_COMBINED, not
+# TF1's MIN_FIRST: where TF's oneDNN graph rewrite is on (the default on CPUs
+# with AVX-512 VNNI), QuantizeV2 and Dequantize run oneDNN kernels whose
+# MIN_FIRST rounding differs from the reference kernels by one step, while
+# MIN_COMBINED is bit-identical either way (tests/quantize/test_eightbit.py
+# checks this).
+U8 = Encoding(tf.quint8, "MIN_COMBINED", 255)
+# oneDNN's unsigned encoding with 7-bit activations: quint8 over [0, max], the
+# calibrated max at code 127.  u8 x s8 products summed in pairs then fit int16
+# (2 * 127 * 127 < 32767), the case where oneDNN's kernels on CPUs without
+# VNNI would otherwise saturate.
+U7 = Encoding(tf.quint8, "SCALED", 127)
+# oneDNN's signed encoding: qint8 over [-a, a], symmetric.
+S8 = Encoding(tf.qint8, "SCALED", 127)
+
+# Kept for callers that only know the reference encoding.
+MODE = U8.mode
+
+
+class QTensor(NamedTuple):
+    """A quantized activation: the tensor, its range tensors, and its encoding."""
+    tensor: str
+    min: str
+    max: str
+    encoding: Encoding = U8
+
+    @property
+    def triple(self) -> Tuple[str, str, str]:
+        return (self.tensor, self.min, self.max)
+
+
+def encoded_range(encoding: Encoding, lo: float, hi: float) -> Tuple[float, float]:
+    """The (min, max) to hand QuantizeV2/kernels so that [lo, hi] lands on the encoding's codes."""
+    if encoding is U8:
+        return lo, hi
+    if encoding is U7:
+        return 0.0, max(hi, 1e-6) * 255.0 / 127.0
+    a = max(abs(lo), abs(hi), 1e-6)
+    return -a, a
 
 
 @dataclasses.dataclass
@@ -48,7 +93,8 @@ class Builder:
         self.src = graph
         self.ranges = ranges
         self.nodes: Dict[str, tf.compat.v1.NodeDef] = {}
-        self.quantized: Dict[str, Triple] = {}
+        self.quantized: Dict[str, QTensor] = {}      # float tensor -> its first quantized form
+        self.converted: Dict[Tuple[str, Encoding], QTensor] = {}
         self.float_names: Dict[str, str] = {}
         self.report = QuantReport()
         self._shapes = None
@@ -82,20 +128,36 @@ class Builder:
     def const(self, name: str, value, dtype=None) -> str:
         return self.add(make_const(name, value, dtype))
 
-    def quantized_input(self, tensor: str) -> Triple:
-        """The quint8 triple for a float tensor, adding a QuantizeV2 with calibrated range if needed."""
+    def quantized_input(self, tensor: str, encodings: Sequence[Encoding] = (U8,)) -> QTensor:
+        """A quantized form of `tensor` in one of `encodings` (first choice first).
+
+        An existing form in an accepted encoding is reused; otherwise a
+        QuantizeV2 with the calibrated range makes one in `encodings[0]`.
+        """
         t = tensor_name(tensor)
-        if t in self.quantized:
+        if t in self.quantized and self.quantized[t].encoding in encodings:
             return self.quantized[t]
-        lo, hi = self.range(t)
-        base = node_name(t) + ("" if t.endswith(":0") else "_" + t.split(":")[1]) + "/eightbit/quantize"
+        for enc in encodings:
+            if (t, enc) in self.converted:
+                return self.converted[(t, enc)]
+        enc = encodings[0]
+        lo, hi = encoded_range(enc, *self.range(t))
+        suffix = "" if enc is U8 else "_" + enc.dtype.name + "_" + enc.mode.lower()
+        base = node_name(t) + ("" if t.endswith(":0") else "_" + t.split(":")[1]) + "/eightbit/quantize" + suffix
         self.const(base + "/min", lo, tf.float32)
         self.const(base + "/max", hi, tf.float32)
         self.add(make_node("QuantizeV2", base, [self.float_input(t), base + "/min", base + "/max"],
-                           T=tf.quint8, mode=MODE))
-        triple = (base, base + ":1", base + ":2")
-        self.quantized[t] = triple
-        return triple
+                           T=enc.dtype, mode=enc.mode))
+        q = QTensor(base, base + ":1", base + ":2", enc)
+        if t in self.quantized:
+            self.converted[(t, enc)] = q
+        else:
+            self.quantized[t] = q
+        return q
+
+    def encoding_of(self, tensor: str) -> Optional[Encoding]:
+        q = self.quantized.get(tensor_name(tensor))
+        return q.encoding if q else None
 
     def float_input(self, tensor: str) -> str:
         """The float form of a tensor, adding a Dequantize (named as the original node) if needed."""
@@ -104,17 +166,34 @@ class Builder:
             return self.float_names[t]
         if t not in self.quantized:
             raise AssertionError(f"tensor {t} has neither a float nor a quantized form")
-        q, lo, hi = self.quantized[t]
+        q = self.quantized[t]
         name = node_name(t) if t.endswith(":0") else node_name(t) + "_" + t.split(":")[1]
-        self.add(make_node("Dequantize", name, [q, lo, hi], T=tf.quint8, mode=MODE, dtype=tf.float32))
+        if q.encoding is S8:
+            # q * max / 127 in three cheap element-wise ops: TF's oneDNN rewrite
+            # turns a SCALED Dequantize into a kernel that costs ~25x more per
+            # call on small tensors (measured on TF 2.21, 24x24x32 qint8).
+            self.add(make_node("Bitcast", name + "/int8", [q.tensor], T=tf.qint8, type=tf.int8))
+            self.add(make_node("Cast", name + "/float", [name + "/int8"], SrcT=tf.int8, DstT=tf.float32,
+                               Truncate=False))
+            self.const(name + "/levels", float(S8.levels), tf.float32)
+            self.add(make_node("RealDiv", name + "/scale", [q.max, name + "/levels"], T=tf.float32))
+            self.add(make_node("Mul", name, [name + "/float", name + "/scale"], T=tf.float32))
+        else:
+            # U7 is MIN_COMBINED-exact too (min 0), and that kernel is the fast one.
+            self.add(make_node("Dequantize", name, list(q.triple), T=tf.quint8, mode="MIN_COMBINED",
+                               dtype=tf.float32))
         self.float_names[t] = name
         return name
 
-    def set_quantized_output(self, node, triple: Triple, op_type: str) -> None:
-        self.quantized[node.name + ":0"] = triple
+    def set_quantized_output(self, node, q: QTensor, op_type: str) -> None:
+        self.quantized[node.name + ":0"] = q
         self.report.quantized[node.name] = op_type
 
-    def requantize(self, base: str, acc: Triple, tensor: str) -> Triple:
+    def set_float_output(self, node, name: str) -> None:
+        """Records that float tensor `node:0` is computed, in float, by node `name`."""
+        self.float_names[node.name + ":0"] = name
+
+    def requantize(self, base: str, acc: Tuple[str, str, str], tensor: str) -> QTensor:
         """qint32 accumulator -> quint8 in the calibrated range of `tensor` (no RequantizationRange)."""
         lo, hi = self.range(tensor)
         self.const(base + "/requant_min", lo, tf.float32)
@@ -123,7 +202,7 @@ class Builder:
                            [acc[0], acc[1], acc[2], base + "/requant_min", base + "/requant_max"],
                            Tinput=tf.qint32, out_type=tf.quint8))
         r = base + "/requantize"
-        return (r, r + ":1", r + ":2")
+        return QTensor(r, r + ":1", r + ":2", U8)
 
     def copy_float(self, node) -> None:
         """Emits a float op unchanged except that its inputs are float forms."""
@@ -155,9 +234,30 @@ class Builder:
 
 
 def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
-    """Converts the float `graph` with `quantizers` (op type -> quantizer); `fallback` keeps the rest float."""
+    """Converts the float `graph` with `quantizers` (op type -> quantizer); `fallback` keeps the rest float.
+
+    A quantizer may fuse a chain of nodes (conv → bias → activation): its
+    `plan(builder, node)` returns the chain's node names, and the chain is
+    emitted, by `emit_chain`, when the walk reaches its last node, by which
+    time every input of every member (a residual summand included) exists.
+    """
     builder = Builder(graph, ranges)
-    for node in graph.topo_order():
+    order = graph.topo_order()
+    chains, absorbed = {}, set()
+    for node in order:
+        quantizer = quantizers.get(node.op)
+        plan = getattr(quantizer, "plan", None)
+        members = plan(builder, node) if plan and node.name not in absorbed else None
+        if members:
+            chains[members[-1]] = (quantizer, members)
+            absorbed.update(members[:-1])
+    for node in order:
+        if node.name in chains:
+            quantizer, members = chains[node.name]
+            quantizer.emit_chain(builder, [graph.node(m) for m in members])
+            continue
+        if node.name in absorbed:
+            continue
         quantizer = quantizers.get(node.op)
         if quantizer is None or not quantizer.should_quantize(builder, node):
             fallback.emit(builder, node)

@@ -5,7 +5,7 @@ from typing import Dict, Optional, Tuple
 from tfcompress.errors import TfcError
 from tfcompress.graph.graph import Graph
 from tfcompress.io.frozen import FrozenModel, check_finite_weights
-from tfcompress.quantize import reference
+from tfcompress.quantize import onednn, reference
 from tfcompress.quantize.builder import QuantReport, build_eightbit
 from tfcompress.quantize.config import QuantConfig
 from tfcompress.quantize.weights import quantize_weights, round_weights
@@ -13,7 +13,10 @@ from tfcompress.quantize.weights import quantize_weights, round_weights
 
 def _kernel_set(kernels: str):
     if kernels == "onednn":
-        raise TfcError("--kernels=onednn is not implemented yet; use --kernels=reference")
+        if not onednn.mkl_enabled():
+            raise TfcError("--kernels=onednn needs TF's oneDNN kernels, which are off in this process: "
+                           "set TF_ENABLE_ONEDNN_OPTS=1 before starting it")
+        return onednn.QUANTIZERS, onednn.FALLBACK
     return reference.QUANTIZERS, reference.FALLBACK
 
 

@@ -19,8 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.graph.graph import make_node
-from tfcompress.quantize.builder import Builder, attr_dtype, data_inputs
+from tfcompress.quantize.builder import U7, U8, Builder, QTensor, attr_dtype, data_inputs
 from tfcompress.quantize.weights import quantize_affine
+
+
+# Encodings the quint8 pass-through kernels accept: for both, code 0 is 0.0 or
+# the range's min and the kernels only compare or average codes.
+UNSIGNED = (U8, U7)
 
 
 def _float32(node) -> bool:
@@ -141,23 +146,24 @@ class _PassRangeQuantizer:
     op = ""
 
     def should_quantize(self, builder: Builder, node) -> bool:
-        return _float32(node) and builder.is_quantized(data_inputs(node)[0]) and self._supported(builder, node)
+        return (_float32(node) and builder.encoding_of(data_inputs(node)[0]) in UNSIGNED
+                and self._supported(builder, node))
 
     def _supported(self, builder, node) -> bool:
         return True
 
     def emit(self, builder: Builder, node) -> None:
-        x = builder.quantized_input(data_inputs(node)[0])
+        x = builder.quantized_input(data_inputs(node)[0], UNSIGNED)
         base = node.name + "/eightbit"
         builder.add(self._op(builder, base, node, x))
-        builder.set_quantized_output(node, (base, base + ":1", base + ":2"), self.op)
+        builder.set_quantized_output(node, QTensor(base, base + ":1", base + ":2", x.encoding), self.op)
 
 
 class ReluQuantizer(_PassRangeQuantizer):
     op = "QuantizedRelu"
 
     def _op(self, builder, base, node, x):
-        return make_node(self.op, base, list(x), Tinput=tf.quint8, out_type=tf.quint8)
+        return make_node(self.op, base, list(x.triple), Tinput=tf.quint8, out_type=tf.quint8)
 
 
 class Relu6Quantizer(ReluQuantizer):
@@ -172,7 +178,7 @@ class PoolQuantizer(_PassRangeQuantizer):
         return (node.attr["data_format"].s.decode() or "NHWC") == "NHWC"
 
     def _op(self, builder, base, node, x):
-        return make_node(self.op, base, list(x), T=tf.quint8, ksize=list(node.attr["ksize"].list.i),
+        return make_node(self.op, base, list(x.triple), T=tf.quint8, ksize=list(node.attr["ksize"].list.i),
                          strides=list(node.attr["strides"].list.i), padding=node.attr["padding"].s.decode())
 
 
@@ -203,9 +209,9 @@ class ConcatQuantizer:
         axis = int(_const(builder, ins[-1])) % builder.rank(node.name)  # The kernel wants axis >= 0.
         axis = builder.const(base + "/axis", np.int32(axis))
         builder.add(make_node("QuantizedConcat", base,
-                              [axis] + [t[0] for t in triples] + [t[1] for t in triples] + [t[2] for t in triples],
+                              [axis] + [t.tensor for t in triples] + [t.min for t in triples] + [t.max for t in triples],
                               N=len(triples), T=tf.quint8))
-        builder.set_quantized_output(node, (base, base + ":1", base + ":2"), "QuantizedConcat")
+        builder.set_quantized_output(node, QTensor(base, base + ":1", base + ":2"), "QuantizedConcat")
 
 
 class AddQuantizer:

@@ -1,0 +1,59 @@
+"""Reference architectures built offline, for benchmarks and tests.
+
+No pretrained weights can be fetched here, so an architecture is built with
+seeded random weights and its batch-norm statistics are then set from real
+images by forward passes in training mode.  Without that step every BN layer
+would keep mean 0 / variance 1, the activations would drift by orders of
+magnitude through the depth of the network, and quantization would be
+measured on a network no one trains.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from tfcompress.calibrate.images import Preprocessing, iter_batches
+
+BN_PASSES = 4
+BN_MOMENTUM = 0.5
+
+
+def set_bn_statistics(model, batches: Sequence[np.ndarray], passes: int = BN_PASSES,
+                      momentum: float = BN_MOMENTUM) -> None:
+    """Sets every BatchNormalization layer's moving mean/variance from `batches`.
+
+    Each pass runs all batches in training mode with `momentum`, so after a
+    few passes the moving statistics are those of the data (within
+    momentum**passes of the starting values).
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = momentum
+    for _ in range(passes):
+        for batch in batches:
+            model(batch, training=True)
+    for l, m in zip(bns, saved):
+        l.momentum = m
+
+
+def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int = 96, seed: int = 0,
+                 logits: bool = True):
+    """Keras `MobileNetV2(alpha, weights=None)` at size×size×3, BN statistics set from `image_paths`.
+
+    Inputs are in [-1, 1] (the MobileNetV2 convention: mean 127.5, std 127.5).
+    With `logits` the classifier has no softmax, so errors are measured on
+    the values quantization actually changes.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None,
+                                           classifier_activation=None if logits else "softmax")
+    prep = mobilenet_preprocessing(size)
+    set_bn_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=32)))
+    return model
+
+
+def mobilenet_preprocessing(size: int) -> Preprocessing:
+    return Preprocessing.for_input((None, size, size, 3), mean=127.5, std=127.5)

@@ -1,0 +1,229 @@
+"""Quantizers for TF's fused oneDNN kernels (`--kernels=onednn`), keyed by op type.
+
+Each conv, depthwise conv or matmul is fused with what follows it into one
+kernel that also requantizes to the calibrated output range:
+
+    Conv2D → BiasAdd → Relu|Relu6      QuantizedConv2DWithBiasAndReluAndRequantize
+    Conv2D → BiasAdd → Add(x) → Relu   QuantizedConv2DWith[Signed]SumAndReluAndRequantize
+    Conv2D → BiasAdd                   QuantizedConv2DWithBiasAndRequantize (qint8 out)
+    DepthwiseConv2dNative → BiasAdd → Relu|Relu6
+                                       QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize
+    MatMul → BiasAdd → Relu|Relu6      QuantizedMatMulWithBiasAndReluAndRequantize
+    MatMul → BiasAdd                   QuantizedMatMulWithBiasAndDequantize (float out)
+
+Relu6 is the fused Relu followed by QuantizedRelu6, which clamps the codes.
+
+Weights are symmetric qint8, per output channel for convs (the fused matmul
+takes one range only).  Activations are SCALED: quint8 over [0, max] with the
+calibrated max at code 127 (7-bit, so the u8 x s8 pair sums of oneDNN's
+kernels on CPUs without VNNI fit int16), or qint8 over [-a, a] where the
+calibrated range is signed (conv inputs and linear conv outputs).
+
+What these kernels accept was established by running them on TF 2.21:
+depthwise and matmul inputs must be quint8, a Relu-fused output must be
+quint8, and the fused matmul takes a scalar weight range.  A chain outside
+these rules is left to the float fallback.
+
+The kernels run only where TF's oneDNN ops are on; elsewhere they fail at run
+time with an error (never silently), so `convert` refuses this kernel set in
+a process without them.
+
+References:
+  Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", arXiv:1712.05877 (requantized fused
+  conv+bias+relu); Krishnamoorthi, "Quantizing deep convolutional networks for
+  efficient inference: A whitepaper", arXiv:1806.08342 (per-channel weights).
+"""
+
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.graph.graph import make_node, node_name
+from tfcompress.quantize import reference
+from tfcompress.quantize.builder import S8, U7, Builder, QTensor, attr_dtype, data_inputs, encoded_range
+from tfcompress.quantize.weights import quantize_symmetric_per_channel
+
+ACTIVATIONS = ("Relu", "Relu6")
+
+
+def mkl_enabled() -> bool:
+    """Whether this TF process runs oneDNN's kernels (the fused quantized ops need them)."""
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _sole_consumer(builder: Builder, name: str):
+    consumers = builder.src.consumers(name)
+    if len(consumers) != 1 or builder.src.is_output(name):
+        return None
+    return consumers[0]
+
+
+def _takes(node, name: str) -> bool:
+    return any(node_name(i) == name and not i.startswith("^") for i in node.input)
+
+
+class FusedQuantizer:
+    """Plans and emits one fused chain headed by a Conv2D, DepthwiseConv2dNative or MatMul."""
+
+    def __init__(self, kind: str):
+        self.kind = kind  # "conv", "depthwise" or "matmul"
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        return False  # Reached only for heads whose chain `plan` declined.
+
+    # -- planning ---------------------------------------------------------
+    def plan(self, builder: Builder, head) -> Optional[List[str]]:
+        """The chain's node names, head first, or None if it stays float."""
+        if not self._head_ok(builder, head):
+            return None
+        members = [head]
+        nxt = _sole_consumer(builder, head.name)
+        if (nxt is not None and nxt.op == "BiasAdd" and node_name(data_inputs(nxt)[0]) == head.name
+                and builder.src.const_value(data_inputs(nxt)[1]) is not None):
+            members.append(nxt)
+            nxt = _sole_consumer(builder, nxt.name)
+        if nxt is not None and nxt.op in ACTIVATIONS and attr_dtype(nxt) == tf.float32:
+            members.append(nxt)
+        elif (self.kind == "conv" and nxt is not None and nxt.op in ("AddV2", "Add")
+              and len(data_inputs(nxt)) == 2 and builder.rank(nxt.name) == 4):
+            summand = [i for i in data_inputs(nxt) if node_name(i) != members[-1].name]
+            relu = _sole_consumer(builder, nxt.name)
+            conv_input = self._input_after_pad(builder, head)
+            # A summand that is also the conv's input crashes the kernel (it sums
+            # in place into the summand's buffer): TF 2.21 segfaults.
+            if (len(summand) == 1 and builder.src.const_value(summand[0]) is None
+                    and node_name(summand[0]) != node_name(conv_input)
+                    and builder.rank(summand[0]) == 4 and relu is not None and relu.op == "Relu"):
+                members += [nxt, relu]
+        if members[-1].op not in ACTIVATIONS and self.kind == "depthwise":
+            return None  # The fused depthwise kernel always applies Relu.
+        pad = self._absorbable_pad(builder, head)
+        return ([pad.name] if pad is not None else []) + [m.name for m in members]
+
+    def _input_after_pad(self, builder: Builder, head) -> str:
+        pad = self._absorbable_pad(builder, head)
+        return data_inputs(pad)[0] if pad is not None else data_inputs(head)[0]
+
+    def _absorbable_pad(self, builder: Builder, head):
+        """A zero Pad of H and W only, feeding this VALID conv alone: the kernel's padding_list does it."""
+        if self.kind == "matmul" or head.attr["padding"].s != b"VALID":
+            return None
+        pad = builder.src.node(data_inputs(head)[0])
+        if pad is None or pad.op != "Pad" or _sole_consumer(builder, pad.name) is not head:
+            return None
+        paddings = builder.src.const_value(data_inputs(pad)[1])
+        if paddings is None or paddings.shape != (4, 2) or paddings[0].any() or paddings[3].any():
+            return None
+        lo, _ = builder.range(data_inputs(pad)[0])
+        return pad if lo >= 0.0 or self.kind == "conv" else None
+
+    def _head_ok(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        if attr_dtype(node) != tf.float32 or builder.src.const_value(ins[1]) is None:
+            return False
+        lo, _ = builder.range(ins[0])
+        if self.kind == "matmul":
+            return not node.attr["transpose_a"].b and lo >= 0.0
+        if not reference._conv_supported(node):
+            return False
+        if self.kind == "depthwise":
+            return lo >= 0.0 and builder.src.const_value(ins[1]).shape[3] == 1
+        return True
+
+    # -- emission ---------------------------------------------------------
+    def emit_chain(self, builder: Builder, nodes) -> None:
+        pad = nodes[0] if nodes[0].op == "Pad" else None
+        nodes = nodes[1:] if pad is not None else nodes
+        head, last = nodes[0], nodes[-1]
+        ins = data_inputs(head)
+        if pad is not None:
+            ins = [data_inputs(pad)[0]] + ins[1:]
+        base = head.name + "/eightbit"
+        bias_node = next((n for n in nodes if n.op == "BiasAdd"), None)
+        add_node = next((n for n in nodes if n.op in ("AddV2", "Add")), None)
+        act = last.op if last.op in ACTIVATIONS else None
+
+        lo, _ = builder.range(ins[0])
+        x = builder.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
+        if x.encoding not in (U7, S8):
+            x = builder.quantized_input(ins[0], (U7, S8))
+        w = builder.src.const_value(ins[1])
+        filt, wmin, wmax = self._weights(builder, base, w)
+        channels = w.shape[-1] if self.kind != "depthwise" else w.shape[2]
+        bias = (builder.src.const_value(data_inputs(bias_node)[1]) if bias_node is not None
+                else np.zeros([channels], np.float32))
+        bias = builder.const(base + "/bias", bias.astype(np.float32), tf.float32)
+
+        out_enc = U7 if act else S8
+        out_lo, out_hi = encoded_range(out_enc, *builder.range(last.name + ":0"))
+        omin = builder.const(base + "/output_min", out_lo, tf.float32)
+        omax = builder.const(base + "/output_max", out_hi, tf.float32)
+
+        if self.kind == "matmul":
+            attrs = dict(T1=tf.quint8, T2=tf.qint8, Tbias=tf.float32, transpose_a=False,
+                         transpose_b=head.attr["transpose_b"].b, input_quant_mode="SCALED")
+            inputs = [x.tensor, filt, bias, x.min, x.max, wmin, wmax, omin, omax]
+            if act is None:
+                # Float output under the last node's name: float consumers read it unchanged.
+                builder.add(make_node("QuantizedMatMulWithBiasAndDequantize", last.name, inputs,
+                                      Toutput=tf.float32, **attrs))
+                builder.set_float_output(last, last.name)
+                builder.report.quantized[head.name] = "QuantizedMatMulWithBiasAndDequantize"
+                return
+            op = "QuantizedMatMulWithBiasAndReluAndRequantize"
+            builder.add(make_node(op, base, inputs, Toutput=tf.quint8, **attrs))
+        else:
+            attrs = dict(Tinput=x.encoding.dtype, Tfilter=tf.qint8, Tbias=tf.float32,
+                         out_type=out_enc.dtype, **reference._conv_attrs(head))
+            if pad is not None:
+                attrs["padding_list"] = [int(v) for v in builder.src.const_value(data_inputs(pad)[1]).reshape(-1)]
+            inputs = [x.tensor, filt, bias, x.min, x.max, wmin, wmax, omin, omax]
+            if self.kind == "depthwise":
+                op = "QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize"
+            elif add_node is not None:
+                summand_t = next(i for i in data_inputs(add_node) if node_name(i) != nodes[-3].name)
+                s = builder.quantized_input(summand_t, (U7, S8))
+                signed = s.encoding is S8
+                op = ("QuantizedConv2DWithBiasSignedSumAndReluAndRequantize" if signed
+                      else "QuantizedConv2DWithBiasSumAndReluAndRequantize")
+                inputs += [s.tensor, s.min, s.max]
+                attrs["Tsummand"] = s.encoding.dtype
+            elif act:
+                op = "QuantizedConv2DWithBiasAndReluAndRequantize"
+            else:
+                op = "QuantizedConv2DWithBiasAndRequantize"
+            builder.add(make_node(op, base, inputs, **attrs))
+        out = QTensor(base, base + ":1", base + ":2", out_enc)
+        if act == "Relu6":
+            clamp = base + "/relu6"
+            builder.add(make_node("QuantizedRelu6", clamp, list(out.triple), Tinput=tf.quint8, out_type=tf.quint8))
+            out = QTensor(clamp, clamp + ":1", clamp + ":2", U7)
+        builder.set_quantized_output(last, out, op)
+        if last is not head:
+            builder.report.quantized[head.name] = builder.report.quantized.pop(last.name)
+
+    def _weights(self, builder: Builder, base: str, w: np.ndarray):
+        if self.kind == "matmul":
+            amax = float(max(np.abs(w).max(), 1e-8))
+            q = np.clip(np.round(w.astype(np.float64) / amax * 127), -127, 127).astype(np.int8)
+            lo, hi = np.float32(-amax), np.float32(amax)
+        else:
+            q, amax = quantize_symmetric_per_channel(w, axis=3 if self.kind == "conv" else 2)
+            lo, hi = -amax, amax
+        return (builder.const(base + "/weights", q, tf.qint8), builder.const(base + "/weights_min", lo, tf.float32),
+                builder.const(base + "/weights_max", hi, tf.float32))
+
+
+QUANTIZERS = {
+    "Conv2D": FusedQuantizer("conv"),
+    "DepthwiseConv2dNative": FusedQuantizer("depthwise"),
+    "MatMul": FusedQuantizer("matmul"),
+    # Pass-through kernels keep the 7-bit codes they are given.
+    "MaxPool": reference.PoolQuantizer("QuantizedMaxPool"),
+    "AvgPool": reference.PoolQuantizer("QuantizedAvgPool"),
+    "Reshape": reference.ReshapeQuantizer(),
+}
+FALLBACK = reference.FALLBACK
