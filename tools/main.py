@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "quantize_graph": "quantize_graph",
     "calibrate": "calibrate",
+    "convert": "convert",
 }
 
 

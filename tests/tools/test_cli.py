@@ -111,5 +111,31 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(args, message, tmp_pat
     assert set(os.listdir(tmp_path)) | set(os.listdir(MODELS)) == before  # Nothing written, not even temp files.
 
 
+
+CONVERT = os.path.join(ROOT, "tools", "convert.py")
+
+
+def test_convert_every_mode_from_one_cache(tmp_path):
+    """int8 then uint8 from the cache quantize_graph's calibration wrote: no image read, same bytes on rerun."""
+    cache = tmp_path / "ranges.json"
+    first = _run(f"--output={tmp_path / 'a.tflite'}", f"--calibration_cache={cache}", tool=CONVERT)
+    assert first.returncode == 0, first.stderr
+    assert "100 images read" in first.stdout
+    for mode in ("uint8", "int8"):
+        out = tmp_path / f"{mode}.tflite"
+        again = _run(f"--output={out}", f"--calibration_cache={cache}", f"--quantize={mode}",
+                     "--calibration_images=/nonexistent", tool=CONVERT)
+        assert again.returncode == 0, again.stderr
+        assert "reused cache, 0 images read" in again.stdout
+    assert (tmp_path / "int8.tflite").read_bytes() == (tmp_path / "a.tflite").read_bytes()
+    assert (tmp_path / "a.tflite").stat().st_size < os.path.getsize(os.path.join(MODELS, "digits_resnet.keras")) / 4
+
+
+def test_convert_bad_mode_writes_nothing(tmp_path):
+    out = tmp_path / "x.tflite"
+    proc = _run(f"--output={out}", "--quantize=int4", tool=CONVERT)
+    assert proc.returncode != 0 and not out.exists()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
