@@ -20,7 +20,6 @@ _CAL = common.define_calibration_flags()
 
 
 def main() -> None:
-    from tfcompress.calibrate.calibrators import CalibratorConfig
     from tfcompress.calibrate.images import Preprocessing
     from tfcompress.calibrate.run import calibrate
     from tfcompress.errors import TfcError
@@ -34,7 +33,7 @@ def main() -> None:
     float_model, _ = optimize(common.load_model_from_flags(_MODEL))
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
                                    std=_CAL["input_std"].value)
-    calibrator = CalibratorConfig(method=_CAL["calibrator"].value, percentile=_CAL["percentile"].value)
+    calibrator = common.calibrator_from_flags(_CAL)
     result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images, cache_path=cache_path,
                        recalibrate=_CAL["recalibrate"].value, batch_size=_CAL["batch_size"].value)
     ranges = result.cache.ranges(calibrator)

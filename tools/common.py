@@ -45,6 +45,30 @@ def define_calibration_flags():
     )
 
 
+def resolve_paths(model_flags, cal_flags, output: str):
+    """(input model, calibration images, whether this is the default run) for a tool writing `output`.
+
+    With no --input the shipped model and its calibration images are used.
+
+    Raises:
+      TfcError: no --output, or an --output inside the input.
+    """
+    from tfcompress.errors import TfcError
+    from tfcompress.io.atomic import check_output_outside_input
+    if not output:
+        raise TfcError("--output is required")
+    default_run = model_flags["input"].value is None
+    input_path = model_flags["input"].value or DEFAULT_MODEL
+    images = cal_flags["calibration_images"].value or (DEFAULT_CALIBRATION if default_run else None)
+    check_output_outside_input(output, input_path)
+    return input_path, images, default_run
+
+
+def calibrator_from_flags(cal_flags):
+    from tfcompress.calibrate.calibrators import CalibratorConfig
+    return CalibratorConfig(method=cal_flags["calibrator"].value, percentile=cal_flags["percentile"].value)
+
+
 def load_model_from_flags(f):
     """Loads the model named by define_model_flags() holders (default: the shipped model)."""
     from tfcompress.io.loaders import load_model

@@ -31,23 +31,17 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 
 
 def main() -> None:
-    from tfcompress.calibrate.calibrators import CalibratorConfig
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
     from tfcompress.calibrate.run import calibrate
     from tfcompress.errors import TfcError
     from tfcompress.evaluate import measure
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
     from tfcompress.graph.passes import optimize
-    from tfcompress.io.atomic import check_output_outside_input, write_bytes
+    from tfcompress.io.atomic import write_bytes
 
-    if not _OUTPUT.value:
-        raise TfcError("--output is required")
-    default_run = _MODEL["input"].value is None
-    input_path = _MODEL["input"].value or common.DEFAULT_MODEL
-    images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
-    check_output_outside_input(_OUTPUT.value, input_path)
+    input_path, images, _ = common.resolve_paths(_MODEL, _CAL, _OUTPUT.value)
     config = TfliteConfig(quantize=_QUANTIZE.value, per_channel=not _PER_TENSOR.value)
-    calibrator = CalibratorConfig(method=_CAL["calibrator"].value, percentile=_CAL["percentile"].value)
+    calibrator = common.calibrator_from_flags(_CAL)
 
     float_model, _ = optimize(common.load_model_from_flags(_MODEL))
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,

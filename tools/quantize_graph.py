@@ -33,27 +33,19 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 
 
 def main() -> None:
-    from tfcompress.calibrate.calibrators import CalibratorConfig
     from tfcompress.calibrate.images import Preprocessing, list_images
     from tfcompress.calibrate.run import calibrate
-    from tfcompress.errors import TfcError
     from tfcompress.evaluate import measure
     from tfcompress.graph.passes import optimize
-    from tfcompress.io.atomic import check_output_outside_input
     from tfcompress.io.writers import write_model
     from tfcompress.quantize.config import QuantConfig
     from tfcompress.quantize.convert import quantize_model
 
-    if not _OUTPUT.value:
-        raise TfcError("--output is required")
-    default_run = _MODEL["input"].value is None
-    input_path = _MODEL["input"].value or common.DEFAULT_MODEL
-    images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
+    input_path, images, default_run = common.resolve_paths(_MODEL, _CAL, _OUTPUT.value)
     eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run else images)
-    check_output_outside_input(_OUTPUT.value, input_path)
     config = QuantConfig(mode=_MODE.value, bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
                          kernels=_KERNELS.value)
-    calibrator = CalibratorConfig(method=_CAL["calibrator"].value, percentile=_CAL["percentile"].value)
+    calibrator = common.calibrator_from_flags(_CAL)
 
     loaded = common.load_model_from_flags(_MODEL)
     float_model, passes = optimize(loaded)
