@@ -1,9 +1,9 @@
 """The fused oneDNN kernel set (--kernels=onednn): coverage, numbers against float, refusal without oneDNN.
 
-These tests need a TF process whose oneDNN ops are on.  They set
-TF_ENABLE_ONEDNN_OPTS=1 through conftest-independent means: the Bazel target
-and tools/test.sh export it; run alone, a process without oneDNN skips them
-(the refusal test runs either way, in a subprocess with oneDNN off).
+Most tests need a TF process whose oneDNN ops are on: tools/test.sh and the
+Bazel test environment set TF_ENABLE_ONEDNN_OPTS=1, and a process without
+them skips those tests.  The refusal test runs either way, in a subprocess
+with oneDNN off.
 """
 
 import collections

@@ -48,9 +48,6 @@ U7 = Encoding(tf.quint8, "SCALED", 127)
 # oneDNN's signed encoding: qint8 over [-a, a], symmetric.
 S8 = Encoding(tf.qint8, "SCALED", 127)
 
-# Kept for callers that only know the reference encoding.
-MODE = U8.mode
-
 
 class QTensor(NamedTuple):
     """A quantized activation: the tensor, its range tensors, and its encoding."""
