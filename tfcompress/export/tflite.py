@@ -167,8 +167,7 @@ def convert_tflite(model: FrozenModel, config: TfliteConfig,
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         converter.inference_input_type = tf.int16
         converter.inference_output_type = tf.int16
-    if mode in ("int16x8",) or not config.per_channel:
-        converter._experimental_disable_per_channel = not config.per_channel  # pylint: disable=protected-access
+    converter._experimental_disable_per_channel = not config.per_channel  # pylint: disable=protected-access
     try:
         flatbuffer = converter.convert()
     except Exception as e:  # The converter raises a variety of types.

@@ -61,10 +61,6 @@ def _sole_consumer(builder: Builder, name: str):
     return consumers[0]
 
 
-def _takes(node, name: str) -> bool:
-    return any(node_name(i) == name and not i.startswith("^") for i in node.input)
-
-
 class FusedQuantizer:
     """Plans and emits one fused chain headed by a Conv2D, DepthwiseConv2dNative or MatMul."""
 
@@ -79,6 +75,7 @@ class FusedQuantizer:
         """The chain's node names, head first, or None if it stays float."""
         if not self._head_ok(builder, head):
             return None
+        pad = self._absorbable_pad(builder, head)
         members = [head]
         nxt = _sole_consumer(builder, head.name)
         if (nxt is not None and nxt.op == "BiasAdd" and node_name(data_inputs(nxt)[0]) == head.name
@@ -91,7 +88,7 @@ class FusedQuantizer:
               and len(data_inputs(nxt)) == 2 and builder.rank(nxt.name) == 4):
             summand = [i for i in data_inputs(nxt) if node_name(i) != members[-1].name]
             relu = _sole_consumer(builder, nxt.name)
-            conv_input = self._input_after_pad(builder, head)
+            conv_input = data_inputs(pad)[0] if pad is not None else data_inputs(head)[0]
             # A summand that is also the conv's input crashes the kernel (it sums
             # in place into the summand's buffer): TF 2.21 segfaults.
             if (len(summand) == 1 and builder.src.const_value(summand[0]) is None
@@ -100,12 +97,7 @@ class FusedQuantizer:
                 members += [nxt, relu]
         if members[-1].op not in ACTIVATIONS and self.kind == "depthwise":
             return None  # The fused depthwise kernel always applies Relu.
-        pad = self._absorbable_pad(builder, head)
         return ([pad.name] if pad is not None else []) + [m.name for m in members]
-
-    def _input_after_pad(self, builder: Builder, head) -> str:
-        pad = self._absorbable_pad(builder, head)
-        return data_inputs(pad)[0] if pad is not None else data_inputs(head)[0]
 
     def _absorbable_pad(self, builder: Builder, head):
         """A zero Pad of H and W only, feeding this VALID conv alone: the kernel's padding_list does it."""
@@ -127,7 +119,7 @@ class FusedQuantizer:
         lo, _ = builder.range(ins[0])
         if self.kind == "matmul":
             return not node.attr["transpose_a"].b and lo >= 0.0
-        if not reference._conv_supported(node):
+        if not reference.conv_supported(node):
             return False
         if self.kind == "depthwise":
             return lo >= 0.0 and builder.src.const_value(ins[1]).shape[3] == 1
@@ -148,8 +140,6 @@ class FusedQuantizer:
 
         lo, _ = builder.range(ins[0])
         x = builder.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
-        if x.encoding not in (U7, S8):
-            x = builder.quantized_input(ins[0], (U7, S8))
         w = builder.src.const_value(ins[1])
         filt, wmin, wmax = self._weights(builder, base, w)
         channels = w.shape[-1] if self.kind != "depthwise" else w.shape[2]
@@ -177,7 +167,7 @@ class FusedQuantizer:
             builder.add(make_node(op, base, inputs, Toutput=tf.quint8, **attrs))
         else:
             attrs = dict(Tinput=x.encoding.dtype, Tfilter=tf.qint8, Tbias=tf.float32,
-                         out_type=out_enc.dtype, **reference._conv_attrs(head))
+                         out_type=out_enc.dtype, **reference.conv_attrs(head))
             if pad is not None:
                 attrs["padding_list"] = [int(v) for v in builder.src.const_value(data_inputs(pad)[1]).reshape(-1)]
             inputs = [x.tensor, filt, bias, x.min, x.max, wmin, wmax, omin, omax]

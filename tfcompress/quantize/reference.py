@@ -77,12 +77,12 @@ class _WeightedQuantizer:
         builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), self.op)
 
 
-def _conv_attrs(node):
+def conv_attrs(node):
     return {"strides": list(node.attr["strides"].list.i), "padding": node.attr["padding"].s.decode(),
             "dilations": list(node.attr["dilations"].list.i) or [1, 1, 1, 1]}
 
 
-def _conv_supported(node) -> bool:
+def conv_supported(node) -> bool:
     fmt = node.attr["data_format"].s.decode() or "NHWC"
     return (fmt == "NHWC" and node.attr["padding"].s in (b"SAME", b"VALID")
             and _unit(node.attr["dilations"].list.i))
@@ -96,11 +96,11 @@ class Conv2DQuantizer(_WeightedQuantizer):
     op = "QuantizedConv2D"
 
     def _supported(self, node) -> bool:
-        return _conv_supported(node)
+        return conv_supported(node)
 
     def _op(self, base, node, x, w):
         return make_node("QuantizedConv2D", base, [x[0], w[0], x[1], x[2], w[1], w[2]], Tinput=tf.quint8,
-                         Tfilter=tf.quint8, out_type=tf.qint32, **_conv_attrs(node))
+                         Tfilter=tf.quint8, out_type=tf.qint32, **conv_attrs(node))
 
 
 class MatMulQuantizer(_WeightedQuantizer):
