@@ -71,7 +71,7 @@ def main() -> None:
     for op in sorted(set(before) | set(after)):
         rows.append([op, before.get(op, 0), after.get(op, 0)])
     print(f"\nquantize_graph: {input_path} -> {_OUTPUT.value} (mode={config.mode}, kernels={config.kernels})")
-    print(f"rewrites: " + ", ".join(f"{p.name}={p.rewrites}" for p in passes))
+    print("rewrites: " + ", ".join(f"{p.name}={p.rewrites}" for p in passes))
     print(f"calibration: {cal_note}")
     print("\nop census")
     common.print_table(rows)

@@ -29,7 +29,8 @@ def setup(float_model):
     with GraphRunner(float_model.graph_def, [float_model.image_input().tensor],
                      [float_model.outputs[0].tensor]) as runner:
         reference = runner.run(images)[0]
-    return prep, stats, images, reference
+    float_size = len(convert_tflite(float_model, TfliteConfig(quantize="none")).flatbuffer)
+    return prep, stats, images, reference, float_size
 
 
 def _run_litert(flatbuffer, images):
@@ -56,7 +57,7 @@ def _run_litert(flatbuffer, images):
 
 @pytest.mark.parametrize("mode", ["none", "float16", "dynamic", "int8", "uint8", "int16x8"])
 def test_every_mode_runs_in_litert_and_agrees(float_model, setup, mode):
-    prep, stats, images, reference = setup
+    prep, stats, images, reference, float_size = setup
     ranges = compute_ranges(stats, CalibratorConfig())
     dataset = lambda: ([b] for b in iter_batches(list_images(CALIBRATION)[:20], prep, 1))  # noqa: E731
     result = convert_tflite(float_model, TfliteConfig(quantize=mode), ranges, dataset)
@@ -65,7 +66,6 @@ def test_every_mode_runs_in_litert_and_agrees(float_model, setup, mode):
     assert agreement >= MIN_TOP1_AGREEMENT, (mode, agreement)
     io_dtype = {"int8": np.int8, "uint8": np.uint8, "int16x8": np.int16}.get(mode, np.float32)
     assert interp.get_input_details()[0]["dtype"] == io_dtype
-    float_size = len(convert_tflite(float_model, TfliteConfig(quantize="none")).flatbuffer)
     if mode in ("int8", "uint8", "dynamic"):
         assert len(result.flatbuffer) < float_size / 3, (mode, len(result.flatbuffer), float_size)
     elif mode == "float16":
@@ -83,7 +83,7 @@ def _relu_quantization(flatbuffer):
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_our_ranges_reach_the_flatbuffer(float_model, setup, method):
-    _, stats, _, _ = setup
+    stats = setup[1]
     config = CalibratorConfig(method=method, percentile=99.0)
     result = convert_tflite(float_model, TfliteConfig(quantize="int8"), compute_ranges(stats, config))
     assert any(RELU in name.split(";") for name in result.ranges_applied)
@@ -108,7 +108,7 @@ def _relu_values(float_model, setup):
 
 
 def test_missing_range_is_an_error(float_model, setup):
-    _, stats, _, _ = setup
+    stats = setup[1]
     ranges = compute_ranges(stats, CalibratorConfig())
     ranges.pop(RELU + ":0")
     with pytest.raises(TfcError, match="no calibrated range for TFLite tensor"):

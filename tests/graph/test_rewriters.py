@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import assert_close
 from tfcompress.graph.graph import Graph
-from tfcompress.graph.passes import PASSES, optimize
+from tfcompress.graph.passes import PASSES
 from tfcompress.graph.rewriters import (fold_batch_norm, fold_bias_add, fold_constants, recognise_activations,
                                         static_shapes, strip_identity)
 from tfcompress.graph.runner import run_graph
@@ -24,7 +24,7 @@ def _graph(build, shape=(2, 8, 8, 3)):
     g = tf.Graph()
     with g.as_default():
         x = v1.placeholder(tf.float32, (None,) + shape[1:], name="x")
-        y = tf.identity(build(x), name="y")
+        tf.identity(build(x), name="y")
     return FrozenModel(graph_def=g.as_graph_def(), inputs=[TensorSig("x", "x:0", "float32", (None,) + shape[1:])],
                        outputs=[TensorSig("y", "y:0", "float32", None)])
 

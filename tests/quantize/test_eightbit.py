@@ -1,7 +1,6 @@
 """The eightbit graph: structure, agreement with the float graph, portability; the weights modes."""
 
 import collections
-import json
 import os
 import subprocess
 import sys
@@ -128,7 +127,6 @@ def test_weights_mode_is_within_one_step_per_channel(float_model):
     q, _ = quantize_model(float_model, QuantConfig(mode="weights", min_weight_size=64))
     ops = collections.Counter(n.op for n in q.graph_def.node)
     assert ops["Dequantize"] >= 10
-    by_name = {n.name: n for n in q.graph_def.node}
     float_consts = {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in float_model.graph_def.node
                     if n.op == "Const"}
     checked = 0
