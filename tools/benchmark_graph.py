@@ -35,7 +35,7 @@ _MODELS = flags.DEFINE_list("models", ["digits", "mobilenet_v2"], "digits (the t
 _MOBILENET_SIZE = flags.DEFINE_integer("mobilenet_size", 224, "MobileNetV2 input height and width.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to time.")
 _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs per variant (after 5 warm-up runs).", lower_bound=5)
-_CALIBRATOR = flags.DEFINE_enum("calibrator", "percentile", ["minmax", "percentile"], "Range calibrator.")
+_CALIBRATOR = flags.DEFINE_enum("calibrator", "percentile", ["minmax", "percentile", "kl", "mse"], "Range calibrator.")
 _EVAL_COUNT = flags.DEFINE_integer("eval_images", 300, "Held-out images for the agreement column.")
 
 
@@ -50,29 +50,11 @@ def _variants(float_model, ranges):
     return out
 
 
-def _load(name):
-    from tfcompress.calibrate.images import Preprocessing, list_images
-    from tfcompress.evaluate import zoo
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.loaders import freeze_keras_model, load_model
-    calibration = list_images(common.DEFAULT_CALIBRATION)
-    if name == "digits":
-        model, _ = optimize(load_model(common.DEFAULT_MODEL))
-        return model, Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0), calibration
-    if name == "mobilenet_v2":
-        size = _MOBILENET_SIZE.value
-        keras_model = zoo.mobilenet_v2(calibration[:64], size=size)
-        model, _ = optimize(freeze_keras_model(keras_model, source="MobileNetV2(alpha=0.35)"))
-        return model, zoo.mobilenet_preprocessing(size), calibration
-    from tfcompress.errors import TfcError
-    raise TfcError(f"unknown model {name!r} in --models (choose from digits, mobilenet_v2)")
-
-
 def main() -> None:
     import numpy as np
 
     from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
-    from tfcompress.calibrate.collect import collect_stats
+    from tfcompress.calibrate.collect import collect_stats, full_range_tensors
     from tfcompress.calibrate.images import iter_batches, list_images
     from tfcompress.evaluate import measure
     from tfcompress.graph.runner import GraphRunner
@@ -82,9 +64,9 @@ def main() -> None:
     rows = [["model", "variant", "batch", "median ms", "speed-up vs float", "conv/matmul quantized",
              "top-1 agreement", "max abs error / output span"]]
     for name in _MODELS.value:
-        float_model, prep, calibration = _load(name)
+        float_model, prep, calibration = common.benchmark_model(name, _MOBILENET_SIZE.value)
         stats = collect_stats(float_model, calibration, prep, progress=False)
-        ranges = compute_ranges(stats, CalibratorConfig(method=_CALIBRATOR.value))
+        ranges = compute_ranges(stats, CalibratorConfig(method=_CALIBRATOR.value), full_range_tensors(float_model))
         variants = _variants(float_model, ranges)
         before = measure.op_census(float_model.graph_def)
         shares, agreements = {}, {}

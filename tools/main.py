@@ -9,6 +9,10 @@ COMMANDS = {
     "quantize_graph": "quantize_graph",
     "calibrate": "calibrate",
     "convert": "convert",
+    "eval": "eval",
+    "export_onnx": "export_onnx",
+    "parity": "parity",
+    "report": "report",
 }
 
 

@@ -2,12 +2,22 @@
 
     python tools/make_testdata.py --output=testdata
 
-Writes:
+Writes (--parts=digits):
   images/calibration/  100 digits (10 per class) as png, with a few jpg/bmp/gif
   images/heldout/<label>/  300 digits never used for training or calibration
   models/digits_resnet.{keras,h5}, models/digits_resnet_savedmodel/, models/digits_resnet.pb
     a small CNN with batch norm, residual blocks, a depthwise conv, a concat and
     ReLU6, trained on the remaining digits (32x32x3 input, pixels / 255).
+
+Writes (--parts=patches), a second model and image set that no other part of
+the project was developed against, for the int8 acceptance check:
+  images/patches/calibration/  100 colour patches (10 per class)
+  images/patches/heldout/<class>/  300 patches
+  models/patches_vgg.keras  a plain VGG-style CNN (no residuals, a separable
+    conv) that tells which of 10 scikit-image sample photos a 32x32 patch
+    comes from; input (pixel - 127.5) / 127.5.  Training patches come from the
+    top 65% of each photo, calibration patches from the left and held-out
+    patches from the right half of the bottom 35%: no pixel is shared.
 
 Seeded: the same package versions give the same files.
 """
@@ -24,7 +34,8 @@ else:
 from absl import flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output", common.TESTDATA, "testdata directory to (re)write.")
-_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs.")
+_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs (digits).")
+_PARTS = flags.DEFINE_list("parts", ["digits", "patches"], "What to (re)build: digits and/or patches.")
 
 SIZE = 32
 
@@ -75,7 +86,104 @@ def build_model():
     return keras.Model(inp, out, name="digits_resnet")
 
 
+PATCH_SOURCES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
+PATCH_SHORT_SIDE = 128
+
+
+def patch_sources():
+    """{name: uint8 RGB photo, short side PATCH_SHORT_SIDE} from scikit-image's bundled samples."""
+    import numpy as np
+    from PIL import Image
+    import skimage.data
+    photos = {}
+    for name in PATCH_SOURCES:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=-1)
+        h, w = img.shape[:2]
+        scale = PATCH_SHORT_SIDE / min(h, w)
+        photos[name] = np.asarray(Image.fromarray(img[..., :3]).resize(
+            (round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
+    return photos
+
+
+def sample_patches(photo, rows, cols, count, rng):
+    """`count` SIZE x SIZE patches whose top-left corners lie in rows x cols (half-open ranges)."""
+    import numpy as np
+    ys = rng.integers(rows[0], rows[1] - SIZE + 1, count)
+    xs = rng.integers(cols[0], cols[1] - SIZE + 1, count)
+    return np.stack([photo[y:y + SIZE, x:x + SIZE] for y, x in zip(ys, xs)])
+
+
+def build_patches_model(classes):
+    import keras
+    from keras import layers
+
+    def conv_bn(x, filters):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        return layers.ReLU()(layers.BatchNormalization()(x))
+
+    inp = keras.Input((SIZE, SIZE, 3), name="patch")
+    x = conv_bn(conv_bn(inp, 32), 32)
+    x = layers.MaxPooling2D(2)(x)
+    x = conv_bn(x, 64)
+    x = layers.SeparableConv2D(64, 3, padding="same", use_bias=False)(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.MaxPooling2D(2)(x)
+    x = conv_bn(x, 128)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    out = layers.Dense(classes, activation="softmax", name="class")(x)
+    return keras.Model(inp, out, name="patches_vgg")
+
+
+def make_patches(out):
+    import numpy as np
+    from PIL import Image
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(1)
+    train_x, train_y = [], []
+    for label, (name, photo) in enumerate(patch_sources().items()):
+        h, w = photo.shape[:2]
+        split = int(h * 0.65)
+        train = sample_patches(photo, (0, split), (0, w), 500, rng)
+        flip = rng.random(len(train)) < 0.5
+        train[flip] = train[flip, :, ::-1]
+        train_x.append(train)
+        train_y.extend([label] * len(train))
+        cal = sample_patches(photo, (split, h), (0, w // 2), 10, rng)
+        held = sample_patches(photo, (split, h), (w // 2, w), 30, rng)
+        cal_dir = os.path.join(out, "images", "patches", "calibration")
+        held_dir = os.path.join(out, "images", "patches", "heldout", name)
+        os.makedirs(cal_dir, exist_ok=True)
+        os.makedirs(held_dir, exist_ok=True)
+        for k, p in enumerate(cal):
+            Image.fromarray(p).save(os.path.join(cal_dir, f"{name}_{k:02d}.png"))
+        for k, p in enumerate(held):
+            Image.fromarray(p).save(os.path.join(held_dir, f"{k:02d}.png"))
+    x = (np.concatenate(train_x).astype(np.float32) - 127.5) / 127.5
+    y = np.asarray(train_y, np.int64)
+    model = build_patches_model(len(PATCH_SOURCES))
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=64, epochs=12, verbose=2, shuffle=True)
+    models = os.path.join(out, "models")
+    os.makedirs(models, exist_ok=True)
+    model.save(os.path.join(models, "patches_vgg.keras"))
+
+
 def main() -> None:
+    if "patches" in _PARTS.value:
+        make_patches(_OUTPUT.value)
+    if "digits" in _PARTS.value:
+        make_digits(_OUTPUT.value)
+
+
+def make_digits(out) -> None:
     import numpy as np
     from PIL import Image
     import keras
@@ -96,7 +204,6 @@ def main() -> None:
     used = set(cal_idx) | set(held_idx)
     train_idx = np.array([i for i in range(len(images)) if i not in used])
 
-    out = _OUTPUT.value
     cal_dir = os.path.join(out, "images", "calibration")
     formats = ["png"] * 7 + ["jpg", "bmp", "gif"]
     for k, i in enumerate(cal_idx):

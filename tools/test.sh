@@ -15,7 +15,8 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 bazel build //... 2>&1 | tail -n 2
-bazel test //tests/... 2>&1 | tail -n 9; bazel test //tests/... >/dev/null 2>&1
+bazel test //tests/... 2>&1 | tail -n 14; bazel test //tests/... >/dev/null 2>&1
 bazel run //tools:quantize_graph -- --output="$out/q8" --mode=weights --progress=false 2>&1 | tail -n 4
 test -f "$out/q8/saved_model.pb"
+bazel run //tools:eval -- --json --model="$out/q8" 2>/dev/null | tail -n 1 | grep -q '"top1"'
 echo "bazel smoke test: ok"

@@ -35,6 +35,19 @@ def test_stats_match_numpy_and_do_not_depend_on_batching():
         assert abs(streamed.quantile(q) - np.quantile(data, q)) <= _bin_tol(streamed), q
 
 
+def test_channel_means_match_numpy_and_survive_the_cache_format():
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((40, 5, 5, 6)) + np.arange(6)
+    streamed = TensorStats()
+    for chunk in np.array_split(data, 7):
+        streamed.update(chunk)
+    np.testing.assert_allclose(streamed.channel_mean(), data.mean(axis=(0, 1, 2)), rtol=1e-12)
+    again = TensorStats.from_json(json.loads(json.dumps(streamed.to_json())))
+    np.testing.assert_array_equal(again.channel_mean(), streamed.channel_mean())
+    with pytest.raises(TfcError, match="changed its channel count"):
+        streamed.update(np.zeros((2, 5)))
+
+
 def test_percentile_clips_outliers_and_keeps_zero():
     data = np.concatenate([np.linspace(0.5, 1.0, 10_000), [100.0]])
     s = TensorStats()
@@ -43,6 +56,52 @@ def test_percentile_clips_outliers_and_keeps_zero():
     assert lo == 0.0  # Widened to contain zero.
     assert hi == pytest.approx(np.quantile(data, 0.999), abs=s.bin_width)
     assert compute_ranges({"t": s}, CalibratorConfig())["t"] == (0.0, 100.0)
+
+
+def _fake_quant_mse(x, lo, hi):
+    """Mean squared error of 8-bit asymmetric quantize-dequantize over [lo, hi], in numpy."""
+    scale = (hi - lo) / 255.0
+    zero = np.round(-lo / scale)
+    q = np.clip(np.round(x / scale) + zero, 0, 255)
+    return float(np.mean((x - (q - zero) * scale) ** 2))
+
+
+# The mse calibrator works on bin centres and a candidate grid: allow 3% above the brute-force optimum.
+MSE_OPTIMUM_SLACK = 1.03
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_mse_calibrator_finds_the_numpy_optimum(signed):
+    rng = np.random.default_rng(3)
+    data = rng.laplace(size=100_000)
+    data[:30] *= 25  # Rare outliers.
+    if not signed:
+        data = np.maximum(data, 0)
+    s = TensorStats()
+    s.update(data)
+    lo, hi = compute_ranges({"t": s}, CalibratorConfig(method="mse"))["t"]
+    thresholds = np.linspace(0.2, np.abs(data).max(), 600)
+    brute = min(_fake_quant_mse(data, max(data.min(), -t), min(data.max(), t)) for t in thresholds)
+    assert _fake_quant_mse(data, lo, hi) <= brute * MSE_OPTIMUM_SLACK
+    assert _fake_quant_mse(data, lo, hi) < _fake_quant_mse(data, *compute_ranges({"t": s}, CalibratorConfig())["t"])
+
+
+def test_kl_calibrator_clips_a_heavy_tail_but_not_a_compact_distribution():
+    rng = np.random.default_rng(4)
+    compact = rng.uniform(0, 1, 100_000)
+    tailed = np.concatenate([np.abs(rng.standard_normal(100_000)), [60.0, 80.0]])
+    kl_range = lambda d: compute_ranges({"t": _stats(d)}, CalibratorConfig(method="kl"))["t"]  # noqa: E731
+    lo, hi = kl_range(compact)
+    assert lo == 0.0 and hi >= 0.95  # Nothing to gain by clipping a uniform distribution.
+    lo, hi = kl_range(tailed)
+    # The threshold lands in the tail of the bulk: beyond 3 sigma, far below the outliers.
+    assert lo == 0.0 and 3.0 < hi < 20.0
+
+
+def _stats(data):
+    s = TensorStats()
+    s.update(data)
+    return s
 
 
 def test_bad_calibrator_settings():
@@ -92,7 +151,7 @@ def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
                       cache_path=path, progress=False)
     assert not first.reused and first.images_read == 100
     doc = json.load(open(path))
-    assert doc["format"] == "tfcompress.calibration" and doc["version"] == 1
+    assert doc["format"] == "tfcompress.calibration" and doc["version"] == 2
     assert doc["fingerprint"]["model"] == float_model.fingerprint()
     # Reuse: no images needed at all (the folder is not even given).
     second = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(method="percentile", percentile=99.0),

@@ -137,5 +137,58 @@ def test_convert_bad_mode_writes_nothing(tmp_path):
     assert proc.returncode != 0 and not out.exists()
 
 
+CONVERT_BAD = [
+    (["--target=npu"], "unknown --target 'npu'"),
+    (["--quantize=none", "--target=edgetpu", "--strict"], "--strict: the edgetpu preflight found problems"),
+    (["--labels={tmp}/three.txt"], "names 3 classes but the model outputs 10"),
+    (["--calibration_cache={tmp}/old.json"], "stale: format version 1"),
+    (["--calibration_images={tmp}/color4", "--calibration_cache="], "transparency"),
+    (["--float_layers=nope"], "no layer named 'nope'"),
+    (["--quantize=float16", "--min_agreement=0.99"], "apply to --quantize=int8 and uint8 only"),
+    (["--labels_from={tmp}"], "has no classes"),
+]
+
+
+@pytest.mark.parametrize("args,message", CONVERT_BAD)
+def test_convert_bad_input_is_one_line_nonzero_and_writes_nothing(args, message, tmp_path):
+    from PIL import Image
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    (tmp_path / "old.json").write_text(json.dumps({"format": "tfcompress.calibration", "version": 1}))
+    (tmp_path / "color4").mkdir()
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "color4" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat.png")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "out.tflite"
+    before = set(os.listdir(tmp_path))
+    proc = _run(f"--output={out}", *args, tool=CONVERT)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-1000:]
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_convert_layer_report_fallback_target_and_metadata(tmp_path):
+    out = tmp_path / "fallback.tflite"
+    proc = _run(f"--output={out}", "--layer_report=3", "--float_layers=dense_1", "--min_agreement=1.0",
+                f"--labels_from={HELDOUT}", "--target=hexagon-dsp", tool=CONVERT)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert "per-layer quantization error" in proc.stdout
+    report = proc.stdout.split("per-layer quantization error")[1].split("\n\n")[0]
+    assert len([l for l in report.splitlines() if "CONV" in l or "FULLY" in l or "ADD" in l]) == 3
+    assert "float layers: dense_1; size cost +" in proc.stdout
+    # The float layer is what a DSP cannot take; without --strict the preflight only reports it.
+    assert "constraint: not fully 8-bit quantized: float outputs from DEQUANTIZE, FULLY_CONNECTED" in proc.stdout
+    assert "10 labels" in proc.stdout
+    from tfcompress.export.flatbuffer import read_metadata
+    meta = read_metadata(out.read_bytes())
+    assert meta["labels"] == [str(i) for i in range(10)]
+    assert meta["input_normalization"]["mean"] == [0.0] and meta["input_normalization"]["std"] == [255.0]
+
+
+def test_auto_calibrator_is_for_convert_only(tmp_path):
+    proc = _run(f"--output={tmp_path}/q8", "--calibrator=auto")
+    assert proc.returncode == 1 and "--calibrator=auto is only for convert" in proc.stderr
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

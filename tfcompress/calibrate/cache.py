@@ -1,10 +1,10 @@
 """The calibration cache: a JSON file at a path the user names.
 
-Schema (version 1):
+Schema (version 2):
 
     {
       "format": "tfcompress.calibration",
-      "version": 1,
+      "version": 2,
       "fingerprint": {
         "model": "<sha256 of the optimized float GraphDef and signature>",
         "preprocessing": {"height":…, "width":…, "channels":…, "mean":…, "std":…, "resize":…},
@@ -15,6 +15,7 @@ Schema (version 1):
       "tensors": {
         "<tensor name>": {"min":…, "max":…, "count":…,
                           "histogram": {"bin_width":…, "first_bin":…, "counts": […]},
+                          "channel_sum": [per-channel sums over the last axis],
                           "range": [lo, hi]}
       }
     }
@@ -38,7 +39,7 @@ from tfcompress.errors import TfcError
 from tfcompress.io.atomic import write_bytes
 
 FORMAT = "tfcompress.calibration"
-VERSION = 1
+VERSION = 2
 COLLECTOR = {"histogram": "pow2-aligned", "max_bins": MAX_BINS}
 
 
@@ -51,9 +52,12 @@ class CalibrationCache:
     calibrator: CalibratorConfig
     image_count: int = 0
     image_sha256: str = ""
+    # Tensors kept at their full observed range (see compute_ranges); derived
+    # from the model, which the fingerprint pins, so it is not stored.
+    full_range: frozenset = frozenset()
 
     def ranges(self, calibrator: Optional[CalibratorConfig] = None) -> Dict[str, Tuple[float, float]]:
-        return compute_ranges(self.stats, calibrator or self.calibrator)
+        return compute_ranges(self.stats, calibrator or self.calibrator, self.full_range)
 
     def to_json(self) -> str:
         ranges = self.ranges()
@@ -79,12 +83,15 @@ def save(cache: CalibrationCache, path: str) -> None:
 
 
 def load(path: str) -> CalibrationCache:
-    """Reads a cache file; raises TfcError if unreadable or not a version-1 cache."""
+    """Reads a cache file; raises TfcError if unreadable, of another version (stale) or not a cache."""
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read().decode("utf-8"))
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        if doc.get("format") != FORMAT:
             raise ValueError("not a tfcompress calibration cache")
+        if doc.get("version") != VERSION:
+            raise TfcError(f"calibration cache {path} is stale: format version {doc.get('version')}, this "
+                           f"tfcompress writes version {VERSION}; pass --recalibrate")
         fp = doc["fingerprint"]
         cal = doc["calibrator"]
         stats = {name: TensorStats.from_json(t) for name, t in doc["tensors"].items()}

@@ -38,6 +38,27 @@ def calibration_tensors(model: FrozenModel) -> List[str]:
     return names
 
 
+# Single-input ops through which an output's range reaches back to the tensor that decides it.
+_PASS_THROUGH = {"Identity", "Softmax", "Sigmoid", "Reshape", "Squeeze", "ExpandDims", "Relu", "Relu6"}
+
+
+def full_range_tensors(model: FrozenModel) -> frozenset:
+    """The input, the outputs, and what reaches an output through pass-through ops only (see compute_ranges)."""
+    graph = Graph(model.graph_def, outputs=[s.tensor for s in model.outputs])
+    keep = {s.tensor for s in model.inputs}
+    frontier = [s.tensor for s in model.outputs]
+    while frontier:
+        tensor = frontier.pop()
+        if tensor in keep:
+            continue
+        keep.add(tensor)
+        node = graph.node(tensor.split(":")[0])
+        if node is not None and node.op in _PASS_THROUGH and node.input:
+            first = node.input[0]
+            frontier.append(first if ":" in first else first + ":0")
+    return frozenset(keep)
+
+
 def collect_stats(model: FrozenModel, image_paths: Sequence[str], prep: Preprocessing, *,
                   batch_size: int = 32, progress: bool = True) -> Dict[str, TensorStats]:
     """Streams the images through the model; returns statistics per tensor."""

@@ -6,7 +6,7 @@ from typing import Optional
 
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.calibrate.collect import collect_stats
+from tfcompress.calibrate.collect import collect_stats, full_range_tensors
 from tfcompress.calibrate.images import Preprocessing, fingerprint_files, list_images
 from tfcompress.errors import TfcError
 from tfcompress.io.frozen import FrozenModel
@@ -37,6 +37,7 @@ def calibrate(model: FrozenModel, *, prep: Preprocessing, calibrator: Calibrator
         cached = cache_lib.load(cache_path)
         cache_lib.check_fresh(cached, cache_path, fingerprint, prep.as_dict())
         cached.calibrator = calibrator
+        cached.full_range = full_range_tensors(model)
         return CalibrationResult(cache=cached, reused=True, images_read=0)
     if not images_dir:
         if cache_path:
@@ -46,7 +47,8 @@ def calibrate(model: FrozenModel, *, prep: Preprocessing, calibrator: Calibrator
     stats = collect_stats(model, paths, prep, batch_size=batch_size, progress=progress)
     result = cache_lib.CalibrationCache(model_fingerprint=fingerprint, preprocessing=prep.as_dict(), stats=stats,
                                         calibrator=calibrator, image_count=len(paths),
-                                        image_sha256=fingerprint_files(paths, images_dir))
+                                        image_sha256=fingerprint_files(paths, images_dir),
+                                        full_range=full_range_tensors(model))
     if cache_path:
         if os.path.isdir(cache_path):
             raise TfcError(f"--calibration_cache {cache_path} is a directory; name a .json file")

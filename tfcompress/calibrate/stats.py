@@ -23,6 +23,8 @@ class TensorStats:
       bin_width: histogram bin width (a power of two).
       first_bin: index of counts[0]; bin i covers [i*w, (i+1)*w).
       counts: int64 counts per bin.
+      channel_sum: sum of the values per channel (last axis of a tensor
+        of rank >= 2), for channel means (bias correction); empty otherwise.
     """
     min: float = math.inf
     max: float = -math.inf
@@ -30,11 +32,20 @@ class TensorStats:
     bin_width: float = 0.0
     first_bin: int = 0
     counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    channel_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float64))
 
     def update(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             return
+        if values.ndim >= 2:  # [batch, ..., channels]; a [batch] vector has no channel axis.
+            per_channel = values.reshape(-1, values.shape[-1]).sum(axis=0)
+            if self.channel_sum.size and self.channel_sum.size != per_channel.size:
+                from tfcompress.errors import TfcError
+                raise TfcError(f"a calibration tensor changed its channel count ({self.channel_sum.size} -> "
+                               f"{per_channel.size}) between batches")
+            self.channel_sum = per_channel if self.channel_sum.size == 0 else self.channel_sum + per_channel
+        values = values.reshape(-1)
         if not np.all(np.isfinite(values)):
             from tfcompress.errors import TfcError
             raise TfcError("a calibration activation is NaN or Inf; check the model and the images")
@@ -75,16 +86,24 @@ class TensorStats:
         value = (self.first_bin + i + frac) * self.bin_width
         return float(min(max(value, self.min), self.max))
 
+    def channel_mean(self) -> np.ndarray:
+        """Mean per channel (last axis) over every value seen."""
+        if self.channel_sum.size == 0 or self.count == 0:
+            return np.zeros(0)
+        return self.channel_sum / (self.count // self.channel_sum.size)
+
     def to_json(self) -> dict:
         nz = np.nonzero(self.counts)[0]
         a, b = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
         return {"min": self.min, "max": self.max, "count": int(self.count),
                 "histogram": {"bin_width": self.bin_width, "first_bin": self.first_bin + a,
-                              "counts": [int(c) for c in self.counts[a:b]]}}
+                              "counts": [int(c) for c in self.counts[a:b]]},
+                "channel_sum": [float(v) for v in self.channel_sum]}
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorStats":
         h = d["histogram"]
         return cls(min=float(d["min"]), max=float(d["max"]), count=int(d["count"]),
                    bin_width=float(h["bin_width"]), first_bin=int(h["first_bin"]),
-                   counts=np.asarray(h["counts"], dtype=np.int64))
+                   counts=np.asarray(h["counts"], dtype=np.int64),
+                   channel_sum=np.asarray(d["channel_sum"], dtype=np.float64))

@@ -57,3 +57,42 @@ def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int =
 
 def mobilenet_preprocessing(size: int) -> Preprocessing:
     return Preprocessing.for_input((None, size, size, 3), mean=127.5, std=127.5)
+
+
+def with_outlier_channel(model, producer: str, consumer: str, channel: int, factor: float,
+                         consumer_offset: int = 0):
+    """A copy of `model` whose `producer` output channel is `factor` times larger, compensated in `consumer`.
+
+    The producer's kernel and bias for `channel` are multiplied by `factor`
+    and the consumer's kernel rows for input channel `consumer_offset +
+    channel` divided by it.  Everything between them must be positively
+    homogeneous per channel (ReLU, pooling, concatenation), so the float
+    function is unchanged while one channel's activations become outliers
+    that share a per-tensor quantization range with the others: the inverse
+    of cross-layer equalization.
+
+    References:
+      Nagel et al., "Data-Free Quantization Through Weight Equalization and
+      Bias Correction", arXiv:1906.04721.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    weights = clone.get_layer(producer).get_weights()
+    weights[0][..., channel] *= factor
+    if len(weights) > 1:
+        weights[1][channel] *= factor
+    clone.get_layer(producer).set_weights(weights)
+    weights = clone.get_layer(consumer).get_weights()
+    weights[0][..., consumer_offset + channel, :] /= factor
+    clone.get_layer(consumer).set_weights(weights)
+    return clone
+
+
+def digits_with_outliers(model, factor: float = 300.0):
+    """The shipped digits model with one outlier channel (see `with_outlier_channel`).
+
+    Channel 0 of the 1x1 conv `conv2d_6` feeds, through ReLU, the concatenation
+    (after the 32 depthwise channels) and average pooling, the conv `conv2d_7`.
+    """
+    return with_outlier_channel(model, "conv2d_6", "conv2d_7", channel=0, factor=factor, consumer_offset=32)

@@ -25,12 +25,14 @@ References:
 """
 
 import dataclasses
+import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from tfcompress.errors import TfcError
+from tfcompress.export import flatbuffer as fb
 from tfcompress.io.frozen import FrozenModel
 
 MODES = ("none", "float16", "dynamic", "int8", "uint8", "int16x8")
@@ -78,17 +80,34 @@ def graph_order(model: FrozenModel) -> Dict[str, int]:
     return {n.name: i for i, n in enumerate(model.graph_def.node)}
 
 
-def range_for_tensor(tflite_name: str, ranges: Dict[str, Tuple[float, float]],
-                     order: Dict[str, int]) -> Optional[Tuple[float, float]]:
-    """Our range for a TFLite tensor: that of the last (in graph order) of the TF ops its name lists.
+def tf_op_for_tensor(tflite_name: str, order: Dict[str, int]) -> Optional[str]:
+    """The TF op whose output a TFLite tensor holds: the last (in graph order) of the ops its name lists.
 
-    The fused tensor holds that op's output; an earlier op's range (a conv's,
+    The fused tensor holds that op's output; an earlier op's value (a conv's,
     before its Relu) would be wrong, so it is never used as a substitute.
     """
-    ops = [p for p in tflite_name.split(";") if p in order]
-    if not ops:
-        return None
-    return ranges.get(max(ops, key=order.get) + ":0")
+    ops = [p for p in (_tf_op_name(part, order) for part in tflite_name.split(";")) if p is not None]
+    return max(ops, key=order.get) if ops else None
+
+
+def range_for_tensor(tflite_name: str, ranges: Dict[str, Tuple[float, float]],
+                     order: Dict[str, int]) -> Optional[Tuple[float, float]]:
+    """Our range for a TFLite tensor: that of `tf_op_for_tensor`."""
+    op = tf_op_for_tensor(tflite_name, order)
+    return None if op is None else ranges.get(op + ":0")
+
+
+def _tf_op_name(part: str, order: Dict[str, int]) -> Optional[str]:
+    """The TF op a part of a TFLite tensor name refers to.
+
+    The converter makes names unique by appending digits ("…/depthwise1" for
+    a second tensor of "…/depthwise"), so a part that is no TF op is tried
+    again without its trailing digits.
+    """
+    if part in order:
+        return part
+    stripped = re.sub(r"\d+$", "", part)
+    return stripped if stripped != part and stripped in order else None
 
 
 def inject_ranges(calibrated: bytes, ranges: Dict[str, Tuple[float, float]], order: Dict[str, int]
@@ -101,9 +120,7 @@ def inject_ranges(calibrated: bytes, ranges: Dict[str, Tuple[float, float]], ord
     Raises:
       TfcError: a tensor has a statistic but we have no range for it.
     """
-    import flatbuffers  # pylint: disable=import-outside-toplevel
-    from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(calibrated, 0))
+    model = fb.parse(calibrated)
     done = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
@@ -118,9 +135,64 @@ def inject_ranges(calibrated: bytes, ranges: Dict[str, Tuple[float, float]], ord
             lo, hi = found
             q.min, q.max = [float(min(lo, 0.0))], [float(max(hi, 0.0))]
             done.append(name)
-    builder = flatbuffers.Builder(len(calibrated) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), done
+    return fb.serialize(model), done
+
+
+# The quantizer's node denylist matches an op by its location name, and a fused
+# tensor name ("conv;bias;relu") is imported as a fused location that never
+# matches.  Tensor names are therefore joined with a character TF never uses in
+# node names while quantizing, and restored afterwards.
+_JOIN, _SAFE_JOIN = ";", "|"
+
+
+def _rename_tensors(flatbuffer: bytes, old: str, new: str) -> bytes:
+    model = fb.parse(flatbuffer)
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else (tensor.name or "")
+            tensor.name = name.replace(old, new)
+    return fb.serialize(model)
+
+
+def calibrated_flatbuffer(model: FrozenModel, ranges: Dict[str, Tuple[float, float]], per_channel: bool = True
+                          ) -> Tuple[bytes, List[str]]:
+    """Float flatbuffer whose activation statistics are our ranges (steps 1 and 2 of the module docstring)."""
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _zero_dataset(model)
+    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+    converter._experimental_disable_per_channel = not per_channel  # pylint: disable=protected-access
+    return inject_ranges(_run_converter(converter), ranges, graph_order(model))
+
+
+def quantize_calibrated(calibrated: bytes, mode: str, per_channel: bool = True,
+                        float_layers: Sequence[str] = ()) -> bytes:
+    """Step 3: the MLIR quantizer on a calibrated flatbuffer, then int8/uint8 I/O.
+
+    Args:
+      float_layers: TFLite tensor names (";"-joined) of operators to keep in float.
+    """
+    from tensorflow.lite.python import convert as lite_convert  # pylint: disable=import-outside-toplevel
+    from tensorflow.lite.python import util as lite_util  # pylint: disable=import-outside-toplevel
+    io_type = tf.int8 if mode == "int8" else tf.uint8
+    try:
+        safe = _rename_tensors(calibrated, _JOIN, _SAFE_JOIN)
+        # Quantize with float I/O, then set the boundary type, as the converter itself does:
+        # its post-step replaces the boundary Quantize/Dequantize ops by int8 or uint8 I/O.
+        quantized = lite_convert.mlir_quantize(
+            safe, disable_per_channel=not per_channel, fully_quantize=False,
+            denylisted_nodes=[n.replace(_JOIN, _SAFE_JOIN) for n in float_layers] or None)
+        quantized = _rename_tensors(quantized, _SAFE_JOIN, _JOIN)
+        return lite_util.modify_model_io_type(quantized, io_type, io_type)
+    except Exception as e:
+        raise TfcError(f"TFLite quantizer failed: {str(e).strip().splitlines()[0][:300]}") from e
+
+
+def _run_converter(converter) -> bytes:
+    try:
+        return converter.convert()
+    except Exception as e:  # The converter raises a variety of types.
+        raise TfcError(f"TFLite converter failed: {str(e).strip().splitlines()[0][:300]}") from e
 
 
 @dataclasses.dataclass
@@ -131,7 +203,8 @@ class TfliteResult:
 
 def convert_tflite(model: FrozenModel, config: TfliteConfig,
                    ranges: Optional[Dict[str, Tuple[float, float]]] = None,
-                   dataset: Optional[Iterable[Sequence[np.ndarray]]] = None) -> TfliteResult:
+                   dataset: Optional[Iterable[Sequence[np.ndarray]]] = None,
+                   float_layers: Sequence[str] = ()) -> TfliteResult:
     """Converts an optimized float model to a TFLite flatbuffer.
 
     Args:
@@ -140,24 +213,26 @@ def convert_tflite(model: FrozenModel, config: TfliteConfig,
       ranges: calibrated ranges per float-graph tensor (int8 and uint8).
       dataset: a callable yielding input lists (int16x8 only: its quantizer
         calibrates by running it).
+      float_layers: int8/uint8 only: TFLite tensor names of operators kept in float.
 
     Raises:
       TfcError: missing ranges or dataset, or the converter refused the graph.
     """
-    from tensorflow.lite.python import convert as lite_convert  # pylint: disable=import-outside-toplevel
-    converter = _converter(model)
     mode = config.quantize
+    if mode in FULL_INTEGER:
+        if ranges is None:
+            raise TfcError(f"--quantize={mode} needs calibration ranges")
+        calibrated, applied = calibrated_flatbuffer(model, ranges, config.per_channel)
+        return TfliteResult(flatbuffer=quantize_calibrated(calibrated, mode, config.per_channel, float_layers),
+                            ranges_applied=applied)
+    if float_layers:
+        raise TfcError("--float_layers applies to --quantize=int8 and uint8 only")
+    converter = _converter(model)
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode in FULL_INTEGER:
-        if ranges is None:
-            raise TfcError(f"--quantize={mode} needs calibration ranges")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _zero_dataset(model)
-        converter._experimental_calibrate_only = True  # pylint: disable=protected-access
     elif mode == "int16x8":
         if dataset is None:
             raise TfcError("--quantize=int16x8 needs --calibration_images (its quantizer runs the images itself)")
@@ -168,21 +243,21 @@ def convert_tflite(model: FrozenModel, config: TfliteConfig,
         converter.inference_input_type = tf.int16
         converter.inference_output_type = tf.int16
     converter._experimental_disable_per_channel = not config.per_channel  # pylint: disable=protected-access
-    try:
-        flatbuffer = converter.convert()
-    except Exception as e:  # The converter raises a variety of types.
-        raise TfcError(f"TFLite converter failed: {str(e).strip().splitlines()[0][:300]}") from e
-    applied: List[str] = []
-    if mode in FULL_INTEGER:
-        flatbuffer, applied = inject_ranges(flatbuffer, ranges, graph_order(model))
-        io_type = tf.int8 if mode == "int8" else tf.uint8
-        try:
-            # Quantize with float I/O, then set the boundary type, as the converter itself does:
-            # its post-step replaces the boundary Quantize/Dequantize ops by int8 or uint8 I/O.
-            flatbuffer = lite_convert.mlir_quantize(flatbuffer, disable_per_channel=not config.per_channel,
-                                                    fully_quantize=False)
-            from tensorflow.lite.python import util as lite_util  # pylint: disable=import-outside-toplevel
-            flatbuffer = lite_util.modify_model_io_type(flatbuffer, io_type, io_type)
-        except Exception as e:
-            raise TfcError(f"TFLite quantizer failed: {str(e).strip().splitlines()[0][:300]}") from e
-    return TfliteResult(flatbuffer=flatbuffer, ranges_applied=applied)
+    return TfliteResult(flatbuffer=_run_converter(converter), ranges_applied=[])
+
+
+def convert_tflite_default(model: FrozenModel, dataset, mode: str = "int8", per_channel: bool = True) -> bytes:
+    """The plain converter's own full-integer quantization, for comparison: it runs `dataset` itself.
+
+    This is what `TFLiteConverter` does with `representative_dataset` and
+    int8 (or uint8) inference types, min/max calibration included.
+    """
+    if mode not in FULL_INTEGER:
+        raise TfcError(f"the converter default is compared for int8 and uint8, not {mode}")
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8 if mode == "int8" else tf.uint8
+    converter._experimental_disable_per_channel = not per_channel  # pylint: disable=protected-access
+    return _run_converter(converter)

@@ -15,16 +15,17 @@ class GraphRunner:
       graph_def: the graph.
       fetches: tensor names to fetch ("node:0").
       feeds: input tensor names, in the order batches are passed.
+      threads: intra-op threads (0: TF's default, all cores).
     """
 
-    def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str]):
+    def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str], threads: int = 0):
         self.graph = tf.Graph()
         with self.graph.as_default():
             try:
                 tf.graph_util.import_graph_def(graph_def, name="")
             except Exception as e:
                 raise TfcError(f"graph does not import: {str(e).splitlines()[0]}") from e
-        config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+        config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=threads)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         self.feeds = [self.graph.get_tensor_by_name(t) for t in feeds]
         self.fetches = [self.graph.get_tensor_by_name(t) for t in fetches]

@@ -1,0 +1,226 @@
+"""eval, parity, report and export_onnx: numbers checked against computations made here, independently."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CALIBRATION, HELDOUT, KERAS_MODEL, ROOT
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+# eval's reference runs as a frozen TF graph, this test's through Keras: float32 round-off apart.
+REFERENCE_ATOL = 1e-5
+# TF and onnxruntime compute the same float graph with different kernels.
+ONNX_ATOL = 1e-4
+
+
+def _tool(name, *args, check=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _heldout():
+    """(images [N, 32, 32, 3] in [0, 1], labels) read with Pillow and sorted class folders, as Keras orders them."""
+    classes = sorted(os.listdir(HELDOUT))
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(HELDOUT, name))):
+            img = np.asarray(Image.open(os.path.join(HELDOUT, name, f)).convert("RGB"), np.float32) / 255.0
+            xs.append(img)
+            ys.append(label)
+    return np.stack(xs), np.asarray(ys)
+
+
+def _keras_cost():
+    """(params, MACs) of the shipped model's conv/depthwise/dense layers, batch norm folded, from Keras alone."""
+    import keras
+    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True)
+    params = macs = 0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            kernel = layer.get_weights()[0]
+            out = layer.output.shape
+            # After folding, every one of them has a bias of one value per output channel.
+            params += kernel.size + int(out[-1])
+            if isinstance(layer, keras.layers.Dense):
+                macs += kernel.size
+            elif isinstance(layer, keras.layers.DepthwiseConv2D):
+                macs += int(np.prod(out[1:])) * kernel.shape[0] * kernel.shape[1]
+            else:
+                macs += int(np.prod(out[1:])) * kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+    return params, macs
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts")
+    _tool("convert", f"--output={out}/int8.tflite", "--quantize=int8", f"--labels_from={HELDOUT}", "--noprogress")
+    _tool("convert", f"--output={out}/f16.tflite", "--quantize=float16")
+    _tool("quantize_graph", f"--output={out}/q8", "--progress=false")
+    proc = _tool("export_onnx", f"--output={out}/m.onnx")
+    return out, proc
+
+
+def test_eval_json_matches_an_independent_computation(artifacts):
+    out, _ = artifacts
+    path = f"{out}/int8.tflite"
+    result = json.loads(_tool("eval", f"--model={path}", f"--reference={KERAS_MODEL}", "--json").stdout)
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+    images, labels = _heldout()
+    reference = keras.saving.load_model(KERAS_MODEL, safe_mode=True).predict(images, verbose=0)
+    interp = Interpreter(model_path=path, num_threads=1)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = inp["quantization"], outp["quantization"]
+    got = []
+    for x in images:
+        interp.set_tensor(inp["index"], np.clip(np.round(x[None] / s_in) + z_in, -128, 127).astype(np.int8))
+        interp.invoke()
+        got.append((interp.get_tensor(outp["index"])[0].astype(np.float32) - z_out) * s_out)
+    got = np.stack(got)
+    top5 = np.argsort(-got, axis=1, kind="stable")[:, :5]
+    assert result["images"] == len(images) == 300
+    assert result["top1"] == float(np.mean(got.argmax(1) == labels))
+    assert result["top5"] == float(np.mean(np.any(top5 == labels[:, None], axis=1)))
+    assert result["agreement_top1"] == float(np.mean(got.argmax(1) == reference.argmax(1)))
+    assert abs(result["max_abs_error"] - float(np.max(np.abs(got - reference)))) <= REFERENCE_ATOL
+    data = open(path, "rb").read()
+    assert result["size_bytes"] == len(data) == os.path.getsize(path)
+    assert result["size_gzip_bytes"] == len(gzip.compress(data, compresslevel=9, mtime=0))
+    assert result["latency_runs"] >= 50 and result["threads"] == 1 and result["latency_ms"] > 0
+    assert result["runtime"] == "tflite"
+    assert (result["params"], result["macs"]) == _keras_cost()
+
+
+def test_cost_agrees_across_formats(artifacts):
+    out, _ = artifacts
+    expected = _keras_cost()
+    for path in (KERAS_MODEL, f"{out}/q8", f"{out}/f16.tflite", f"{out}/m.onnx"):
+        result = json.loads(_tool("eval", f"--model={path}", "--json", "--runs=50").stdout)
+        assert (result["params"], result["macs"]) == expected, path
+        assert result["top1"] is not None
+
+
+def test_quantized_io_pixels_feeds_raw_pixels(artifacts):
+    out, _ = artifacts
+    quantize = json.loads(_tool("eval", f"--model={out}/int8.tflite", "--json").stdout)
+    pixels = json.loads(_tool("eval", f"--model={out}/int8.tflite", "--json", "--quantized_io=pixels").stdout)
+    assert pixels["top1"] == quantize["top1"]
+    # Mean 127.5 does not match the model's zero point: raw pixels would be wrong, so it is refused.
+    bad = _tool("eval", f"--model={out}/int8.tflite", "--quantized_io=pixels", "--input_mean=127.5",
+                "--input_std=127.5", check=False)
+    assert bad.returncode == 1 and "--quantized_io=pixels needs" in bad.stderr
+
+
+def test_eval_bad_input(artifacts, tmp_path):
+    out, _ = artifacts
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(open(f"{out}/int8.tflite", "rb").read()[:5000])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(flat / "a.png")
+    empty_class = tmp_path / "labelled"
+    (empty_class / "a").mkdir(parents=True)
+    (empty_class / "b").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(empty_class / "a" / "x.png")
+    labels3 = tmp_path / "labels.txt"
+    labels3.write_text("a\nb\nc\n")
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(rgba / "t.png")
+    cases = [
+        ([f"--model={corrupt}"], "truncated"),
+        ([f"--model={tmp_path}/missing.tflite"], "does not exist"),
+        ([f"--images={flat}", f"--labels={labels3}"], "has no classes"),
+        ([f"--images={empty_class}"], "has no images"),
+        ([f"--images={HELDOUT}", f"--labels={labels3}"], "is not in the labels file"),
+        ([f"--images={rgba}"], "transparency"),
+        (["--runs=10"], "runs"),
+    ]
+    for args, message in cases:
+        proc = _tool("eval", *args, check=False)
+        assert proc.returncode != 0, args
+        lines = [l for l in proc.stderr.strip().splitlines() if l.startswith(("error", "FATAL"))]
+        assert lines and message in proc.stderr, (args, proc.stderr[-500:])
+    # Labels that name the right classes but not as many as the model outputs.
+    few = tmp_path / "few"
+    for name in ("0", "1"):
+        (few / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(few / name / "x.png")
+    proc = _tool("eval", f"--images={few}", check=False)
+    assert proc.returncode == 1 and "name 2 classes but the model outputs 10" in proc.stderr
+
+
+def test_export_onnx_parity_determinism_and_bad_opset(artifacts, tmp_path):
+    out, proc = artifacts
+    assert "parity with onnxruntime on 32 images: max abs diff" in proc.stdout
+    second = _tool("export_onnx", f"--output={tmp_path}/again.onnx")
+    assert open(f"{out}/m.onnx", "rb").read() == open(f"{tmp_path}/again.onnx", "rb").read()
+    import onnxruntime as ort
+    images, _ = _heldout()
+    session = ort.InferenceSession(f"{out}/m.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images[:32]})[0]
+    import keras
+    expected = keras.saving.load_model(KERAS_MODEL, safe_mode=True).predict(images[:32], verbose=0)
+    np.testing.assert_allclose(got, expected, atol=ONNX_ATOL)
+    assert "max abs diff" in second.stdout
+    bad = _tool("export_onnx", f"--output={tmp_path}/bad.onnx", "--opset=7", check=False)
+    assert bad.returncode == 1 and "--opset must be in" in bad.stderr and not os.path.exists(f"{tmp_path}/bad.onnx")
+
+
+def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
+    import keras
+    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.evaluate.parity import check_parity
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import freeze_keras_model, load_model
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import parity as parity_tool  # noqa: E402
+    flatbuffer = parity_tool._default_int8()  # pylint: disable=protected-access
+    prep = Preprocessing(height=32, width=32, channels=3)
+    images = np.concatenate(list(iter_batches(list_images(CALIBRATION)[:8], prep, 8)))
+    reference, _ = optimize(load_model(KERAS_MODEL))
+    report = check_parity(flatbuffer, reference, images)
+    assert report.output_top1_xnnpack_vs_float == 1.0 and report.output_top1_builtin_vs_float == 1.0
+    assert report.first_xnnpack_float_divergence is None and report.first_builtin_float_divergence is None
+    assert all(r.kernels_max <= 16 for r in report.tensors)  # The two kernel sets stay within a few steps.
+    # A reference whose conv2d_3 weights are changed: float and TFLite now part ways exactly there.
+    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True)
+    w = model.get_layer("conv2d_3").get_weights()
+    w[0] = w[0] * 1.5
+    model.get_layer("conv2d_3").set_weights(w)
+    changed, _ = optimize(freeze_keras_model(model, "changed"))
+    report = check_parity(flatbuffer, changed, images)
+    first = report.first_xnnpack_float_divergence
+    assert first is not None and "conv2d_3_1" in first.tensor, first
+    assert report.first_kernel_divergence is None or report.first_kernel_divergence.index >= 0
+
+
+def test_report_writes_html_plots_and_markdown(artifacts, tmp_path):
+    out, _ = artifacts
+    models = [KERAS_MODEL, f"{out}/q8", f"{out}/int8.tflite", f"{out}/f16.tflite", f"{out}/m.onnx"]
+    proc = _tool("report", f"--models={','.join(models)}", f"--output={tmp_path}/report")
+    files = sorted(os.listdir(f"{tmp_path}/report"))
+    assert files == ["index.html", "quality_vs_latency.png", "quality_vs_size.png", "report.md"]
+    for png in ("quality_vs_latency.png", "quality_vs_size.png"):
+        data = open(f"{tmp_path}/report/{png}", "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = open(f"{tmp_path}/report/report.md").read()
+    rows = [l for l in md.splitlines() if l.startswith("| ") and "model" not in l]
+    assert len(rows) == len(models)
+    html = open(f"{tmp_path}/report/index.html").read()
+    assert "quality_vs_size.png" in html and "quality_vs_latency.png" in html and html.count("<tr>") == len(models) + 1
+    assert "int8.tflite" in proc.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,109 @@
+"""Running a flatbuffer in the LiteRT interpreter on float NHWC batches.
+
+Integer-input models get their float input quantized with the model's own
+scale and zero point (`QuantizedIO.QUANTIZE`), or raw pixels
+(`QuantizedIO.PIXELS`) when the model's input quantization is exactly the
+pixel normalization; integer outputs are dequantized.  TFLite models have
+batch 1, so a batch is run one image per invoke.
+"""
+
+import enum
+from typing import Dict
+
+import numpy as np
+
+from tfcompress.errors import TfcError
+from tfcompress.export import flatbuffer as fb
+
+
+class QuantizedIO(enum.Enum):
+    """How a float image batch is fed to an integer-input TFLite model."""
+    QUANTIZE = "quantize"  # q = round(x / scale) + zero_point, clipped: the model's own parameters.
+    PIXELS = "pixels"      # The raw 0..255 pixel (minus 128 for int8): needs scale = 1/std, zero = mean.
+
+
+class LiteRTRunner:
+    """One interpreter for one flatbuffer.
+
+    Args:
+      flatbuffer: the model bytes.
+      source: name for error messages.
+      threads: interpreter threads.
+      xnnpack: LiteRT's default delegate (XNNPACK); False runs only the
+        builtin reference kernels (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`).
+      quantized_io, mean, std: how float images are fed to an integer input.
+    """
+
+    def __init__(self, flatbuffer: bytes, *, source: str = "flatbuffer", threads: int = 1, xnnpack: bool = True,
+                 quantized_io: QuantizedIO = QuantizedIO.QUANTIZE, mean: float = 0.0, std: float = 255.0):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType  # pylint: disable=import-outside-toplevel
+        self.model = fb.parse(flatbuffer, source)
+        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads,
+                                           experimental_op_resolver_type=resolver)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise TfcError(f"LiteRT cannot load {source}: {str(e).strip().splitlines()[0][:200]}") from e
+        inputs = self.interpreter.get_input_details()
+        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
+            raise TfcError(f"{source}: expected one NHWC image input, found {[tuple(i['shape']) for i in inputs]}")
+        self.input = inputs[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.quantized_io, self.mean, self.std = quantized_io, mean, std
+        if quantized_io is QuantizedIO.PIXELS and self.input["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.input["quantization"]
+            shift = 128 if self.input["dtype"] == np.int8 else 0
+            # Raw pixels are exact only if q = pixel - shift  <=>  scale = 1/std and zero = mean - shift.
+            if not (np.isclose(scale, 1.0 / std, rtol=1e-3) and abs(zero - (mean - shift)) < 0.5):
+                raise TfcError(f"--quantized_io=pixels needs the input quantization to equal the normalization "
+                               f"(scale 1/std = {1.0 / std:.6g}, zero point {mean - shift:g}); "
+                               f"{source} has scale {scale:.6g}, zero point {zero}")
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.input["shape"])
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype in (np.float32, np.float16):
+            return x.astype(dtype)
+        info = np.iinfo(dtype)
+        if self.quantized_io is QuantizedIO.PIXELS:
+            pixels = np.round(x * self.std + self.mean)
+            return np.clip(pixels - (128 if dtype == np.int8 else 0), info.min, info.max).astype(dtype)
+        scale, zero = self.input["quantization"]
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+    @staticmethod
+    def _dequantize(y: np.ndarray, detail) -> np.ndarray:
+        scale, zero = detail["quantization"]
+        if detail["dtype"] in (np.float32, np.float16) or not scale:
+            return np.asarray(y, np.float32)
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def _invoke(self, x: np.ndarray) -> None:
+        self.interpreter.set_tensor(self.input["index"], self._feed(x[None]))
+        self.interpreter.invoke()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Float first output [B, ...]."""
+        results = []
+        for x in batch:
+            self._invoke(x)
+            results.append(self._dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)[0])
+        return np.stack(results)
+
+    def outputs_by_name(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Every subgraph output, dequantized, as name -> [B, ...].
+
+        Use on a model from `flatbuffer.expose_all_tensors` to see every
+        operator's output, whatever delegate ran it.
+        """
+        details = self.interpreter.get_output_details()
+        results = {d["name"]: [] for d in details}
+        for x in batch:
+            self._invoke(x)
+            for d in details:
+                results[d["name"]].append(self._dequantize(self.interpreter.get_tensor(d["index"]), d))
+        return {k: np.concatenate(v) for k, v in results.items()}

@@ -1,0 +1,101 @@
+"""parity: float reference vs LiteRT with XNNPACK vs LiteRT's builtin kernels, tensor by tensor.
+
+    python tools/parity.py --model=net_int8.tflite --reference=net.keras --images=data/sample
+
+Prints, for every operator output, the largest XNNPACK-vs-builtin difference
+and the error against float, in quantization steps, and names the first
+tensor where each pair diverges beyond one step.  With no --model the
+shipped digits model is converted to int8 in memory and checked.
+"""
+
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "The .tflite model (default: the shipped model, converted to int8).")
+_REFERENCE = flags.DEFINE_string("reference", None, "Float model it was converted from (SavedModel, .keras, "
+                                 ".h5 or .pb); without it only the two kernel sets are compared.")
+_IMAGES = flags.DEFINE_string("images", None, "Sample images (default: the shipped calibration images).")
+_COUNT = flags.DEFINE_integer("count", 16, "How many images to run.", lower_bound=1)
+_NORM = common.define_normalization_flags()
+_ALLOW_UNSAFE = flags.DEFINE_boolean("allow_unsafe_ops", False, "Accept reference graphs with file or exec ops.")
+_JSON = flags.DEFINE_boolean("json", False, "Print the report as one JSON object.")
+
+
+def main() -> None:
+    import dataclasses
+    import numpy as np
+    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.errors import TfcError
+    from tfcompress.evaluate.parity import check_parity, describe
+    from tfcompress.export.flatbuffer import layer_label
+    from tfcompress.export.litert import LiteRTRunner
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import load_model
+
+    if _MODEL.value:
+        if not os.path.isfile(_MODEL.value):
+            raise TfcError(f"model {_MODEL.value} does not exist")
+        with open(_MODEL.value, "rb") as f:
+            flatbuffer = f.read()
+        reference_path = _REFERENCE.value
+    else:
+        flatbuffer, reference_path = _default_int8(), _REFERENCE.value or common.DEFAULT_MODEL
+    reference = None
+    if reference_path:
+        reference, _ = optimize(load_model(reference_path, allow_unsafe_ops=_ALLOW_UNSAFE.value))
+    mean, std = common.normalization(_NORM, _MODEL.value or "")
+    shape = LiteRTRunner(flatbuffer, source=_MODEL.value or "model").input_shape
+    prep = Preprocessing.for_input(shape, mean=mean, std=std)
+    paths = list_images(_IMAGES.value or common.DEFAULT_CALIBRATION)[:_COUNT.value]
+    images = np.concatenate(list(iter_batches(paths, prep, 32)))
+    report = check_parity(flatbuffer, reference, images)
+    if _JSON.value:
+        print(json.dumps(dataclasses.asdict(report), sort_keys=True))
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"parity on {report.images} images (differences in quantization steps of each tensor)")
+    common.print_table([["#", "op", "layer", "xnnpack vs builtin (max)", "xnnpack vs float (max / mean)",
+                         "builtin vs float (mean)"]] + [
+        [r.index, r.op, layer_label(r.tensor), fmt(r.kernels_max),
+         f"{fmt(r.xnnpack_float_max)} / {fmt(r.xnnpack_float_mean)}", fmt(r.builtin_float_mean)]
+        for r in report.tensors])
+    print(f"\nfirst divergence, XNNPACK vs builtin (max > 1 step): {describe(report.first_kernel_divergence)}")
+    if reference is not None:
+        print(f"first divergence, XNNPACK vs float (mean > 1 step): "
+              f"{describe(report.first_xnnpack_float_divergence)}")
+        print(f"first divergence, builtin vs float (mean > 1 step): "
+              f"{describe(report.first_builtin_float_divergence)}")
+        print(f"top-1 agreement with float: XNNPACK {100 * report.output_top1_xnnpack_vs_float:.2f}%, "
+              f"builtin {100 * report.output_top1_builtin_vs_float:.2f}%")
+
+
+def _default_int8() -> bytes:
+    """The shipped model converted to int8 with minmax ranges from the shipped calibration images."""
+    from tfcompress.calibrate.calibrators import CalibratorConfig
+    from tfcompress.calibrate.images import Preprocessing
+    from tfcompress.calibrate.run import calibrate
+    from tfcompress.export.tflite import TfliteConfig, convert_tflite
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import load_model
+    model, _ = optimize(load_model(common.DEFAULT_MODEL))
+    prep = Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0)
+    result = calibrate(model, prep=prep, calibrator=CalibratorConfig(), images_dir=common.DEFAULT_CALIBRATION,
+                       progress=False)
+    return convert_tflite(model, TfliteConfig(quantize="int8"), result.cache.ranges()).flatbuffer
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

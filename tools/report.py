@@ -1,0 +1,61 @@
+"""report: evaluate several artifacts and write an HTML report with plots and a Markdown table.
+
+    python tools/report.py --models=net.keras,net_q8/,net_int8.tflite,net_f16.tflite \
+        --images=data/val --output=report/
+
+Writes report/index.html, report/quality_vs_size.png,
+report/quality_vs_latency.png and report/report.md.  Agreement is measured
+against --reference (default: the first model).  Every model is evaluated as
+`tfcompress eval` does.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", None, "Comma-separated artifacts (any format eval takes).")
+_REFERENCE = flags.DEFINE_string("reference", None, "Float reference for agreement (default: the first model).")
+_IMAGES = flags.DEFINE_string("images", None, "Evaluation folder (default: the shipped held-out digits).")
+_LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory (replaced as a whole).")
+_NORM = common.define_normalization_flags()
+_RUN = common.define_runtime_flags()
+_RUNS = flags.DEFINE_integer("runs", 50, "Timed runs for each latency median.", lower_bound=50)
+
+
+def main() -> None:
+    from tfcompress.errors import TfcError
+    from tfcompress.evaluate.dataset import read_image_set
+    from tfcompress.evaluate.report import markdown, write_report
+    from tfcompress.evaluate.run import evaluate
+
+    if not _MODELS.value:
+        raise TfcError("--models is required (comma-separated artifacts)")
+    if not _OUTPUT.value:
+        raise TfcError("--output is required")
+    images = read_image_set(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
+    reference = common.open_artifact_from_flags(_REFERENCE.value or _MODELS.value[0], _NORM, _RUN)[0]
+    results = []
+    for path in _MODELS.value:
+        artifact, prep = common.open_artifact_from_flags(path, _NORM, _RUN)
+        results.append(evaluate(artifact, images, prep, reference=reference, runs=_RUNS.value,
+                                threads=_RUN["threads"].value))
+        artifact.close()
+    write_report(results, _OUTPUT.value)
+    print(markdown(results), end="")
+    print(f"report: {os.path.join(_OUTPUT.value, 'index.html')}")
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
