@@ -48,7 +48,7 @@ _LABELS_FROM = flags.DEFINE_string("labels_from", None, "Labelled folder DIR/<la
 
 def _labels(output_size):
     from tfcompress.errors import TfcError
-    from tfcompress.evaluate.dataset import check_output_size, read_image_set, read_labels_file
+    from tfcompress.calibrate.dataset import check_output_size, read_image_set, read_labels_file
     if _LABELS.value and _LABELS_FROM.value:
         raise TfcError("give --labels or --labels_from, not both")
     if _LABELS.value:

@@ -13,6 +13,7 @@ COMMANDS = {
     "export_onnx": "export_onnx",
     "parity": "parity",
     "report": "report",
+    "prune": "prune",
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from tfcompress.calibrate.images import Preprocessing, iter_batches
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.artifacts import Artifact, median_ms
-from tfcompress.evaluate.dataset import ImageSet, check_output_size
+from tfcompress.calibrate.dataset import ImageSet, check_output_size
 from tfcompress.evaluate.measure import path_size
 
 

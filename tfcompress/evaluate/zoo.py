@@ -10,32 +10,8 @@ measured on a network no one trains.
 
 from typing import Sequence
 
-import numpy as np
-
 from tfcompress.calibrate.images import Preprocessing, iter_batches
-
-BN_PASSES = 4
-BN_MOMENTUM = 0.5
-
-
-def set_bn_statistics(model, batches: Sequence[np.ndarray], passes: int = BN_PASSES,
-                      momentum: float = BN_MOMENTUM) -> None:
-    """Sets every BatchNormalization layer's moving mean/variance from `batches`.
-
-    Each pass runs all batches in training mode with `momentum`, so after a
-    few passes the moving statistics are those of the data (within
-    momentum**passes of the starting values).
-    """
-    import keras  # pylint: disable=import-outside-toplevel
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    saved = [l.momentum for l in bns]
-    for l in bns:
-        l.momentum = momentum
-    for _ in range(passes):
-        for batch in batches:
-            model(batch, training=True)
-    for l, m in zip(bns, saved):
-        l.momentum = m
+from tfcompress.distill.trainer import set_bn_statistics
 
 
 def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int = 96, seed: int = 0,

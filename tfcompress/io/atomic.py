@@ -86,3 +86,19 @@ def atomic_dir(dest: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_keras(model, dest: str) -> None:
+    """Saves a Keras model to `dest` (.keras) atomically: staged under a temporary .keras name, then renamed."""
+    if not dest.endswith(".keras"):
+        raise TfcError(f"output {dest} must end in .keras")
+    parent = _staging_dir(dest)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp.keras", dir=parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""Pruning: magnitude wrappers and schedules."""

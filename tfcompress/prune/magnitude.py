@@ -1,0 +1,317 @@
+"""Magnitude pruning for Keras 3: wrappers, schedules, the step callback and stripping.
+
+The familiar API: `prune_low_magnitude(model, schedule)` wraps every conv,
+depthwise conv and dense layer in `PruneLowMagnitude`; training with the
+`UpdatePruningStep` callback raises each layer's sparsity along the schedule,
+zeroing the smallest-magnitude weights (by a mask the wrapper keeps); and
+`strip_pruning(model)` returns plain layers holding exact zeros.  Schedules
+and wrappers are registered Keras serializables, so a model saved mid-way
+reloads with its schedule, masks, per-layer targets and M:N pattern.
+
+M:N sparsity keeps the N largest of every M consecutive weights along the
+input-channel axis (2:4 is what sparse tensor cores accelerate).
+
+References:
+  Han et al., "Learning both Weights and Connections for Efficient Neural
+  Networks", arXiv:1506.02626 (prune small weights, retrain, repeat).
+  Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878 (the polynomial
+  sparsity schedule s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n dt))^3).
+  Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378
+  (2:4 structured sparsity).
+"""
+
+from typing import Dict, Iterable, Optional, Tuple
+
+import keras
+import numpy as np
+
+from tfcompress.errors import TfcError
+
+PACKAGE = "tfcompress"
+PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+class PruningSchedule:
+    """Maps a training step to (update the mask now?, target sparsity)."""
+
+    def __call__(self, step: int) -> Tuple[bool, float]:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+
+def _check_sparsity(value: float, name: str) -> None:
+    if not 0.0 <= value < 1.0:
+        raise TfcError(f"{name} must be in [0, 1), got {value}")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="ConstantSparsity")
+class ConstantSparsity(PruningSchedule):
+    """A fixed sparsity, applied every `frequency` steps from `begin_step` to `end_step` (-1: forever)."""
+
+    def __init__(self, target_sparsity: float, begin_step: int = 0, end_step: int = -1, frequency: int = 100):
+        _check_sparsity(target_sparsity, "target_sparsity")
+        if frequency < 1 or begin_step < 0 or (end_step != -1 and end_step < begin_step):
+            raise TfcError(f"bad schedule steps: begin {begin_step}, end {end_step}, frequency {frequency}")
+        self.target_sparsity, self.begin_step, self.end_step, self.frequency = (
+            float(target_sparsity), int(begin_step), int(end_step), int(frequency))
+
+    def __call__(self, step):
+        active = step >= self.begin_step and (self.end_step == -1 or step <= self.end_step)
+        return active and (step - self.begin_step) % self.frequency == 0, self.target_sparsity
+
+    def get_config(self):
+        return {"target_sparsity": self.target_sparsity, "begin_step": self.begin_step,
+                "end_step": self.end_step, "frequency": self.frequency}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="PolynomialDecay")
+class PolynomialDecay(PruningSchedule):
+    """Sparsity rising from `initial_sparsity` to `final_sparsity` between begin_step and end_step.
+
+    s(t) = final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power, held at `final`
+    after end_step; the mask is updated every `frequency` steps and at end_step.
+    """
+
+    def __init__(self, initial_sparsity: float, final_sparsity: float, begin_step: int, end_step: int,
+                 power: float = 3.0, frequency: int = 100):
+        _check_sparsity(initial_sparsity, "initial_sparsity")
+        _check_sparsity(final_sparsity, "final_sparsity")
+        if end_step <= begin_step or begin_step < 0 or frequency < 1:
+            raise TfcError(f"bad schedule steps: begin {begin_step}, end {end_step}, frequency {frequency}")
+        self.initial_sparsity, self.final_sparsity = float(initial_sparsity), float(final_sparsity)
+        self.begin_step, self.end_step = int(begin_step), int(end_step)
+        self.power, self.frequency = float(power), int(frequency)
+
+    def sparsity(self, step: int) -> float:
+        progress = min(max((step - self.begin_step) / (self.end_step - self.begin_step), 0.0), 1.0)
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
+
+    def __call__(self, step):
+        update = step >= self.begin_step and (step <= self.end_step and
+                                              ((step - self.begin_step) % self.frequency == 0
+                                               or step == self.end_step))
+        return update, self.sparsity(step)
+
+    def get_config(self):
+        return {"initial_sparsity": self.initial_sparsity, "final_sparsity": self.final_sparsity,
+                "begin_step": self.begin_step, "end_step": self.end_step, "power": self.power,
+                "frequency": self.frequency}
+
+
+SCHEDULES = {"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay}
+
+
+def magnitude_mask(weights: np.ndarray, sparsity: float, m_by_n: Optional[Tuple[int, int]] = None,
+                   input_axis: int = -2) -> np.ndarray:
+    """0/1 mask zeroing the smallest |w|.
+
+    Unstructured: exactly round(sparsity * size) weights are zeroed (ties go
+    to the lower flat index).  M:N (m_by_n = (N, M), e.g. (2, 4)): in every
+    group of M consecutive weights along `input_axis`, the N largest are kept;
+    `sparsity` is then ignored (it is 1 - N/M).
+
+    Raises:
+      TfcError: the mask would leave no weight, or the input axis is not a
+        multiple of M.
+    """
+    w = np.abs(np.asarray(weights, np.float64))
+    if m_by_n is not None:
+        keep, group = m_by_n
+        moved = np.moveaxis(w, input_axis, -1)
+        if moved.shape[-1] % group:
+            raise TfcError(f"{keep}:{group} sparsity needs an input axis that is a multiple of {group}, "
+                           f"got {moved.shape[-1]}")
+        groups = moved.reshape(-1, group)
+        order = np.argsort(-groups, axis=1, kind="stable")
+        mask = np.zeros_like(groups)
+        np.put_along_axis(mask, order[:, :keep], 1.0, axis=1)
+        return np.moveaxis(mask.reshape(moved.shape), -1, input_axis).astype(np.float32)
+    drop = int(round(sparsity * w.size))
+    if drop >= w.size:
+        raise TfcError(f"sparsity {sparsity} leaves no weight in a layer of {w.size} weights")
+    mask = np.ones(w.size, np.float32)
+    mask[np.argsort(w.reshape(-1), kind="stable")[:drop]] = 0.0
+    return mask.reshape(w.shape)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="PruneLowMagnitude")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a conv, depthwise conv or dense layer whose kernel is pruned by magnitude.
+
+    Args:
+      layer: the layer to prune.
+      schedule: a PruningSchedule.
+      target_sparsity: overrides the schedule's final sparsity for this layer
+        (the schedule's curve is scaled to it), or None.
+      m_by_n: (N, M) structured sparsity, or None.
+    """
+
+    def __init__(self, layer, schedule: PruningSchedule, target_sparsity: Optional[float] = None,
+                 m_by_n: Optional[Tuple[int, int]] = None, **kwargs):
+        if not isinstance(layer, PRUNABLE):
+            raise TfcError(f"cannot prune layer {layer.name} of type {type(layer).__name__} "
+                           f"(prunable: {', '.join(t.__name__ for t in PRUNABLE)})")
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        super().__init__(layer, **kwargs)
+        self.schedule = schedule
+        if target_sparsity is not None:
+            _check_sparsity(target_sparsity, f"sparsity of {layer.name}")
+        self.target_sparsity = target_sparsity
+        self.m_by_n = tuple(m_by_n) if m_by_n is not None else None
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.mask = self.add_weight(name="mask", shape=self.layer.kernel.shape, initializer="ones",
+                                    trainable=False, dtype="float32")
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def scheduled_sparsity(self, step: int) -> Tuple[bool, float]:
+        update, sparsity = self.schedule(step)
+        if self.target_sparsity is not None:
+            final = getattr(self.schedule, "final_sparsity", getattr(self.schedule, "target_sparsity", None))
+            sparsity = sparsity * self.target_sparsity / final if final else self.target_sparsity
+        return update, sparsity
+
+    def update_mask(self, sparsity: float) -> None:
+        """Recomputes the mask from the current kernel magnitudes."""
+        axis = -1 if isinstance(self.layer, keras.layers.DepthwiseConv2D) else -2
+        if self.m_by_n is not None and isinstance(self.layer, keras.layers.DepthwiseConv2D):
+            raise TfcError(f"M:N sparsity needs an input-channel axis; {self.layer.name} is a depthwise conv")
+        self.mask.assign(magnitude_mask(keras.ops.convert_to_numpy(self.layer.kernel), sparsity, self.m_by_n,
+                                        input_axis=axis))
+        self.apply_mask()
+
+    def apply_mask(self) -> None:
+        self.layer.kernel.assign(self.layer.kernel * self.mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"schedule": keras.saving.serialize_keras_object(self.schedule),
+                       "target_sparsity": self.target_sparsity,
+                       "m_by_n": list(self.m_by_n) if self.m_by_n is not None else None})
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls(layer, **config)
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances the pruning step each batch, updates masks when the schedule says, keeps pruned weights zero.
+
+    The step counts batches from the first `fit`; `begin_step` and friends
+    are in these units.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+
+    def _wrappers(self):
+        return [l for l in self.model._flatten_layers() if isinstance(l, PruneLowMagnitude)]  # pylint: disable=protected-access
+
+    def on_train_begin(self, logs=None):
+        if not self._wrappers():
+            raise TfcError("UpdatePruningStep is used on a model with no PruneLowMagnitude layer")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for wrapper in self._wrappers():
+            update, sparsity = wrapper.scheduled_sparsity(self.step)
+            if update:
+                wrapper.update_mask(sparsity)
+        self.step += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        for wrapper in self._wrappers():
+            wrapper.apply_mask()  # The optimizer step may have moved pruned weights off zero.
+
+
+def prune_low_magnitude(model, schedule: PruningSchedule, *, sparsity_map: Optional[Dict[str, float]] = None,
+                        exclude: Iterable[str] = (), m_by_n: Optional[Tuple[int, int]] = None):
+    """A copy of a functional or sequential Keras model with every prunable layer wrapped.
+
+    Args:
+      model: the Keras 3 model.
+      schedule: the schedule for every wrapped layer.
+      sparsity_map: layer name -> final sparsity, overriding the schedule's.
+      exclude: layer names left unpruned.
+      m_by_n: (N, M) structured sparsity for every wrapped layer (not depthwise convs).
+
+    Raises:
+      TfcError: a named layer does not exist or cannot be pruned, or nothing is prunable.
+    """
+    sparsity_map = dict(sparsity_map or {})
+    exclude = set(exclude)
+    names = {l.name for l in model.layers}
+    unknown = sorted((set(sparsity_map) | exclude) - names)
+    if unknown:
+        raise TfcError(f"no layer named {', '.join(unknown)} in the model")
+    for name in sparsity_map:
+        layer = model.get_layer(name)
+        if not isinstance(layer, PRUNABLE):
+            raise TfcError(f"cannot prune layer {name} of type {type(layer).__name__}")
+
+    final = getattr(schedule, "final_sparsity", getattr(schedule, "target_sparsity", 0.0))
+    for layer in model.layers:
+        if isinstance(layer, PRUNABLE) and layer.name not in exclude and m_by_n is None:
+            size = int(np.prod(layer.kernel.shape))
+            target = sparsity_map.get(layer.name, final)
+            if int(round(target * size)) >= size:
+                raise TfcError(f"sparsity {target} leaves layer {layer.name} ({size} weights) empty")
+
+    def wrap(layer):
+        if isinstance(layer, PRUNABLE) and layer.name not in exclude:
+            structured = None if isinstance(layer, keras.layers.DepthwiseConv2D) else m_by_n
+            return PruneLowMagnitude(layer, schedule, target_sparsity=sparsity_map.get(layer.name),
+                                     m_by_n=structured, name=f"prune_low_magnitude_{layer.name}")
+        return layer
+
+    # Wrap layers of a copy: the wrappers reuse the layers they are given, and training must not
+    # change `model` (it is the teacher when distilling).
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    pruned = keras.models.clone_model(copy, clone_function=wrap)
+    if not any(isinstance(l, PruneLowMagnitude) for l in pruned.layers):
+        raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D or Dense) left to prune")
+    return pruned
+
+
+def strip_pruning(model):
+    """The model with every PruneLowMagnitude replaced by its layer, masks applied (exact zeros)."""
+    for layer in model.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            layer.apply_mask()
+    # First a model over the wrapped layers themselves (it holds their masked weights), then a fresh
+    # copy of it: new layers, no optimizer state or compile settings carried over from training.
+    unwrapped = keras.models.clone_model(
+        model, clone_function=lambda l: l.layer if isinstance(l, PruneLowMagnitude) else l)
+    fresh = unwrapped.__class__.from_config(unwrapped.get_config())
+    fresh.set_weights(unwrapped.get_weights())
+    return fresh
+
+
+def sparsity_of(model) -> Dict[str, Tuple[int, int]]:
+    """Layer name -> (zero kernel weights, kernel size) for every prunable layer."""
+    result = {}
+    for layer in model.layers:
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        if isinstance(inner, PRUNABLE):
+            k = keras.ops.convert_to_numpy(inner.kernel)
+            result[inner.name] = (int(np.sum(k == 0)), int(k.size))
+    return result
