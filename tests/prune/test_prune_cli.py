@@ -45,7 +45,22 @@ def test_prune_with_labels_writes_exact_zeros(labelled, tmp_path):
             assert (k == 0).sum() >= int(round(0.6 * k.size)), layer.name
 
 
+def test_filter_pruning_removes_channels(labelled, tmp_path):
+    import keras
+    out = tmp_path / "thin.keras"
+    proc = _run(f"--output={out}", f"--train_images={labelled}", "--method=l2", "--ratio=0.5", "--epochs=1",
+                "--layer_epochs=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distilled from the original and labels" in proc.stdout
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert model.get_layer("conv2d_4").kernel.shape[-1] == 16 and model.get_layer("conv2d_5").kernel.shape[-2] == 16
+    macs_line = next(l for l in proc.stdout.splitlines() if l.startswith("ratio"))
+    assert float(macs_line.split()[2]) < 0.6
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--method=thinet", "--ratio=1.5"], "--ratio must be in (0, 1)"),
+    (["--method=l1", "--layers=conv2d_2"], "cannot thin conv2d_2"),
     (["--sparsity=1.0"], "--sparsity must be in [0, 1)"),
     (["--sparsity=-0.1"], "--sparsity must be in [0, 1)"),
     (["--distill_from=none", "--train_images={flat}"], "has no classes"),

@@ -89,9 +89,17 @@ def atomic_dir(dest: str) -> Iterator[str]:
 
 
 def save_keras(model, dest: str) -> None:
-    """Saves a Keras model to `dest` (.keras) atomically: staged under a temporary .keras name, then renamed."""
+    """Saves a Keras model to `dest` (.keras) atomically: staged under a temporary .keras name, then renamed.
+
+    Only the model and its weights are saved, never an optimizer's state.
+    """
     if not dest.endswith(".keras"):
         raise TfcError(f"output {dest} must end in .keras")
+    if getattr(model, "optimizer", None) is not None:
+        # A model left compiled by training would carry its optimizer state: save the weights alone.
+        plain = model.__class__.from_config(model.get_config())
+        plain.set_weights(model.get_weights())
+        model = plain
     parent = _staging_dir(dest)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp.keras", dir=parent)
     os.close(fd)

@@ -1,0 +1,153 @@
+"""Filter thinning: the thinned model equals the original with the removed channels' consumer rows zeroed."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import KERAS_MODEL
+from tests.prune.test_magnitude import digits_arrays
+from tfcompress.errors import TfcError
+from tfcompress.prune import filters, thinning
+
+# Thinning only removes terms from sums: float32 reordering apart, outputs are the same.
+THIN_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def digits():
+    import keras
+    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
+    x, _ = digits_arrays(400)
+    return model, x
+
+
+def _zero_consumer_rows(model, removed):
+    """An independent float reference: the original model, its consumers blind to the removed channels.
+
+    removed: consumer layer name -> input-channel indices (of the consumer's input) to zero.
+    """
+    import keras
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for name, rows in removed.items():
+        weights = copy.get_layer(name).get_weights()
+        weights[0][..., rows, :] = 0.0
+        copy.get_layer(name).set_weights(weights)
+    return copy
+
+
+def test_plan_leaves_residual_groups_and_outputs_whole(digits):
+    model, _ = digits
+    names = {p.name: p for p in thinning.plan(model)}
+    assert set(names) == {"conv2d_1", "conv2d_4", "conv2d_6", "conv2d_7"}
+    # conv2d, conv2d_2, conv2d_3, conv2d_5 feed residual Adds; probabilities is the output.
+    assert names["conv2d_6"].consumers == ["conv2d_7"] and "concatenate" in names["conv2d_6"].path
+    assert names["conv2d_7"].consumers == ["dense"]
+
+
+def test_thinned_model_equals_the_zeroed_reference(digits):
+    model, x = digits
+    keep = {"conv2d_1": np.arange(0, 16, 2), "conv2d_6": np.array([1, 4, 5, 9]), "conv2d_7": np.arange(24)}
+    thinned = thinning.thin(model, keep)
+    removed = {
+        "conv2d_2": np.setdiff1d(np.arange(16), keep["conv2d_1"]),
+        "conv2d_7": 32 + np.setdiff1d(np.arange(16), keep["conv2d_6"]),  # After 32 depthwise channels.
+        "dense": np.setdiff1d(np.arange(48), keep["conv2d_7"]),
+    }
+    reference = _zero_consumer_rows(model, removed)
+    np.testing.assert_allclose(thinned.predict(x[:64], verbose=0), reference.predict(x[:64], verbose=0),
+                               atol=THIN_ATOL)
+    assert thinned.get_layer("conv2d_1").kernel.shape[-1] == 8
+    assert thinned.get_layer("conv2d_2").kernel.shape[-2] == 8
+    assert thinned.get_layer("batch_normalization_1").gamma.shape[0] == 8
+    assert thinned.get_layer("conv2d_7").kernel.shape[-2] == 32 + 4
+    assert thinned.get_layer("dense").kernel.shape[0] == 24
+    params, macs = thinning.count(thinned)
+    params0, macs0 = thinning.count(model)
+    assert params < params0 and macs < macs0
+
+
+def test_flatten_and_depthwise_paths():
+    import keras
+    from keras import layers
+    inp = keras.Input((8, 8, 3))
+    a = layers.Conv2D(6, 3, padding="same")(inp)
+    a = layers.BatchNormalization()(a)
+    a = layers.DepthwiseConv2D(3, padding="same")(a)
+    a = layers.ReLU()(a)
+    b = layers.Conv2D(4, 1)(a)
+    b = layers.MaxPooling2D(2)(b)
+    f = layers.Flatten()(b)
+    out = layers.Dense(3, name="head")(f)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.5 + (1.0 if w.ndim == 1 else 0.0)
+                       for w in model.get_weights()])
+    first, second = model.layers[1].name, model.layers[5].name
+    keep = {first: np.array([0, 2, 3]), second: np.array([1, 3])}
+    thinned = thinning.thin(model, keep)
+    flat_rows = (np.arange(16)[:, None] * 4 + np.array([0, 2])[None, :]).reshape(-1)  # 4x4 positions x 4 channels.
+    reference = _zero_consumer_rows(model, {second: np.array([1, 4, 5]), "head": flat_rows})
+    x = rng.standard_normal((5, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
+    assert thinned.get_layer("head").kernel.shape[0] == 16 * 2
+
+
+def test_thinet_reconstructs_the_next_layer_best(digits):
+    import keras
+    model, x = digits
+    seen, unseen = x[:200], x[200:]
+    consumer = keras.Model(model.inputs, model.get_layer("conv2d_2").output)
+    reference = consumer.predict(unseen, verbose=0)
+    errors = {}
+    for criterion in ("l1", "random", "thinet"):
+        result = filters.prune_filters(model, filters.FilterConfig(criterion=criterion, ratio=0.5,
+                                                                   layers=("conv2d_1",)), seen)
+        out = keras.Model(result.model.inputs, result.model.get_layer("conv2d_2").output).predict(unseen, verbose=0)
+        errors[criterion] = float(np.sqrt(np.mean((out - reference) ** 2)) / np.std(reference))
+    assert errors["thinet"] < errors["l1"] and errors["thinet"] < errors["random"], errors
+
+
+def test_thinned_model_saves_smaller_and_converts(digits, tmp_path):
+    from tfcompress.evaluate.artifacts import tflite_cost
+    from tfcompress.export import flatbuffer as fb
+    from tfcompress.export.tflite import TfliteConfig, convert_tflite
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.atomic import save_keras
+    from tfcompress.io.loaders import freeze_keras_model
+    model, x = digits
+    result = filters.prune_filters(model, filters.FilterConfig(criterion="l1", ratio=0.5), x[:100])
+    assert result.pruned == {"conv2d_1": (16, 8), "conv2d_4": (32, 16), "conv2d_6": (16, 8), "conv2d_7": (48, 24)}
+    _, macs0 = thinning.count(model)
+    _, macs = thinning.count(result.model)
+    assert macs <= 0.6 * macs0
+    save_keras(model, str(tmp_path / "a.keras"))
+    save_keras(result.model, str(tmp_path / "b.keras"))
+    assert os.path.getsize(tmp_path / "b.keras") < os.path.getsize(tmp_path / "a.keras")
+    frozen, _ = optimize(freeze_keras_model(result.model, "thin"))
+    flatbuffer = convert_tflite(frozen, TfliteConfig(quantize="none")).flatbuffer
+    assert tflite_cost(fb.parse(flatbuffer)).macs == macs
+
+
+def test_bad_filter_requests(digits):
+    import keras
+    model, x = digits
+    with pytest.raises(TfcError, match="--ratio must be in \\(0, 1\\)"):
+        filters.FilterConfig(ratio=1.0)
+    with pytest.raises(TfcError, match="cannot thin conv2d_2"):
+        filters.prune_filters(model, filters.FilterConfig(layers=("conv2d_2",)), x[:10])
+    inp = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    residual = keras.Model(inp, keras.layers.Add()([y, keras.layers.Conv2D(4, 1)(y)]))
+    with pytest.raises(TfcError, match="no prunable conv/dense layer"):
+        filters.prune_filters(residual, filters.FilterConfig(), np.zeros((2, 8, 8, 3), np.float32))
+    odd = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Reshape((-1,)),
+                            keras.layers.Dense(2)])
+    with pytest.raises(TfcError, match="unsupported layer type Reshape"):
+        thinning.plan(odd)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

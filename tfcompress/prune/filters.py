@@ -1,0 +1,206 @@
+"""Filter pruning criteria and the layer-by-layer schedule.
+
+Criteria (each picks which output channels of a prunable layer to keep):
+- l1 / l2: the norm of each filter (Li et al., "Pruning Filters for Efficient
+  ConvNets", arXiv:1608.08710);
+- apoz: the average percentage of zeros of each channel after its ReLU,
+  measured on images; channels that are mostly zero go first (Hu et al.,
+  "Network Trimming", arXiv:1607.03250);
+- thinet: channels are chosen by the *next* layer.  On sampled output
+  positions of the consumer, each input channel's contribution is computed;
+  channels are removed greedily so that the sum of the removed contributions
+  stays as close to zero as possible, then the kept channels are rescaled by
+  least squares to reconstruct the consumer's output (Luo et al., "ThiNet",
+  ICCV 2017, arXiv:1707.06342);
+- random: a seeded random choice, the baseline.
+
+Schedule: one layer at a time (thinned, then fine-tuned for a short while),
+then a global fine-tune, all with the shared distillation trainer.
+"""
+
+import dataclasses
+from typing import Callable, Dict, List, Optional, Tuple
+
+import keras
+import numpy as np
+
+from tfcompress.errors import TfcError
+from tfcompress.prune import thinning
+
+CRITERIA = ("l1", "l2", "apoz", "thinet", "random")
+# ThiNet's sampled (image, position, output channel) triples per layer.
+THINET_SAMPLES = 4000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterConfig:
+    """Attributes:
+      criterion: one of CRITERIA.
+      ratio: fraction of each prunable layer's channels removed, in (0, 1).
+      layers: restrict to these layers (empty: every prunable layer).
+      seed: for random choice and ThiNet's sampling.
+    """
+    criterion: str = "l1"
+    ratio: float = 0.5
+    layers: Tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.criterion not in CRITERIA:
+            raise TfcError(f"unknown filter criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
+        if not 0.0 < self.ratio < 1.0:
+            raise TfcError(f"--ratio must be in (0, 1), got {self.ratio}")
+
+
+def _keep_count(channels: int, ratio: float) -> int:
+    return max(1, channels - int(round(ratio * channels)))
+
+
+def _activations(model, layer_name: str, x: np.ndarray) -> np.ndarray:
+    probe = keras.Model(model.inputs, model.get_layer(layer_name).output)
+    return probe.predict(x, batch_size=64, verbose=0)
+
+
+def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the `keep` highest scores (ties to the lower index), sorted."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:keep])
+
+
+def norm_keep(model, target: thinning.Prunable, keep: int, p: int) -> np.ndarray:
+    kernel = keras.ops.convert_to_numpy(model.get_layer(target.name).kernel)
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    return _top(np.abs(flat).sum(0) if p == 1 else np.sqrt((flat ** 2).sum(0)), keep)
+
+
+def apoz_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray) -> np.ndarray:
+    act = _activations(model, target.activation, x)
+    zeros = (act <= 0).reshape(-1, act.shape[-1]).mean(0)
+    return _top(-zeros, keep)
+
+
+def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums."""
+    w = keras.ops.convert_to_numpy(consumer.kernel).astype(np.float64)
+    if isinstance(consumer, keras.layers.Dense):
+        a2 = a.reshape(len(a), -1)
+        n = rng.integers(0, len(a2), samples)
+        o = rng.integers(0, w.shape[1], samples)
+        x = a2[n] * w[:, o].T
+        return x, x.sum(1)
+    if tuple(consumer.dilation_rate) != (1, 1) or consumer.groups != 1:
+        raise TfcError(f"ThiNet handles undilated, ungrouped convs; {consumer.name} is not one")
+    kh, kw = w.shape[:2]
+    sh, sw = consumer.strides
+    if consumer.padding == "same":
+        out_h, out_w = -(-a.shape[1] // sh), -(-a.shape[2] // sw)
+        pad_h = max((out_h - 1) * sh + kh - a.shape[1], 0)
+        pad_w = max((out_w - 1) * sw + kw - a.shape[2], 0)
+        a = np.pad(a, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out_h, out_w = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+    n = rng.integers(0, len(a), samples)
+    ys, xs = rng.integers(0, out_h, samples), rng.integers(0, out_w, samples)
+    o = rng.integers(0, w.shape[-1], samples)
+    x = np.empty((samples, a.shape[-1]))
+    for i in range(samples):
+        patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :]
+        x[i] = np.einsum("hwc,hwc->c", patch, w[:, :, :, o[i]])
+    return x, x.sum(1)
+
+
+def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed: int
+                ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
+    """ThiNet's greedy channel choice and least-squares rescaling; (kept, {consumer: scales}).
+
+    Needs one conv/dense consumer fed through per-channel layers only (no
+    concat or flatten in between); otherwise TfcError.
+    """
+    if len(target.consumers) != 1 or any(
+            type(model.get_layer(p)).__name__ in ("Concatenate", "Flatten") for p in target.path):
+        raise TfcError(f"ThiNet needs {target.name} to feed exactly one conv or dense layer through per-channel "
+                       "layers")
+    consumer = model.get_layer(target.consumers[0])
+    feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
+    a = _activations(model, feeding, x).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES)
+    channels = contrib.shape[1]
+    removed: List[int] = []
+    running = np.zeros(len(contrib))
+    norms = (contrib ** 2).sum(0)
+    for _ in range(channels - keep):
+        # ||running + X_c||^2 for every candidate c, in one product.
+        cost = (running ** 2).sum() + 2 * running @ contrib + norms
+        cost[removed] = np.inf
+        best = int(np.argmin(cost))
+        removed.append(best)
+        running += contrib[:, best]
+    kept = np.array(sorted(set(range(channels)) - set(removed)), np.int64)
+    scale, *_ = np.linalg.lstsq(contrib[:, kept], total, rcond=None)
+    factors = np.ones(channels)
+    factors[kept] = scale
+    return kept, {consumer.name: factors}
+
+
+def choose(model, target: thinning.Prunable, config: FilterConfig, x: np.ndarray
+           ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
+    """Kept output channels of `target` (and consumer rescaling for ThiNet)."""
+    keep = _keep_count(target.channels, config.ratio)
+    if config.criterion in ("l1", "l2"):
+        return norm_keep(model, target, keep, 1 if config.criterion == "l1" else 2), None
+    if config.criterion == "apoz":
+        return apoz_keep(model, target, keep, x), None
+    if config.criterion == "random":
+        rng = np.random.default_rng(config.seed + sum(map(ord, target.name)))
+        return np.sort(rng.choice(target.channels, keep, replace=False)), None
+    return thinet_keep(model, target, keep, x, config.seed)
+
+
+@dataclasses.dataclass
+class FilterResult:
+    model: object
+    pruned: Dict[str, Tuple[int, int]]  # layer -> (channels before, after)
+    skipped: Dict[str, str]             # layer -> why it was left whole
+
+
+def prune_filters(model, config: FilterConfig, x: np.ndarray,
+                  finetune: Optional[Callable[[object, int], None]] = None) -> FilterResult:
+    """Thins every prunable layer (or config.layers) one at a time, fine-tuning after each.
+
+    Args:
+      model: the functional Keras model (not modified).
+      config: criterion and ratio.
+      x: images for APoZ and ThiNet statistics (float NHWC).
+      finetune: called as finetune(model, layer_index) after each layer is thinned.
+
+    Raises:
+      TfcError: nothing to prune, or a named layer cannot be pruned.
+    """
+    targets = thinning.plan(model)
+    names = [t.name for t in targets]
+    if config.layers:
+        unknown = [n for n in config.layers if n not in names]
+        if unknown:
+            raise TfcError(f"cannot thin {', '.join(unknown)}: not a conv/dense layer whose channels reach only "
+                           "conv/dense layers (residual Adds and outputs keep their channels)")
+        names = [n for n in names if n in config.layers]
+    if not names:
+        raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a residual Add "
+                       "or an output)")
+    current = keras.models.clone_model(model)
+    current.set_weights(model.get_weights())
+    pruned, skipped = {}, {}
+    for i, name in enumerate(names):
+        target = next(t for t in thinning.plan(current) if t.name == name)
+        try:
+            kept, scales = choose(current, target, config, x)
+        except TfcError as e:
+            if config.criterion != "thinet":
+                raise
+            skipped[name] = str(e)
+            continue
+        current = thinning.thin(current, {name: kept}, scales)
+        pruned[name] = (target.channels, len(kept))
+        if finetune is not None:
+            finetune(current, i)
+    return FilterResult(model=current, pruned=pruned, skipped=skipped)

@@ -1,0 +1,239 @@
+"""Filter pruning with physical removal: a Keras 3 functional model rebuilt with fewer channels.
+
+Removing output channel c of a conv (or unit c of a dense layer) removes,
+along every path its output takes,
+- channel c of each per-channel layer (batch norm, depthwise conv with
+  multiplier 1, activations, pooling, padding, dropout);
+- the matching slice of a Concatenate's output (shifted by the offset of that
+  input);
+- input channel c of each conv or dense layer that consumes it, and after a
+  Flatten every flattened position of channel c.
+
+Channel groups tied by a residual Add are left whole: a conv whose channels
+reach an Add (or a model output) is not pruned.  ThiNet prunes only inside
+residual blocks for the same reason, and so does every criterion here.
+
+`plan` finds the prunable convs and dense layers; `thin` rebuilds the model
+from its config with the kept channels and copies the sliced weights, so the
+saved model really has fewer parameters and MACs.
+"""
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from tfcompress.errors import TfcError
+
+# Layers that act on each channel separately: a channel removed upstream is removed here.
+PER_CHANNEL = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax",
+               "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Dropout", "SpatialDropout2D",
+               "GaussianNoise", "Identity", "Cropping2D", "UpSampling2D")
+# Layers that reduce the spatial axes but keep channels.
+CHANNEL_VECTOR = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+LINEAR = ("Conv2D", "Dense")
+KNOWN = PER_CHANNEL + CHANNEL_VECTOR + LINEAR + ("InputLayer", "DepthwiseConv2D", "Add", "Concatenate", "Flatten")
+
+
+@dataclasses.dataclass
+class LayerNode:
+    name: str
+    kind: str
+    inputs: List[str]
+    consumers: List[str] = dataclasses.field(default_factory=list)
+
+
+def _history(obj, out: List[str]) -> None:
+    """Names of the layers whose outputs appear in a serialized inbound-node structure."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            out.append(obj["config"]["keras_history"][0])
+            return
+        for v in obj.values():
+            _history(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _history(v, out)
+
+
+def layer_graph(model) -> Dict[str, LayerNode]:
+    """Layer name -> its input layers and consumers, from the functional config.
+
+    Raises:
+      TfcError: not a functional/sequential model, a layer called more than
+        once, or a layer type thinning does not know.
+    """
+    config = model.get_config()
+    if "layers" not in config:
+        raise TfcError("filter pruning needs a functional or sequential Keras model")
+    nodes = {}
+    for entry in config["layers"]:
+        kind = entry["class_name"]
+        if kind not in KNOWN:
+            raise TfcError(f"unsupported layer type {kind} ({entry['config'].get('name')}) for filter pruning")
+        if len(entry.get("inbound_nodes", [])) > 1:
+            raise TfcError(f"layer {entry['config']['name']} is called more than once; filter pruning needs "
+                           "each layer used once")
+        inputs: List[str] = []
+        _history(entry.get("inbound_nodes", []), inputs)
+        if kind == "DepthwiseConv2D" and entry["config"].get("depth_multiplier", 1) != 1:
+            raise TfcError(f"unsupported layer type DepthwiseConv2D with depth_multiplier "
+                           f"{entry['config']['depth_multiplier']} ({entry['config']['name']}) for filter pruning")
+        nodes[entry["config"]["name"]] = LayerNode(entry["config"]["name"], kind, inputs)
+    for node in nodes.values():
+        for src in node.inputs:
+            nodes[src].consumers.append(node.name)
+    return nodes
+
+
+@dataclasses.dataclass
+class Prunable:
+    """A conv or dense layer whose output channels can be removed.
+
+    Attributes:
+      name: the layer.
+      channels: its output channel count.
+      consumers: conv/dense layers that take these channels as input.
+      path: the per-channel, depthwise, pooling and concat layers in between.
+      activation: the last layer of the per-channel chain right after it (for APoZ).
+    """
+    name: str
+    channels: int
+    consumers: List[str]
+    path: List[str]
+    activation: str
+
+
+def plan(model) -> List[Prunable]:
+    """The conv and dense layers whose channels reach only conv/dense consumers (no Add, no output)."""
+    nodes = layer_graph(model)
+    outputs = {t._keras_history[0].name for t in model.outputs}  # pylint: disable=protected-access
+    result = []
+    for node in nodes.values():
+        if node.kind not in LINEAR or node.name in outputs:
+            continue
+        layer = model.get_layer(node.name)
+        channels = int(layer.kernel.shape[-1])
+        frontier, seen, consumers, path, ok = list(node.consumers), set(), [], [], True
+        activation = node.name
+        chain_open = True  # Still in the single chain right after the layer (for the APoZ tensor).
+        while frontier and ok:
+            name = frontier.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            kind = nodes[name].kind
+            if name in outputs or kind == "Add":
+                ok = False
+            elif kind in LINEAR:
+                consumers.append(name)
+                chain_open = False
+            elif kind in PER_CHANNEL + CHANNEL_VECTOR + ("DepthwiseConv2D", "Concatenate", "Flatten"):
+                path.append(name)
+                if chain_open and kind in PER_CHANNEL and len(nodes[name].consumers) <= 1:
+                    activation = name
+                else:
+                    chain_open = False
+                frontier.extend(nodes[name].consumers)
+            else:
+                ok = False
+        if ok and consumers and channels > 1:
+            result.append(Prunable(node.name, channels, consumers, path, activation))
+    return result
+
+
+def _kept_indices(model, nodes, keep: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """For every layer output, the original channel indices that survive (propagated in topological order)."""
+    kept: Dict[str, np.ndarray] = {}
+    order = [entry["config"]["name"] for entry in model.get_config()["layers"]]
+    for name in order:
+        node = nodes[name]
+        layer = model.get_layer(name)
+        shape = layer.output.shape
+        full = np.arange(int(shape[-1]))
+        if node.kind == "InputLayer":
+            kept[name] = full
+        elif node.kind in LINEAR:
+            kept[name] = keep.get(name, full)
+        elif node.kind == "Concatenate":
+            parts, offset = [], 0
+            for src in node.inputs:
+                parts.append(kept[src] + offset)
+                offset += int(model.get_layer(src).output.shape[-1])
+            kept[name] = np.concatenate(parts)
+        elif node.kind == "Flatten":
+            src_shape = model.get_layer(node.inputs[0]).output.shape
+            c = int(src_shape[-1])
+            positions = int(np.prod([int(d) for d in src_shape[1:-1]]))
+            kept[name] = (np.arange(positions)[:, None] * c + kept[node.inputs[0]][None, :]).reshape(-1)
+        else:  # Per-channel, channel-vector, depthwise, Add (inputs are whole by plan()).
+            kept[name] = kept[node.inputs[0]]
+    return kept
+
+
+def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.ndarray]] = None):
+    """A new model with only the `keep` output channels of the named conv/dense layers.
+
+    Args:
+      model: the functional Keras model.
+      keep: layer name -> sorted output-channel indices to keep (from `plan`'s layers).
+      scales: consumer layer name -> per-input-channel factors over its *original*
+        input channels, applied to its kernel rows (ThiNet's least-squares step).
+
+    Returns:
+      The thinned model (uncompiled), with weights copied.
+    """
+    nodes = layer_graph(model)
+    keep = {k: np.asarray(sorted(v), np.int64) for k, v in keep.items()}
+    for name, idx in keep.items():
+        if len(idx) == 0:
+            raise TfcError(f"thinning would remove every channel of {name}")
+    kept = _kept_indices(model, nodes, keep)
+    config = model.get_config()
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        entry.pop("build_config", None)  # Shapes change: let every layer build from its new input.
+        if name in keep:
+            key = "filters" if entry["class_name"] == "Conv2D" else "units"
+            entry["config"][key] = int(len(keep[name]))
+    thinned = model.__class__.from_config(config)
+    for layer in thinned.layers:
+        name = layer.name
+        node = nodes[name]
+        weights = model.get_layer(name).get_weights()
+        if not weights:
+            continue
+        in_keep = kept[node.inputs[0]] if node.inputs else None
+        out_keep = kept[name]
+        if node.kind in LINEAR:
+            kernel = weights[0]
+            if scales and name in scales:
+                factor = scales[name].reshape((1,) * (kernel.ndim - 2) + (-1, 1))
+                kernel = kernel * factor
+            kernel = np.take(np.take(kernel, in_keep, axis=-2), out_keep, axis=-1)
+            new = [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
+        elif node.kind == "DepthwiseConv2D":
+            new = [np.take(weights[0], out_keep, axis=2)] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
+        else:  # Batch norm, PReLU and other per-channel parameters on the last axis.
+            new = [np.take(w, out_keep, axis=-1) for w in weights]
+        layer.set_weights(new)
+    return thinned
+
+
+def count(model) -> Tuple[int, int]:
+    """(parameters, multiply-accumulates per image) of the conv, depthwise and dense layers, with biases."""
+    params = macs = 0
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            continue
+        kernel = tuple(int(d) for d in layer.kernel.shape)
+        out = tuple(int(d) for d in layer.output.shape[1:])
+        params += int(np.prod(kernel)) + (out[-1] if layer.use_bias else 0)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            macs += int(np.prod(out)) * kernel[0] * kernel[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            macs += int(np.prod(out)) * int(np.prod(kernel[:-1]))
+        else:
+            macs += int(np.prod(kernel))
+    return params, macs
