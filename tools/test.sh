@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The full test suite: pytest, then a Bazel smoke test (offline, Debian's bazel-bootstrap).
+# The full test suite through Bazel (one py_test per test file, run in parallel), then `bazel run`
+# smoke tests; offline, with Debian's bazel-bootstrap.  `tools/test.sh --pytest [args]` runs the same
+# test files with pytest instead (no Bazel needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The fused oneDNN kernels (--kernels=onednn) exist only when this is set before TF starts;
 # with it, their tests run instead of skipping.  The reference kernels' portability test
 # still runs a subprocess with oneDNN off.
 export TF_ENABLE_ONEDNN_OPTS=1
-.venv/bin/python3 -m pytest -q tests "$@"
+if [ "${1:-}" = "--pytest" ]; then
+  shift
+  exec .venv/bin/python3 -m pytest -q tests "$@"
+fi
 
 if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/rules/java ]; then
   echo "installing bazel-bootstrap and bazel-rules-java with apt" >&2
@@ -15,7 +20,7 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 bazel build //... 2>&1 | tail -n 2
-bazel test //tests/... 2>&1 | tail -n 14; bazel test //tests/... >/dev/null 2>&1
+bazel test //tests/... --test_output=errors 2>&1 | grep -v "^\(INFO\|Loading\|Analyzing\|\[\)"
 bazel run //tools:quantize_graph -- --output="$out/q8" --mode=weights --progress=false 2>&1 | tail -n 4
 test -f "$out/q8/saved_model.pb"
 bazel run //tools:eval -- --json --model="$out/q8" 2>/dev/null | tail -n 1 | grep -q '"top1"'
