@@ -136,6 +136,127 @@ def load_model_from_flags(f):
                       allow_unsafe_ops=f["allow_unsafe_ops"].value)
 
 
+def define_training_flags(epochs: int):
+    """Flags of the commands that transform and retrain a Keras model (prune, lowrank, …)."""
+    return dict(
+        input=flags.DEFINE_string("input", None, "Keras 3 model (.keras).  Default: the shipped digits model."),
+        output=flags.DEFINE_string("output", None, "Output .keras file."),
+        train_images=flags.DEFINE_string("train_images", None, "Training images: DIR/<label>/* (labelled) or a "
+                                         "flat folder (distillation only).  Default: the shipped calibration "
+                                         "images."),
+        labels=flags.DEFINE_string("labels", None, "Labels file for --train_images (one name per line, output "
+                                   "order)."),
+        distill_from=flags.DEFINE_enum("distill_from", None, ["original", "none"], "Teacher: the original model, "
+                                       "or none (labels only).  Default: original."),
+        eval_images=flags.DEFINE_string("eval_images", None, "Images for the agreement/accuracy report (default: "
+                                        "the shipped held-out digits when transforming the shipped model)."),
+        epochs=flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=0),
+        batch_size=flags.DEFINE_integer("batch_size", 32, "Images per step.", lower_bound=1),
+        learning_rate=flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate."),
+        temperature=flags.DEFINE_float("temperature", 4.0, "Distillation temperature."),
+        alpha=flags.DEFINE_float("alpha", 0.5, "Weight of the hard-label loss for labelled images."),
+        seed=flags.DEFINE_integer("seed", 0, "Seed for shuffling, sampling and TF."),
+        input_mean=flags.DEFINE_float("input_mean", 0.0, "Input normalization: (pixel - mean) / std."),
+        input_std=flags.DEFINE_float("input_std", 255.0, "Input normalization: (pixel - mean) / std."),
+        progress=flags.DEFINE_boolean("progress", True, "Show progress bars."),
+    )
+
+
+class KerasJob:
+    """What a Keras-transforming command starts from, read from define_training_flags() holders.
+
+    Attributes:
+      input_path, default_run: the model file, and whether it is the shipped default.
+      original: the loaded Keras model (safe mode, uncompiled).
+      prep: image preprocessing for its input.
+      x, labels: training images (float NHWC) and labels (None when unlabelled).
+      teacher: the original model when distilling, else None.
+      config: the TrainConfig.
+    """
+
+    def __init__(self, f):
+        import keras
+        import tensorflow as tf
+        from tfcompress.calibrate.images import Preprocessing
+        from tfcompress.distill.data import load_training_images
+        from tfcompress.distill.trainer import TrainConfig
+        from tfcompress.errors import TfcError
+        from tfcompress.io.atomic import check_output_outside_input
+        from tfcompress.io.loaders import detect_format
+        self.flags = f
+        if not f["output"].value:
+            raise TfcError("--output is required")
+        self.default_run = f["input"].value is None
+        self.input_path = f["input"].value or DEFAULT_MODEL
+        check_output_outside_input(f["output"].value, self.input_path)
+        fmt = detect_format(self.input_path)
+        if fmt != "keras":
+            raise TfcError(f"this command takes a Keras 3 .keras model; {self.input_path} is {fmt} (tf_keras .h5 "
+                           "models need tensorflow-model-optimization, which this install does not provide)")
+        keras.utils.set_random_seed(f["seed"].value)
+        tf.config.experimental.enable_op_determinism()
+        try:
+            self.original = keras.saving.load_model(self.input_path, safe_mode=True, compile=False)
+        except Exception as e:  # Keras raises many types for a bad file.
+            raise TfcError(f"cannot load {self.input_path} as a Keras model: {str(e).splitlines()[0][:200]}") from e
+        _, h, w, c = self.original.input_shape
+        self.prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=f["input_mean"].value,
+                                  std=f["input_std"].value)
+        self.distill = (f["distill_from"].value or "original") == "original"
+        self.x, self.labels, _ = load_training_images(
+            f["train_images"].value or DEFAULT_CALIBRATION, self.prep, labels_file=f["labels"].value,
+            require_labels=not self.distill, num_classes=int(self.original.output_shape[-1]))
+        self.teacher = self.original if self.distill else None
+        self.config = TrainConfig(epochs=f["epochs"].value, batch_size=f["batch_size"].value,
+                                  learning_rate=f["learning_rate"].value, temperature=f["temperature"].value,
+                                  alpha=f["alpha"].value, seed=f["seed"].value,
+                                  verbose=1 if f["progress"].value else 0)
+
+    @property
+    def batches(self):
+        size = self.config.batch_size
+        return [self.x[i:i + size] for i in range(0, len(self.x), size)]
+
+    def training_note(self) -> str:
+        how = "distilled from the original" if self.distill else "labels only"
+        if self.distill and self.labels is not None:
+            how += " and labels"
+        return f"{how}, {len(self.x)} images"
+
+    def save_and_report(self, result) -> None:
+        """Saves `result` atomically, then prints params/MACs, .keras sizes and agreement."""
+        import os
+        import tempfile
+        import numpy as np
+        from tfcompress.calibrate.dataset import read_image_set
+        from tfcompress.calibrate.images import iter_batches
+        from tfcompress.evaluate.measure import path_size
+        from tfcompress.io.atomic import save_keras
+        from tfcompress.prune.thinning import count
+        output = self.flags["output"].value
+        save_keras(result, output)
+        before_cost, after_cost = count(self.original), count(result)
+        print_table([["model", "params", "MACs"], ["original", *before_cost], ["result", *after_cost],
+                     ["ratio", f"{after_cost[0] / before_cost[0]:.2f}", f"{after_cost[1] / before_cost[1]:.2f}"]])
+        # The input file may carry optimizer state; the original is re-saved the way the output is.
+        with tempfile.TemporaryDirectory() as tmp:
+            save_keras(self.original, os.path.join(tmp, "original.keras"))
+            before = path_size(os.path.join(tmp, "original.keras"))
+        after = path_size(output)
+        print_table([["size (.keras)", "raw bytes", "gzip -9 bytes"], ["original", before.raw, before.gzip],
+                     ["result", after.raw, after.gzip]])
+        eval_dir = self.flags["eval_images"].value or (DEFAULT_EVAL if self.default_run else None)
+        if eval_dir:
+            images = read_image_set(eval_dir)
+            xe = np.concatenate(list(iter_batches(images.paths, self.prep, 64)))
+            a, b = self.original.predict(xe, verbose=0), result.predict(xe, verbose=0)
+            line = f"top-1 agreement with the original on {len(xe)} images: {np.mean(a.argmax(1) == b.argmax(1)):.2%}"
+            if images.labelled:
+                line += (f"; accuracy {np.mean(a.argmax(1) == images.labels):.2%} -> "
+                         f"{np.mean(b.argmax(1) == images.labels):.2%}")
+            print(line)
+
+
 BENCHMARK_MODELS = ("digits", "digits_outliers", "mobilenet_v2")
 
 

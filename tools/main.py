@@ -14,6 +14,7 @@ COMMANDS = {
     "parity": "parity",
     "report": "report",
     "prune": "prune",
+    "lowrank": "lowrank",
 }
 
 

@@ -65,7 +65,7 @@ def test_filter_pruning_removes_channels(labelled, tmp_path):
     (["--sparsity=-0.1"], "--sparsity must be in [0, 1)"),
     (["--distill_from=none", "--train_images={flat}"], "has no classes"),
     (["--sparsity_map=batch_normalization=0.5"], "cannot prune layer batch_normalization"),
-    (["--input={h5}"], "prune takes a Keras 3 .keras model"),
+    (["--input={h5}"], "this command takes a Keras 3 .keras model"),
     (["--m_by_n=4:2"], "need 0 < N < M"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):

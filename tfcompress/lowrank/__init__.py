@@ -1,0 +1,1 @@
+"""Low-rank factorizations of dense and conv layers."""
