@@ -15,6 +15,7 @@ COMMANDS = {
     "report": "report",
     "prune": "prune",
     "lowrank": "lowrank",
+    "sensitivity": "sensitivity",
 }
 
 
