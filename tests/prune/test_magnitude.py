@@ -15,25 +15,9 @@ MIN_AGREEMENT_AT_HALF = 0.97
 
 
 def digits_arrays(count=None):
-    """sklearn's bundled digits not shipped in testdata/images, as the shipped model sees them.
-
-    32x32x3 in [0, 1], with labels.  tools/make_testdata.py drew the shipped
-    calibration (10 per class) and held-out (30 per class) digits after a
-    seed-0 permutation; the same draw is repeated here and those are left out,
-    so held-out numbers stay held out.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.images))
-    labels = d.target[order]
-    shipped = set()
-    for c in range(10):
-        shipped.update(order[np.nonzero(labels == c)[0][:40]].tolist())
-    keep = np.array([i for i in range(len(d.images)) if i not in shipped])[:count]
-    small = np.clip(d.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
-    return np.repeat(big[..., None], 3, -1).astype(np.float32) / 255.0, d.target[keep]
+    """Digits not shipped in testdata (see zoo.digits_training_set)."""
+    from tfcompress.evaluate.zoo import digits_training_set
+    return digits_training_set(count)
 
 
 def test_polynomial_schedule_follows_its_formula():

@@ -72,3 +72,27 @@ def digits_with_outliers(model, factor: float = 300.0):
     (after the 32 depthwise channels) and average pooling, the conv `conv2d_7`.
     """
     return with_outlier_channel(model, "conv2d_6", "conv2d_7", channel=0, factor=factor, consumer_offset=32)
+
+
+def digits_training_set(count=None):
+    """sklearn's bundled digits that are *not* shipped in testdata/images, as the shipped model sees them.
+
+    32x32x3 float32 in [0, 1] (bilinear upscaling of the 8x8 digits, as
+    tools/make_testdata.py made the shipped images), with labels.  That tool
+    drew the shipped calibration (10 per class) and held-out (30 per class)
+    digits after a seed-0 permutation; the same draw is repeated and those are
+    left out, so held-out numbers stay held out.  1,397 digits in all.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    labels = digits.target[order]
+    shipped = set()
+    for c in range(10):
+        shipped.update(order[np.nonzero(labels == c)[0][:40]].tolist())
+    keep = np.array([i for i in range(len(digits.images)) if i not in shipped])[:count]
+    small = np.clip(digits.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
+    return np.repeat(big[..., None], 3, -1).astype(np.float32) / 255.0, digits.target[keep]
