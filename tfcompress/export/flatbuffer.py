@@ -39,9 +39,11 @@ def parse(flatbuffer: bytes, source: str = "flatbuffer"):
         raise TfcError(f"{source} is not a TFLite flatbuffer (no TFL3 identifier)")
     try:
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+        codes = len(model.operatorCodes or [])
         for subgraph in model.subgraphs or []:
             for op in subgraph.operators or []:
-                model.operatorCodes[op.opcodeIndex]  # pylint: disable=pointless-statement
+                if not 0 <= op.opcodeIndex < codes:
+                    raise IndexError("operator code index out of range")
     except Exception as e:  # A corrupt flatbuffer raises anything from struct.error to IndexError.
         raise TfcError(f"{source} is a truncated or corrupt TFLite flatbuffer ({type(e).__name__})") from e
     if not model.subgraphs:
