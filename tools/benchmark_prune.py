@@ -15,7 +15,6 @@ the original right after thinning and after fine-tuning, and LiteRT latency
 
 import os
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,26 +33,14 @@ _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per model.", lower_
 
 
 def _latency(models, sample):
-    """Median seconds per invoke of each Keras model's float32 flatbuffer, interleaved in random order."""
-    import numpy as np
-    from tfcompress.export.litert import LiteRTRunner
+    """Median seconds per invoke of each Keras model's float32 flatbuffer (see interleaved_latency)."""
+    from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import freeze_keras_model
-    runners = []
-    for i, model in enumerate(models):
-        frozen, _ = optimize(freeze_keras_model(model, f"m{i}"))
-        runners.append(LiteRTRunner(convert_tflite(frozen, TfliteConfig(quantize="none")).flatbuffer))
-    rng = np.random.default_rng(0)
-    times = [[] for _ in runners]
-    for r in runners:
-        r.predict(sample)
-    for _ in range(_RUNS.value):
-        for i in rng.permutation(len(runners)):
-            start = time.perf_counter()
-            runners[i].predict(sample)
-            times[i].append(time.perf_counter() - start)
-    return [float(np.median(t)) for t in times]
+    flatbuffers = [convert_tflite(optimize(freeze_keras_model(model, f"m{i}"))[0], TfliteConfig(quantize="none"))
+                   .flatbuffer for i, model in enumerate(models)]
+    return interleaved_latency(flatbuffers, sample, _RUNS.value)
 
 
 def main() -> None:

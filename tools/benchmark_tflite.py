@@ -19,7 +19,6 @@ order each round, so machine noise hits all alike.  "Ours" rows are bias-correct
 
 import os
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,42 +66,13 @@ def _variants(name, model, prep, calibration):
     return rows
 
 
-BLOCKS = 5
-
-
-def _time_interleaved(flatbuffers, sample):
-    """Seconds per invoke for each flatbuffer, measured interleaved.
-
-    Each round runs every variant once, in a fresh seeded random order: a run
-    is slower right after a heavy one (int16x8's reference kernels take ~25x
-    longer and evict the caches), and a fixed or merely rotated order would
-    always charge that to the same neighbour.  Interpreters are re-created in
-    each of BLOCKS blocks, in shuffled order, for the same reason.
-    """
-    import numpy as np
-    from tfcompress.export.litert import LiteRTRunner
-    rng = np.random.default_rng(0)
-    times = [[] for _ in flatbuffers]
-    per_block = -(-_RUNS.value // BLOCKS)
-    for _ in range(BLOCKS):
-        runners = {int(i): LiteRTRunner(flatbuffers[i], threads=1) for i in rng.permutation(len(flatbuffers))}
-        for _ in range(5):
-            for runner in runners.values():
-                runner.predict(sample)
-        for _ in range(per_block):
-            for i in rng.permutation(len(flatbuffers)):
-                start = time.perf_counter()
-                runners[int(i)].predict(sample)
-                times[int(i)].append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     import gzip
     import numpy as np
     from tfcompress.calibrate.images import iter_batches, list_images
+    from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.export.litert import LiteRTRunner
-    from tfcompress.graph.runner import GraphRunner
+    from tfcompress.graph.runner import run_model
 
     heldout = list_images(common.DEFAULT_EVAL)[:_EVAL_COUNT.value]
     table = [["model", "variant", "raw bytes", "gzip -9 bytes", "top-1 agreement", "output MSE", "max abs error",
@@ -110,11 +80,9 @@ def main() -> None:
     for name in _MODELS.value:
         model, prep, calibration = common.benchmark_model(name, _MOBILENET_SIZE.value)
         images = np.concatenate(list(iter_batches(heldout, prep, 32)))
-        with GraphRunner(model.graph_def, [model.image_input().tensor], [model.outputs[0].tensor]) as runner:
-            reference = runner.run(images)[0].reshape(len(images), -1)
+        reference = run_model(model, images)
         variants = _variants(name, model, prep, calibration)
-        times = _time_interleaved([fb for _, fb in variants], images[:1])
-        medians = [float(np.median(t)) for t in times]
+        medians = interleaved_latency([fb for _, fb in variants], images[:1], _RUNS.value)
         for (label, fb), med in zip(variants, medians):
             out = LiteRTRunner(fb, source=label).predict(images).reshape(len(images), -1)
             agree = float(np.mean(np.argmax(out, 1) == np.argmax(reference, 1)))

@@ -41,19 +41,23 @@ def define_calibration_flags():
                                      "Range calibrator; auto (convert only): the one whose int8 outputs stay "
                                      "closest to float on the calibration images."),
         percentile=flags.DEFINE_float("percentile", 99.99, "Percentile kept by --calibrator=percentile."),
-        input_mean=flags.DEFINE_float("input_mean", 0.0, "Input normalization: (pixel - mean) / std."),
-        input_std=flags.DEFINE_float("input_std", 255.0, "Input normalization: (pixel - mean) / std."),
         batch_size=flags.DEFINE_integer("batch_size", 32, "Images per calibration batch.", lower_bound=1),
+        **define_normalization_flags(0.0, 255.0),
     )
 
 
-def define_normalization_flags():
-    """--input_mean/--input_std for tools that run finished models: default from the model's metadata."""
+def define_normalization_flags(mean=None, std=None):
+    """--input_mean/--input_std, input normalization (pixel - mean) / std.
+
+    With no defaults (tools that run finished models) they come from the
+    .tflite metadata when not given, else 0 and 255 (see `normalization`).
+    """
+    later = "  Default: the .tflite metadata's, else {}."
     return dict(
-        input_mean=flags.DEFINE_float("input_mean", None, "Input normalization (pixel - mean) / std.  Default: "
-                                      "the .tflite metadata's, else 0."),
-        input_std=flags.DEFINE_float("input_std", None, "Input normalization (pixel - mean) / std.  Default: "
-                                     "the .tflite metadata's, else 255."),
+        input_mean=flags.DEFINE_float("input_mean", mean, "Input normalization: (pixel - mean) / std."
+                                      + (later.format(0) if mean is None else "")),
+        input_std=flags.DEFINE_float("input_std", std, "Input normalization: (pixel - mean) / std."
+                                     + (later.format(255) if std is None else "")),
     )
 
 
@@ -156,8 +160,7 @@ def define_training_flags(epochs: int):
         temperature=flags.DEFINE_float("temperature", 4.0, "Distillation temperature."),
         alpha=flags.DEFINE_float("alpha", 0.5, "Weight of the hard-label loss for labelled images."),
         seed=flags.DEFINE_integer("seed", 0, "Seed for shuffling, sampling and TF."),
-        input_mean=flags.DEFINE_float("input_mean", 0.0, "Input normalization: (pixel - mean) / std."),
-        input_std=flags.DEFINE_float("input_std", 255.0, "Input normalization: (pixel - mean) / std."),
+        **define_normalization_flags(0.0, 255.0),
         progress=flags.DEFINE_boolean("progress", True, "Show progress bars."),
     )
 

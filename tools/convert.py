@@ -69,16 +69,13 @@ def _agreement_set(float_model, prep, images_dir):
     import numpy as np
     from tfcompress.calibrate.images import iter_batches, list_images
     from tfcompress.errors import TfcError
-    from tfcompress.graph.runner import GraphRunner
+    from tfcompress.graph.runner import run_model
     folder = _AGREEMENT_IMAGES.value or images_dir
     if not folder:
         raise TfcError("--calibrator=auto, --min_agreement and --layer_report need --agreement_images or "
                        "--calibration_images")
     x = np.concatenate(list(iter_batches(list_images(folder), prep, 32)))
-    with GraphRunner(float_model.graph_def, [float_model.image_input().tensor],
-                     [float_model.outputs[0].tensor]) as runner:
-        reference = runner.run(x)[0].reshape(len(x), -1)
-    return x, reference
+    return x, run_model(float_model, x)
 
 
 def main() -> None:

@@ -24,8 +24,7 @@ _OPSET = flags.DEFINE_integer("opset", 17, "ONNX opset.")
 _IMAGES = flags.DEFINE_string("images", None, "Sample images for the parity check (default: the shipped "
                               "calibration images when exporting the shipped model).")
 _COUNT = flags.DEFINE_integer("count", 32, "How many sample images to compare.", lower_bound=1)
-_MEAN = flags.DEFINE_float("input_mean", 0.0, "Input normalization: (pixel - mean) / std.")
-_STD = flags.DEFINE_float("input_std", 255.0, "Input normalization: (pixel - mean) / std.")
+_NORM = common.define_normalization_flags(0.0, 255.0)
 _MAX_DIFF = flags.DEFINE_float("max_abs_diff", 1e-4, "Largest accepted |TF - onnxruntime| on any output.")
 
 
@@ -44,7 +43,8 @@ def main() -> None:
     if not images:
         raise TfcError("--images is required for the onnxruntime parity check")
     model, _ = optimize(common.load_model_from_flags(_MODEL))
-    prep = Preprocessing.for_input(model.image_input().shape, mean=_MEAN.value, std=_STD.value)
+    prep = Preprocessing.for_input(model.image_input().shape, mean=_NORM["input_mean"].value,
+                                   std=_NORM["input_std"].value)
     onnx_bytes = export_onnx(model, _OPSET.value)
     paths = list_images(images)[:_COUNT.value]
     parity = check_parity(model, onnx_bytes, list(iter_batches(paths, prep, 8)))

@@ -26,17 +26,15 @@ _IMAGES = flags.DEFINE_string("images", None, "Images to measure agreement on (d
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7", "0.8", "0.9", "0.95"], "Sparsity grid.")
 _TARGET = flags.DEFINE_float("target_sparsity", None, "Global target: propose per-layer sparsities for it.")
 _LAYERS = flags.DEFINE_list("layers", [], "Only these layers (default: every conv, depthwise conv and dense).")
-_MEAN = flags.DEFINE_float("input_mean", 0.0, "Input normalization: (pixel - mean) / std.")
-_STD = flags.DEFINE_float("input_std", 255.0, "Input normalization: (pixel - mean) / std.")
+_NORM = common.define_normalization_flags(0.0, 255.0)
 
 
 def main() -> None:
-    import tempfile
     import numpy as np
     import keras
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
-    from tfcompress.io.atomic import check_output_outside_input
+    from tfcompress.io.atomic import atomic_file, check_output_outside_input
     from tfcompress.io.loaders import detect_format
     from tfcompress.prune import sensitivity
 
@@ -52,21 +50,13 @@ def main() -> None:
         raise TfcError(f"--sparsities must be numbers, got {_SPARSITIES.value}") from e
     model = keras.saving.load_model(input_path, safe_mode=True, compile=False)
     _, h, w, c = model.input_shape
-    prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=_MEAN.value, std=_STD.value)
+    prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=_NORM["input_mean"].value,
+                         std=_NORM["input_std"].value)
     images = np.concatenate(list(iter_batches(list_images(_IMAGES.value or common.DEFAULT_CALIBRATION), prep, 64)))
     result = sensitivity.analyze(model, images, sparsities, _LAYERS.value)
     proposal = sensitivity.propose(result, _TARGET.value) if _TARGET.value is not None else None
-    parent = os.path.dirname(os.path.abspath(_OUTPUT.value))
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=parent, prefix=".sensitivity.", suffix=".png", delete=False) as tmp:
-        staged = tmp.name
-    try:
-        sensitivity.plot(result, staged)
-        os.replace(staged, _OUTPUT.value)
-    except BaseException:
-        if os.path.exists(staged):
-            os.unlink(staged)
-        raise
+    with atomic_file(_OUTPUT.value) as f:
+        sensitivity.plot(result, f)
     print(f"\nsensitivity of {input_path} on {len(images)} images (top-1 agreement, each layer pruned alone):")
     common.print_table([["layer", "weights"] + [f"{s:g}" for s in result.sparsities]] + [
         [name, result.weights[name]] + [f"{100 * a:.1f}%" for a in curve] for name, curve in result.agreement.items()])

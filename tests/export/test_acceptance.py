@@ -69,13 +69,12 @@ def test_int8_meets_the_agreement_target_and_the_converter_default(converted):
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
     from tfcompress.export.litert import LiteRTRunner
     from tfcompress.graph.passes import optimize
-    from tfcompress.graph.runner import GraphRunner
+    from tfcompress.graph.runner import run_model
     from tfcompress.io.loaders import load_model
     model, _ = optimize(load_model(MODEL))
     prep = Preprocessing.for_input(model.image_input().shape, mean=127.5, std=127.5)
     images = np.concatenate(list(iter_batches(list_images(f"{PATCHES}/heldout"), prep, 100)))
-    with GraphRunner(model.graph_def, [model.image_input().tensor], [model.outputs[0].tensor]) as runner:
-        reference = runner.run(images)[0]
+    reference = run_model(model, images)
     mse = {name: float(np.mean((LiteRTRunner(open(p, "rb").read()).predict(images) - reference) ** 2))
            for name, p in (("ours", ours_path), ("default", default_path))}
     assert mse["ours"] <= mse["default"], mse

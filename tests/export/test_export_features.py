@@ -15,7 +15,7 @@ from tfcompress.export import flatbuffer as fb
 from tfcompress.export.litert import LiteRTRunner
 from tfcompress.export.targets import preflight
 from tfcompress.export.tflite import TfliteConfig, calibrated_flatbuffer, convert_tflite, quantize_calibrated
-from tfcompress.graph.runner import GraphRunner
+from tfcompress.graph.runner import GraphRunner, run_model
 from tfcompress.quantize.bias_correction import correct_biases, weight_rounding_error
 
 # The outlier channel is x300: min/max leaves the other channels of the concat a handful of codes.
@@ -40,11 +40,6 @@ def _images(prep, folder, count=None):
     return np.concatenate(list(iter_batches(paths[:count] if count else paths, prep, 64)))
 
 
-def _outputs(model, images):
-    with GraphRunner(model.graph_def, [model.image_input().tensor], [model.outputs[0].tensor]) as runner:
-        return runner.run(images)[0].reshape(len(images), -1)
-
-
 @pytest.fixture(scope="module")
 def outlier_setup(float_model):
     import keras
@@ -56,7 +51,7 @@ def outlier_setup(float_model):
     prep = Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0)
     stats = collect_stats(model, list_images(CALIBRATION), prep, progress=False)
     images = _images(prep, HELDOUT)
-    return model, prep, stats, images, _outputs(model, images), _outputs(float_model, images)
+    return model, prep, stats, images, run_model(model, images), run_model(float_model, images)
 
 
 def test_outlier_rescaling_keeps_the_float_function(outlier_setup):
@@ -137,7 +132,7 @@ def test_layer_report_rmse_matches_an_independent_float_reference(float_model, d
 def test_min_agreement_search_reaches_its_target(float_model, digits_int8):
     prep, _, _, calibrated, quantized = digits_int8
     images = _images(prep, CALIBRATION)
-    reference = _outputs(float_model, images)
+    reference = run_model(float_model, images)
     float_fb = convert_tflite(float_model, TfliteConfig(quantize="none")).flatbuffer
     ranking = fallback.layer_errors(float_fb, quantized, images)
     found = fallback.search_min_agreement(calibrated, "int8", True, ranking, images, reference, target=1.0)
@@ -182,7 +177,7 @@ def test_bias_correction_shifts_dense_bias_by_mean_times_error_and_helps(float_m
     b1 = tensor_util.MakeNdarray(after[bias_name].attr["value"].tensor)
     np.testing.assert_allclose(b0 - b1, mean @ weight_rounding_error(w, "MatMul"), atol=1e-6)
     images = _images(prep, HELDOUT)
-    reference = _outputs(float_model, images)
+    reference = run_model(float_model, images)
     fixed = convert_tflite(corrected, TfliteConfig(quantize="int8"), ranges).flatbuffer
     mse = {name: float(np.mean((LiteRTRunner(f).predict(images).reshape(len(images), -1) - reference) ** 2))
            for name, f in (("plain", plain), ("corrected", fixed))}

@@ -8,16 +8,11 @@ import pytest
 
 from tests.conftest import HELDOUT, KERAS_MODEL
 from tfcompress.errors import TfcError
+from tfcompress.evaluate.zoo import digits_training_set
 from tfcompress.prune import magnitude
 
 # At 50% sparsity, distilled on 1,000 digits for 3 epochs, the pruned model must keep this agreement.
 MIN_AGREEMENT_AT_HALF = 0.97
-
-
-def digits_arrays(count=None):
-    """Digits not shipped in testdata (see zoo.digits_training_set)."""
-    from tfcompress.evaluate.zoo import digits_training_set
-    return digits_training_set(count)
 
 
 def test_polynomial_schedule_follows_its_formula():
@@ -72,7 +67,7 @@ def pruned_run(tmp_path_factory):
     from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
     original = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
     before = [w.copy() for w in original.get_weights()]
-    x, _ = digits_arrays(1000)
+    x, _ = digits_training_set(1000)
     schedule = magnitude.PolynomialDecay(0.0, 0.5, 0, 60, frequency=10)
     pruned = magnitude.prune_low_magnitude(original, schedule, sparsity_map={"conv2d_7": 0.75},
                                            exclude=["probabilities"], m_by_n=None)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import HELDOUT, ROOT
-from tests.prune.test_magnitude import digits_arrays
+from tfcompress.evaluate.zoo import digits_training_set
 
 TOOL = os.path.join(ROOT, "tools", "prune.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -24,7 +24,7 @@ def _run(*args):
 def labelled(tmp_path_factory):
     """600 sklearn digits, none of them shipped in testdata, as DIR/<label>/*.png."""
     root = tmp_path_factory.mktemp("train")
-    x, y = digits_arrays(600)
+    x, y = digits_training_set(600)
     for k, (img, label) in enumerate(zip(x, y)):
         os.makedirs(root / str(label), exist_ok=True)
         Image.fromarray((img[..., 0] * 255).round().astype(np.uint8)).save(root / str(label) / f"{k:04d}.png")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import KERAS_MODEL, ROOT
-from tests.prune.test_magnitude import digits_arrays
+from tfcompress.evaluate.zoo import digits_training_set
 from tfcompress.errors import TfcError
 from tfcompress.prune import magnitude, sensitivity
 
@@ -18,7 +18,7 @@ def analyzed():
     import keras
     model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
     before = [w.copy() for w in model.get_weights()]
-    x, _ = digits_arrays(200)
+    x, _ = digits_training_set(200)
     result = sensitivity.analyze(model, x, (0.5, 0.8, 0.95))
     return model, before, x, result
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import KERAS_MODEL
-from tests.prune.test_magnitude import digits_arrays
+from tfcompress.evaluate.zoo import digits_training_set
 from tfcompress.errors import TfcError
 from tfcompress.prune import filters, thinning
 
@@ -19,7 +19,7 @@ THIN_ATOL = 1e-4
 def digits():
     import keras
     model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
-    x, _ = digits_arrays(400)
+    x, _ = digits_training_set(400)
     return model, x
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,6 +71,34 @@ class Artifact:
 
 def median_ms(times: List[float]) -> float:
     return statistics.median(times) * 1e3
+
+
+def interleaved_latency(flatbuffers: Sequence[bytes], sample: np.ndarray, runs: int, blocks: int = 5,
+                        threads: int = 1) -> List[float]:
+    """Median seconds per invoke (batch 1, LiteRT with XNNPACK) of each flatbuffer, measured interleaved.
+
+    Each round runs every model once, in a fresh seeded random order: a run
+    is slower right after a heavy one (int16x8's reference kernels take ~25x
+    longer and evict the caches), and a fixed or merely rotated order would
+    always charge that to the same neighbour.  Interpreters are re-created in
+    each of `blocks` blocks, in shuffled order, for the same reason; `runs`
+    timed invokes per model are spread over the blocks.
+    """
+    rng = np.random.default_rng(0)
+    times = [[] for _ in flatbuffers]
+    per_block = -(-runs // blocks)
+    x = sample[:1]
+    for _ in range(blocks):
+        runners = {int(i): LiteRTRunner(flatbuffers[i], threads=threads) for i in rng.permutation(len(flatbuffers))}
+        for _ in range(5):
+            for runner in runners.values():
+                runner.predict(x)
+        for _ in range(per_block):
+            for i in rng.permutation(len(flatbuffers)):
+                start = time.perf_counter()
+                runners[int(i)].predict(x)
+                times[int(i)].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 class GraphArtifact(Artifact):

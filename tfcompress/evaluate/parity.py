@@ -24,7 +24,7 @@ from tfcompress.export import flatbuffer as fb
 from tfcompress.export.flatbuffer import layer_label
 from tfcompress.export.litert import LiteRTRunner
 from tfcompress.export.tflite import graph_order, tf_op_for_tensor
-from tfcompress.graph.runner import GraphRunner
+from tfcompress.graph.runner import GraphRunner, run_model
 from tfcompress.io.frozen import FrozenModel
 
 # A difference of exactly one step, computed in float, may land a hair above 1.
@@ -108,9 +108,7 @@ def check_parity(flatbuffer: bytes, reference: Optional[FrozenModel], images: np
     out_name = infos[model.subgraphs[0].outputs[0]].name
     top_x = top_b = None
     if reference is not None:
-        with GraphRunner(reference.graph_def, [reference.image_input().tensor],
-                         [reference.outputs[0].tensor]) as runner:
-            f_out = runner.run(images)[0].reshape(len(images), -1)
+        f_out = run_model(reference, images)
         top_x = float(np.mean(np.argmax(xnn[out_name].reshape(len(images), -1), 1) == np.argmax(f_out, 1)))
         top_b = float(np.mean(np.argmax(ref[out_name].reshape(len(images), -1), 1) == np.argmax(f_out, 1)))
     return ParityReport(

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from tfcompress.calibrate.images import Preprocessing, iter_batches
 from tfcompress.distill.trainer import set_bn_statistics
+from tfcompress.io.keras_models import copy_model
 
 
 def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int = 96, seed: int = 0,
@@ -51,9 +52,7 @@ def with_outlier_channel(model, producer: str, consumer: str, channel: int, fact
       Nagel et al., "Data-Free Quantization Through Weight Equalization and
       Bias Correction", arXiv:1906.04721.
     """
-    import keras  # pylint: disable=import-outside-toplevel
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    clone = copy_model(model)
     weights = clone.get_layer(producer).get_weights()
     weights[0][..., channel] *= factor
     if len(weights) > 1:

@@ -43,6 +43,12 @@ class GraphRunner:
         self.close()
 
 
+def run_model(model, images: np.ndarray) -> np.ndarray:
+    """A FrozenModel's first output on a float NHWC batch, as [N, K]."""
+    with GraphRunner(model.graph_def, [model.image_input().tensor], [model.outputs[0].tensor]) as runner:
+        return runner.run(images)[0].reshape(len(images), -1)
+
+
 def run_graph(graph_def, feeds: Dict[str, np.ndarray], fetches: Iterable[str]) -> List[np.ndarray]:
     """One-shot convenience: run `graph_def` with `feeds`, return `fetches`."""
     fetches = list(fetches)

@@ -97,9 +97,8 @@ def save_keras(model, dest: str) -> None:
         raise TfcError(f"output {dest} must end in .keras")
     if getattr(model, "optimizer", None) is not None:
         # A model left compiled by training would carry its optimizer state: save the weights alone.
-        plain = model.__class__.from_config(model.get_config())
-        plain.set_weights(model.get_weights())
-        model = plain
+        from tfcompress.io.keras_models import copy_model  # pylint: disable=import-outside-toplevel
+        model = copy_model(model)
     parent = _staging_dir(dest)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp.keras", dir=parent)
     os.close(fd)

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.io.keras_models import copy_model
 from tfcompress.prune import thinning
 
 CRITERIA = ("l1", "l2", "apoz", "thinet", "random")
@@ -187,8 +188,7 @@ def prune_filters(model, config: FilterConfig, x: np.ndarray,
     if not names:
         raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a residual Add "
                        "or an output)")
-    current = keras.models.clone_model(model)
-    current.set_weights(model.get_weights())
+    current = copy_model(model)
     pruned, skipped = {}, {}
     for i, name in enumerate(names):
         target = next(t for t in thinning.plan(current) if t.name == name)

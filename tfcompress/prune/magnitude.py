@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.io.keras_models import copy_model
 
 PACKAGE = "tfcompress"
 PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
@@ -284,9 +285,7 @@ def prune_low_magnitude(model, schedule: PruningSchedule, *, sparsity_map: Optio
 
     # Wrap layers of a copy: the wrappers reuse the layers they are given, and training must not
     # change `model` (it is the teacher when distilling).
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    pruned = keras.models.clone_model(copy, clone_function=wrap)
+    pruned = keras.models.clone_model(copy_model(model), clone_function=wrap)
     if not any(isinstance(l, PruneLowMagnitude) for l in pruned.layers):
         raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D or Dense) left to prune")
     return pruned
@@ -301,9 +300,7 @@ def strip_pruning(model):
     # copy of it: new layers, no optimizer state or compile settings carried over from training.
     unwrapped = keras.models.clone_model(
         model, clone_function=lambda l: l.layer if isinstance(l, PruneLowMagnitude) else l)
-    fresh = unwrapped.__class__.from_config(unwrapped.get_config())
-    fresh.set_weights(unwrapped.get_weights())
-    return fresh
+    return copy_model(unwrapped)
 
 
 def sparsity_of(model) -> Dict[str, Tuple[int, int]]:

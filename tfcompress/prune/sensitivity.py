@@ -121,8 +121,8 @@ def propose(result: Sensitivity, target: float) -> Dict[str, float]:
     return proposal
 
 
-def plot(result: Sensitivity, path: str) -> None:
-    """One agreement-vs-sparsity curve per layer, written as a PNG."""
+def plot(result: Sensitivity, path) -> None:
+    """One agreement-vs-sparsity curve per layer, written as a PNG to `path` (a file name or binary file)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -138,5 +138,5 @@ def plot(result: Sensitivity, path: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
