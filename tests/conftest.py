@@ -28,6 +28,16 @@ def float_model():
     return model
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """(the shipped digits model loaded by Keras 3, 400 unshipped digits as float NHWC) for Keras-side transforms."""
+    import keras
+    from tfcompress.evaluate.zoo import digits_training_set
+    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
+    x, _ = digits_training_set(400)
+    return model, x
+
+
 def assert_close(actual, expected, rtol=FLOAT_RTOL, atol=FLOAT_ATOL):
     """np.testing.assert_allclose with the mean and mean-absolute error in the message."""
     import numpy as np

@@ -35,20 +35,15 @@ _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per model.", lower_
 def _latency(models, sample):
     """Median seconds per invoke of each Keras model's float32 flatbuffer (see interleaved_latency)."""
     from tfcompress.evaluate.artifacts import interleaved_latency
-    from tfcompress.export.tflite import TfliteConfig, convert_tflite
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.loaders import freeze_keras_model
-    flatbuffers = [convert_tflite(optimize(freeze_keras_model(model, f"m{i}"))[0], TfliteConfig(quantize="none"))
-                   .flatbuffer for i, model in enumerate(models)]
-    return interleaved_latency(flatbuffers, sample, _RUNS.value)
+    from tfcompress.export.tflite import keras_float_flatbuffer
+    return interleaved_latency([keras_float_flatbuffer(m) for m in models], sample, _RUNS.value)
 
 
 def main() -> None:
-    import dataclasses
     import numpy as np
     import keras
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
-    from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
+    from tfcompress.distill.trainer import TrainConfig, set_bn_statistics
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.prune import filters, thinning
 
@@ -70,15 +65,8 @@ def main() -> None:
         set_bn_statistics(bare, batches)
         before = float(np.mean(bare.predict(held, verbose=0).argmax(1) == reference))
 
-        def finetune(model, _):
-            set_bn_statistics(model, batches)
-            if _LAYER_EPOCHS.value:
-                fit(model, x, None, dataclasses.replace(config, epochs=_LAYER_EPOCHS.value), teacher=original)
-
-        tuned = filters.prune_filters(original, filter_config, x, finetune=finetune).model
-        if config.epochs:
-            fit(tuned, x, None, config, teacher=original)
-        set_bn_statistics(tuned, batches)
+        tuned = filters.prune_and_finetune(original, filter_config, x, None, config, teacher=original,
+                                           layer_epochs=_LAYER_EPOCHS.value).model
         after = float(np.mean(tuned.predict(held, verbose=0).argmax(1) == reference))
         rows.append([criterion, before, after, *thinning.count(tuned)])
         models.append(tuned)

@@ -143,7 +143,8 @@ def load_model_from_flags(f):
 def define_training_flags(epochs: int):
     """Flags of the commands that transform and retrain a Keras model (prune, lowrank, …)."""
     return dict(
-        input=flags.DEFINE_string("input", None, "Keras 3 model (.keras).  Default: the shipped digits model."),
+        input=flags.DEFINE_string("input", None, "Keras model: .keras, or .h5 (Keras 3 or tf_keras).  Default: the "
+                                  "shipped digits model."),
         output=flags.DEFINE_string("output", None, "Output .keras file."),
         train_images=flags.DEFINE_string("train_images", None, "Training images: DIR/<label>/* (labelled) or a "
                                          "flat folder (distillation only).  Default: the shipped calibration "
@@ -170,7 +171,8 @@ class KerasJob:
 
     Attributes:
       input_path, default_run: the model file, and whether it is the shipped default.
-      original: the loaded Keras model (safe mode, uncompiled).
+      tf_keras: the input is a .h5 written by tf_keras (Keras 2).
+      original: the loaded Keras 3 model (safe mode, uncompiled).
       prep: image preprocessing for its input.
       x, labels: training images (float NHWC) and labels (None when unlabelled).
       teacher: the original model when distilling, else None.
@@ -185,6 +187,7 @@ class KerasJob:
         from tfcompress.distill.trainer import TrainConfig
         from tfcompress.errors import TfcError
         from tfcompress.io.atomic import check_output_outside_input
+        from tfcompress.io.keras_models import h5_layer_classes, is_tf_keras_h5
         from tfcompress.io.loaders import detect_format
         self.flags = f
         if not f["output"].value:
@@ -193,9 +196,13 @@ class KerasJob:
         self.input_path = f["input"].value or DEFAULT_MODEL
         check_output_outside_input(f["output"].value, self.input_path)
         fmt = detect_format(self.input_path)
-        if fmt != "keras":
-            raise TfcError(f"this command takes a Keras 3 .keras model; {self.input_path} is {fmt} (tf_keras .h5 "
-                           "models need tensorflow-model-optimization, which this install does not provide)")
+        if fmt not in ("keras", "h5"):
+            raise TfcError(f"this command takes a Keras model (.keras, or .h5); {self.input_path} is {fmt}")
+        # A tf_keras .h5 is read by Keras 3 here too; magnitude pruning sends it through tfmot instead.
+        self.tf_keras = fmt == "h5" and os.path.isfile(self.input_path) and is_tf_keras_h5(self.input_path)
+        if fmt == "h5" and os.path.isfile(self.input_path) and "Lambda" in h5_layer_classes(self.input_path):
+            raise TfcError(f"refusing to load {self.input_path}: it holds Python code (a Lambda layer) that "
+                           "would run on load")
         keras.utils.set_random_seed(f["seed"].value)
         tf.config.experimental.enable_op_determinism()
         try:

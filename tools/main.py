@@ -16,6 +16,7 @@ COMMANDS = {
     "prune": "prune",
     "lowrank": "lowrank",
     "sensitivity": "sensitivity",
+    "drop_blocks": "drop_blocks",
 }
 
 

@@ -71,24 +71,8 @@ def _parse_m_by_n(text):
     return keep, group
 
 
-def _magnitude(job, magnitude):
-    """Magnitude pruning along the chosen schedule; (stripped model, training steps)."""
-    from tfcompress.distill.trainer import fit
-    steps = job.config.epochs * -(-len(job.x) // job.config.batch_size)
-    if _SCHEDULE.value == "constant":
-        schedule = magnitude.ConstantSparsity(_SPARSITY.value, 0, -1, _FREQUENCY.value)
-    else:
-        end = max(1, int(steps * _RAMP.value))
-        schedule = magnitude.PolynomialDecay(0.0, _SPARSITY.value, 0, end, frequency=min(_FREQUENCY.value, end))
-    pruned = magnitude.prune_low_magnitude(job.original, schedule, sparsity_map=_parse_map(_SPARSITY_MAP.value),
-                                           exclude=_EXCLUDE.value, m_by_n=_parse_m_by_n(_M_BY_N.value))
-    fit(pruned, job.x, job.labels, job.config, teacher=job.teacher, callbacks=[magnitude.UpdatePruningStep()])
-    return magnitude.strip_pruning(pruned), steps
-
-
 def main() -> None:
-    import dataclasses
-    from tfcompress.distill.trainer import fit, set_bn_statistics
+    from tfcompress.distill.trainer import set_bn_statistics
     from tfcompress.errors import TfcError
     from tfcompress.prune import filters, magnitude
 
@@ -100,7 +84,18 @@ def main() -> None:
         raise TfcError("magnitude pruning needs --epochs >= 1 (the masks are set while training)")
     job = common.KerasJob(_JOB)
     if _METHOD.value == "magnitude":
-        result, steps = _magnitude(job, magnitude)
+        steps = job.config.epochs * -(-len(job.x) // job.config.batch_size)
+        options = dict(sparsity_map=_parse_map(_SPARSITY_MAP.value), exclude=_EXCLUDE.value,
+                       m_by_n=_parse_m_by_n(_M_BY_N.value))
+        if job.tf_keras:
+            from tfcompress.prune.tfmot_prune import prune_tf_keras  # Switches tf.keras to tf_keras: only here.
+            result = prune_tf_keras(job.input_path, schedule=_SCHEDULE.value, sparsity=_SPARSITY.value,
+                                    ramp=_RAMP.value, frequency=_FREQUENCY.value, x=job.x, labels=job.labels,
+                                    config=job.config, teacher=job.teacher, **options)
+        else:
+            schedule = magnitude.schedule_for(_SCHEDULE.value, _SPARSITY.value, steps, _RAMP.value, _FREQUENCY.value)
+            result = magnitude.prune_and_train(job.original, schedule, job.x, job.labels, job.config,
+                                               teacher=job.teacher, **options)
         set_bn_statistics(result, job.batches)
         rows = [["layer", "zero weights", "kernel size", "sparsity"]]
         zeros = total = 0
@@ -109,21 +104,14 @@ def main() -> None:
             zeros, total = zeros + z, total + n
         rows.append(["total", zeros, total, f"{zeros / total:.1%}"])
         what = f"magnitude, {_SCHEDULE.value} to {_SPARSITY.value:g}, {steps} steps"
+        if job.tf_keras:
+            what += ", tf_keras model through tensorflow-model-optimization"
     else:
         filter_config = filters.FilterConfig(criterion=_METHOD.value, ratio=_RATIO.value, layers=tuple(_LAYERS.value),
                                              seed=_JOB["seed"].value)
-
-        def finetune(model, _):
-            set_bn_statistics(model, job.batches)
-            if _LAYER_EPOCHS.value:
-                fit(model, job.x, job.labels, dataclasses.replace(job.config, epochs=_LAYER_EPOCHS.value),
-                    teacher=job.teacher)
-
-        thinned = filters.prune_filters(job.original, filter_config, job.x, finetune=finetune)
+        thinned = filters.prune_and_finetune(job.original, filter_config, job.x, job.labels, job.config,
+                                             teacher=job.teacher, layer_epochs=_LAYER_EPOCHS.value)
         result = thinned.model
-        if job.config.epochs:
-            fit(result, job.x, job.labels, job.config, teacher=job.teacher)
-        set_bn_statistics(result, job.batches)
         rows = [["layer", "channels before", "channels after"]]
         rows += [[name, a, b] for name, (a, b) in thinned.pruned.items()]
         rows += [[name, "-", f"left whole: {why}"] for name, why in thinned.skipped.items()]

@@ -12,5 +12,6 @@ done
 [ -n "$python" ] || { echo "error: tfcompress needs Python 3.11" >&2; exit 1; }
 [ -x .venv/bin/python3 ] || "$python" -m venv .venv
 .venv/bin/python3 -m pip install -q --disable-pip-version-check -r requirements.lock
+.venv/bin/python3 -m pip install -q --disable-pip-version-check --no-deps -r requirements-tf-keras.lock
 .venv/bin/python3 -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
   || .venv/bin/python3 -m pip install -q --disable-pip-version-check --no-deps -e .

@@ -15,9 +15,27 @@ TOOL = os.path.join(ROOT, "tools", "prune.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, TOOL, "--noprogress", *args], capture_output=True, text=True, env=ENV,
+def _run(*args, tool=None):
+    path = os.path.join(ROOT, "tools", f"{tool}.py") if tool else TOOL
+    return subprocess.run([sys.executable, path, "--noprogress", *args], capture_output=True, text=True, env=ENV,
                           cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    """.keras models with nothing to prune (no conv or dense) and with a layer thinning does not know."""
+    import keras
+    from tfcompress.io.atomic import save_keras
+    root = tmp_path_factory.mktemp("odd")
+    layers = keras.layers
+    inp = keras.Input((32, 32, 3))
+    none = keras.Model(inp, layers.Softmax()(layers.GlobalAveragePooling2D()(inp)))
+    h = layers.LayerNormalization()(layers.Conv2D(4, 3)(inp))
+    odd = keras.Model(inp, layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(h)))
+    paths = {"no_prunable": str(root / "none.keras"), "odd_layer": str(root / "odd.keras")}
+    save_keras(none, paths["no_prunable"])
+    save_keras(odd, paths["odd_layer"])
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +83,27 @@ def test_filter_pruning_removes_channels(labelled, tmp_path):
     (["--sparsity=-0.1"], "--sparsity must be in [0, 1)"),
     (["--distill_from=none", "--train_images={flat}"], "has no classes"),
     (["--sparsity_map=batch_normalization=0.5"], "cannot prune layer batch_normalization"),
-    (["--input={h5}"], "this command takes a Keras 3 .keras model"),
+    (["--input={pb}"], "this command takes a Keras model (.keras, or .h5)"),
     (["--m_by_n=4:2"], "need 0 < N < M"),
+    (["--sparsity_map=probabilities=0.999"], "leaves layer probabilities (320 weights) empty"),
+    (["--input={no_prunable}"], "no prunable layer"),
+    (["--input={no_prunable}", "--method=l1"], "no prunable conv/dense layer"),
+    (["--input={odd_layer}", "--method=l1"], "unsupported layer type LayerNormalization"),
+    (["--tool=drop_blocks", "--drop_blocks=1", "--input={no_prunable}"], "no residual block"),
+    (["--tool=drop_blocks", "--latency_target=1.5"], "--latency_target must be in (0, 1)"),
+    (["--tool=drop_blocks"], "give exactly one of --drop_blocks"),
+    (["--tool=drop_blocks", "--drop_blocks=3"], "only 2 droppable blocks"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(args, message, odd_models, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (32, 32)).save(flat / "a.png")
-    h5 = os.path.join(ROOT, "testdata", "models", "digits_resnet.h5")
+    pb = os.path.join(ROOT, "testdata", "models", "digits_resnet.pb")
     out = tmp_path / "out.keras"
     before = set(os.listdir(tmp_path))
-    proc = _run(f"--output={out}", "--epochs=1", *[a.format(flat=flat, h5=h5) for a in args])
+    tool = next((a.split("=")[1] for a in args if a.startswith("--tool=")), None)
+    args = [a.format(flat=flat, pb=pb, **odd_models) for a in args if not a.startswith("--tool=")]
+    proc = _run(f"--output={out}", "--epochs=1", *args, tool=tool)
     assert proc.returncode == 1, proc.stderr[-1000:]
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-1000:]

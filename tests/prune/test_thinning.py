@@ -6,21 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import KERAS_MODEL
-from tfcompress.evaluate.zoo import digits_training_set
 from tfcompress.errors import TfcError
 from tfcompress.prune import filters, thinning
 
 # Thinning only removes terms from sums: float32 reordering apart, outputs are the same.
 THIN_ATOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def digits():
-    import keras
-    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
-    x, _ = digits_training_set(400)
-    return model, x
 
 
 def _zero_consumer_rows(model, removed):
@@ -41,10 +31,11 @@ def _zero_consumer_rows(model, removed):
 def test_plan_leaves_residual_groups_and_outputs_whole(digits):
     model, _ = digits
     names = {p.name: p for p in thinning.plan(model)}
-    assert set(names) == {"conv2d_1", "conv2d_4", "conv2d_6", "conv2d_7"}
+    assert set(names) == {"conv2d_1", "conv2d_4", "conv2d_6", "conv2d_7", "dense"}
     # conv2d, conv2d_2, conv2d_3, conv2d_5 feed residual Adds; probabilities is the output.
     assert names["conv2d_6"].consumers == ["conv2d_7"] and "concatenate" in names["conv2d_6"].path
     assert names["conv2d_7"].consumers == ["dense"]
+    assert names["dense"].consumers == ["probabilities"]  # The output layer loses input rows, not outputs.
 
 
 def test_thinned_model_equals_the_zeroed_reference(digits):
@@ -119,7 +110,8 @@ def test_thinned_model_saves_smaller_and_converts(digits, tmp_path):
     from tfcompress.io.loaders import freeze_keras_model
     model, x = digits
     result = filters.prune_filters(model, filters.FilterConfig(criterion="l1", ratio=0.5), x[:100])
-    assert result.pruned == {"conv2d_1": (16, 8), "conv2d_4": (32, 16), "conv2d_6": (16, 8), "conv2d_7": (48, 24)}
+    assert result.pruned == {"conv2d_1": (16, 8), "conv2d_4": (32, 16), "conv2d_6": (16, 8), "conv2d_7": (48, 24),
+                            "dense": (32, 16)}
     _, macs0 = thinning.count(model)
     _, macs = thinning.count(result.model)
     assert macs <= 0.6 * macs0
@@ -129,6 +121,35 @@ def test_thinned_model_saves_smaller_and_converts(digits, tmp_path):
     frozen, _ = optimize(freeze_keras_model(result.model, "thin"))
     flatbuffer = convert_tflite(frozen, TfliteConfig(quantize="none")).flatbuffer
     assert tflite_cost(fb.parse(flatbuffer)).macs == macs
+
+
+def test_separable_convs_thin_as_producers_and_consumers():
+    """A separable conv loses pointwise filters as a producer, and depthwise channels (with the pointwise rows
+    they feed, depth multiplier 2) as a consumer."""
+    import keras
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    h = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inp)
+    h = layers.SeparableConv2D(10, 3, depth_multiplier=2, padding="same", activation="relu", name="sep")(h)
+    h = layers.BatchNormalization(name="bn")(h)
+    h = layers.SeparableConv2D(6, 3, padding="same", name="sep_out")(h)
+    model = keras.Model(inp, layers.Dense(3)(layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(1).random((16, 12, 12, 3)).astype(np.float32)
+    assert {p.name for p in thinning.plan(model)} == {"conv", "sep", "sep_out"}
+    keep = {"conv": np.array([0, 3, 4, 7]), "sep": np.array([1, 2, 5, 8, 9])}
+    thinned = thinning.thin(model, keep)
+    reference = _zero_consumer_rows(model, {"sep": np.setdiff1d(np.arange(8), keep["conv"]),
+                                            "sep_out": np.setdiff1d(np.arange(10), keep["sep"])})
+    np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
+    params, _ = thinning.count(thinned)
+    assert params == sum(int(np.prod(w.shape)) for l in thinned.layers if not isinstance(l, keras.layers.BatchNormalization)
+                         for w in l.weights)
+    assert thinned.get_layer("sep").depthwise_kernel.shape == (3, 3, 4, 2)
+    assert thinned.get_layer("sep").pointwise_kernel.shape == (1, 1, 8, 5)
+    # L1 on a separable producer uses its pointwise filters.
+    result = filters.prune_filters(model, filters.FilterConfig(criterion="l1", ratio=0.5, layers=("sep",)), x)
+    assert result.pruned == {"sep": (10, 5)}
 
 
 def test_bad_filter_requests(digits):

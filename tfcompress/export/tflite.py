@@ -261,3 +261,10 @@ def convert_tflite_default(model: FrozenModel, dataset, mode: str = "int8", per_
     converter.inference_input_type = converter.inference_output_type = tf.int8 if mode == "int8" else tf.uint8
     converter._experimental_disable_per_channel = not per_channel  # pylint: disable=protected-access
     return _run_converter(converter)
+
+
+def keras_float_flatbuffer(model) -> bytes:
+    """An in-memory Keras model as a float32 .tflite, through the same freeze and optimize passes as `convert`."""
+    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.loaders import freeze_keras_model  # pylint: disable=import-outside-toplevel
+    return convert_tflite(optimize(freeze_keras_model(model, model.name))[0], TfliteConfig(quantize="none")).flatbuffer

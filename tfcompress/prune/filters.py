@@ -69,7 +69,7 @@ def _top(scores: np.ndarray, keep: int) -> np.ndarray:
 
 
 def norm_keep(model, target: thinning.Prunable, keep: int, p: int) -> np.ndarray:
-    kernel = keras.ops.convert_to_numpy(model.get_layer(target.name).kernel)
+    kernel = keras.ops.convert_to_numpy(thinning.output_kernel(model.get_layer(target.name)))
     flat = kernel.reshape(-1, kernel.shape[-1])
     return _top(np.abs(flat).sum(0) if p == 1 else np.sqrt((flat ** 2).sum(0)), keep)
 
@@ -82,6 +82,8 @@ def apoz_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray) -> np.
 
 def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, np.ndarray]:
     """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums."""
+    if isinstance(consumer, keras.layers.SeparableConv2D):
+        raise TfcError(f"ThiNet reconstructs plain conv and dense outputs; {consumer.name} is a separable conv")
     w = keras.ops.convert_to_numpy(consumer.kernel).astype(np.float64)
     if isinstance(consumer, keras.layers.Dense):
         a2 = a.reshape(len(a), -1)
@@ -204,3 +206,26 @@ def prune_filters(model, config: FilterConfig, x: np.ndarray,
         if finetune is not None:
             finetune(current, i)
     return FilterResult(model=current, pruned=pruned, skipped=skipped)
+
+
+def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optional[np.ndarray], train,
+                       *, teacher=None, layer_epochs: int = 1) -> FilterResult:
+    """The whole schedule: each layer thinned then fine-tuned for `layer_epochs`, then `train.epochs` globally.
+
+    Batch-norm statistics are re-estimated on x after every step.  Training
+    uses the shared trainer (labels and/or `teacher`); `train` is its
+    `TrainConfig`.
+    """
+    from tfcompress.distill.trainer import fit, set_bn_statistics  # pylint: disable=import-outside-toplevel
+    batches = [x[i:i + train.batch_size] for i in range(0, len(x), train.batch_size)]
+
+    def finetune(current, _):
+        set_bn_statistics(current, batches)
+        if layer_epochs:
+            fit(current, x, labels, dataclasses.replace(train, epochs=layer_epochs), teacher=teacher)
+
+    result = prune_filters(model, config, x, finetune=finetune)
+    if train.epochs:
+        fit(result.model, x, labels, train, teacher=teacher)
+    set_bn_statistics(result.model, batches)
+    return result

@@ -312,3 +312,29 @@ def sparsity_of(model) -> Dict[str, Tuple[int, int]]:
             k = keras.ops.convert_to_numpy(inner.kernel)
             result[inner.name] = (int(np.sum(k == 0)), int(k.size))
     return result
+
+
+def schedule_for(kind: str, sparsity: float, steps: int, ramp: float = 0.6, frequency: int = 10) -> PruningSchedule:
+    """The schedule `prune --schedule` names: "constant", or "polynomial" rising over the first `ramp` of `steps`."""
+    if kind == "constant":
+        return ConstantSparsity(sparsity, 0, -1, frequency)
+    if kind != "polynomial":
+        raise TfcError(f"unknown pruning schedule {kind!r} (constant or polynomial)")
+    end = max(1, int(steps * ramp))
+    return PolynomialDecay(0.0, sparsity, 0, end, frequency=min(frequency, end))
+
+
+def prune_and_train(model, schedule: PruningSchedule, x: np.ndarray, labels: Optional[np.ndarray], config,
+                    *, teacher=None, **wrap_options):
+    """Wraps `model`, trains it along `schedule` with the shared trainer, and strips the wrappers.
+
+    Args:
+      model: the Keras model (not modified).
+      config: a `distill.trainer.TrainConfig`.
+      teacher: the model to distil from, if any.
+      wrap_options: sparsity_map, exclude, m_by_n for `prune_low_magnitude`.
+    """
+    from tfcompress.distill.trainer import fit  # pylint: disable=import-outside-toplevel
+    pruned = prune_low_magnitude(model, schedule, **wrap_options)
+    fit(pruned, x, labels, config, teacher=teacher, callbacks=[UpdatePruningStep()])
+    return strip_pruning(pruned)

@@ -6,8 +6,10 @@ along every path its output takes,
   multiplier 1, activations, pooling, padding, dropout);
 - the matching slice of a Concatenate's output (shifted by the offset of that
   input);
-- input channel c of each conv or dense layer that consumes it, and after a
-  Flatten every flattened position of channel c.
+- input channel c of each conv, separable conv or dense layer that consumes
+  it (for a separable conv: its depthwise channel c and the pointwise rows
+  that channel feeds), and after a Flatten every flattened position of
+  channel c.
 
 Channel groups tied by a residual Add are left whole: a conv whose channels
 reach an Add (or a model output) is not pruned.  ThiNet prunes only inside
@@ -32,8 +34,26 @@ PER_CHANNEL = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU",
                "GaussianNoise", "Identity", "Cropping2D", "UpSampling2D")
 # Layers that reduce the spatial axes but keep channels.
 CHANNEL_VECTOR = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
-LINEAR = ("Conv2D", "Dense")
+LINEAR = ("Conv2D", "Dense", "SeparableConv2D")
 KNOWN = PER_CHANNEL + CHANNEL_VECTOR + LINEAR + ("InputLayer", "DepthwiseConv2D", "Add", "Concatenate", "Flatten")
+
+
+def output_kernel(layer):
+    """The kernel whose last axis is the layer's output channels (a separable conv's pointwise kernel)."""
+    return layer.pointwise_kernel if isinstance(layer, keras.layers.SeparableConv2D) else layer.kernel
+
+
+def _slice_linear(kind: str, weights, in_keep: np.ndarray, out_keep: np.ndarray):
+    """A conv/dense/separable layer's weights with only the kept input and output channels."""
+    if kind == "SeparableConv2D":
+        depthwise, pointwise = weights[0], weights[1]
+        multiplier = depthwise.shape[-1]
+        # Pointwise input row c*multiplier + j comes from input channel c.
+        rows = (in_keep[:, None] * multiplier + np.arange(multiplier)[None, :]).reshape(-1)
+        pointwise = np.take(np.take(pointwise, rows, axis=-2), out_keep, axis=-1)
+        return [np.take(depthwise, in_keep, axis=2), pointwise] + [np.take(w, out_keep, axis=-1) for w in weights[2:]]
+    kernel = np.take(np.take(weights[0], in_keep, axis=-2), out_keep, axis=-1)
+    return [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
 
 
 @dataclasses.dataclass
@@ -57,26 +77,33 @@ def _history(obj, out: List[str]) -> None:
             _history(v, out)
 
 
-def layer_graph(model) -> Dict[str, LayerNode]:
+def layer_graph(model, check_known: bool = True) -> Dict[str, LayerNode]:
     """Layer name -> its input layers and consumers, from the functional config.
+
+    A sequential model is a chain: each layer reads the one before it.
 
     Raises:
       TfcError: not a functional/sequential model, a layer called more than
-        once, or a layer type thinning does not know.
+        once, or (with check_known) a layer type thinning does not know.
     """
     config = model.get_config()
     if "layers" not in config:
-        raise TfcError("filter pruning needs a functional or sequential Keras model")
-    nodes = {}
+        raise TfcError("this transform needs a functional or sequential Keras model")
+    sequential = isinstance(model, keras.Sequential)
+    nodes, previous = {}, None
     for entry in config["layers"]:
         kind = entry["class_name"]
-        if kind not in KNOWN:
+        if check_known and kind not in KNOWN:
             raise TfcError(f"unsupported layer type {kind} ({entry['config'].get('name')}) for filter pruning")
         if len(entry.get("inbound_nodes", [])) > 1:
             raise TfcError(f"layer {entry['config']['name']} is called more than once; filter pruning needs "
                            "each layer used once")
         inputs: List[str] = []
-        _history(entry.get("inbound_nodes", []), inputs)
+        if sequential:
+            inputs = [previous] if previous else []
+            previous = entry["config"]["name"]
+        else:
+            _history(entry.get("inbound_nodes", []), inputs)
         if kind == "DepthwiseConv2D" and entry["config"].get("depth_multiplier", 1) != 1:
             raise TfcError(f"unsupported layer type DepthwiseConv2D with depth_multiplier "
                            f"{entry['config']['depth_multiplier']} ({entry['config']['name']}) for filter pruning")
@@ -114,7 +141,7 @@ def plan(model) -> List[Prunable]:
         if node.kind not in LINEAR or node.name in outputs:
             continue
         layer = model.get_layer(node.name)
-        channels = int(layer.kernel.shape[-1])
+        channels = int(output_kernel(layer).shape[-1])
         frontier, seen, consumers, path, ok = list(node.consumers), set(), [], [], True
         activation = node.name
         chain_open = True  # Still in the single chain right after the layer (for the APoZ tensor).
@@ -124,11 +151,11 @@ def plan(model) -> List[Prunable]:
                 continue
             seen.add(name)
             kind = nodes[name].kind
-            if name in outputs or kind == "Add":
-                ok = False
-            elif kind in LINEAR:
+            if kind in LINEAR:  # Its input rows go; its own outputs stay, even if they are the model's.
                 consumers.append(name)
                 chain_open = False
+            elif name in outputs or kind == "Add":
+                ok = False
             elif kind in PER_CHANNEL + CHANNEL_VECTOR + ("DepthwiseConv2D", "Concatenate", "Flatten"):
                 path.append(name)
                 if chain_open and kind in PER_CHANNEL and len(nodes[name].consumers) <= 1:
@@ -149,12 +176,11 @@ def _kept_indices(model, nodes, keep: Dict[str, np.ndarray]) -> Dict[str, np.nda
     order = [entry["config"]["name"] for entry in model.get_config()["layers"]]
     for name in order:
         node = nodes[name]
-        layer = model.get_layer(name)
-        shape = layer.output.shape
-        full = np.arange(int(shape[-1]))
-        if node.kind == "InputLayer":
-            kept[name] = full
-        elif node.kind in LINEAR:
+        if node.kind == "InputLayer":  # (A sequential model does not list its InputLayer as a layer.)
+            kept[name] = np.arange(int(model.inputs[0].shape[-1]))
+            continue
+        full = np.arange(int(model.get_layer(name).output.shape[-1]))
+        if node.kind in LINEAR:
             kept[name] = keep.get(name, full)
         elif node.kind == "Concatenate":
             parts, offset = [], 0
@@ -195,7 +221,7 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
         name = entry["config"]["name"]
         entry.pop("build_config", None)  # Shapes change: let every layer build from its new input.
         if name in keep:
-            key = "filters" if entry["class_name"] == "Conv2D" else "units"
+            key = "units" if entry["class_name"] == "Dense" else "filters"
             entry["config"][key] = int(len(keep[name]))
     thinned = model.__class__.from_config(config)
     for layer in thinned.layers:
@@ -207,12 +233,10 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
         in_keep = kept[node.inputs[0]] if node.inputs else None
         out_keep = kept[name]
         if node.kind in LINEAR:
-            kernel = weights[0]
-            if scales and name in scales:
-                factor = scales[name].reshape((1,) * (kernel.ndim - 2) + (-1, 1))
-                kernel = kernel * factor
-            kernel = np.take(np.take(kernel, in_keep, axis=-2), out_keep, axis=-1)
-            new = [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
+            if scales and name in scales:  # (ThiNet's consumers are plain convs and dense layers.)
+                factor = scales[name].reshape((1,) * (weights[0].ndim - 2) + (-1, 1))
+                weights = [weights[0] * factor] + weights[1:]
+            new = _slice_linear(node.kind, weights, in_keep, out_keep)
         elif node.kind == "DepthwiseConv2D":
             new = [np.take(weights[0], out_keep, axis=2)] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
         else:  # Batch norm, PReLU and other per-channel parameters on the last axis.
@@ -222,9 +246,17 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
 
 
 def count(model) -> Tuple[int, int]:
-    """(parameters, multiply-accumulates per image) of the conv, depthwise and dense layers, with biases."""
+    """(parameters, multiply-accumulates per image) of the conv, depthwise, separable and dense layers, with biases."""
     params = macs = 0
     for layer in model.layers:
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            depthwise = tuple(int(d) for d in layer.depthwise_kernel.shape)
+            pointwise = tuple(int(d) for d in layer.pointwise_kernel.shape)
+            out = tuple(int(d) for d in layer.output.shape[1:])
+            positions = out[0] * out[1]
+            params += int(np.prod(depthwise)) + int(np.prod(pointwise)) + (out[-1] if layer.use_bias else 0)
+            macs += positions * (int(np.prod(depthwise)) + int(np.prod(pointwise)))
+            continue
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
             continue
         kernel = tuple(int(d) for d in layer.kernel.shape)

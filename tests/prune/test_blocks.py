@@ -1,0 +1,104 @@
+"""Block dropping: which blocks are found, what dropping computes, where adapters go and that folding is exact."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from tfcompress.errors import TfcError
+from tfcompress.prune import blocks
+
+# Dropping and folding only rewrite sums: float32 reordering apart, outputs are the same.
+DROP_ATOL = 1e-5
+
+
+def test_finds_the_identity_blocks(digits):
+    model, _ = digits
+    found = blocks.find_blocks(model)
+    assert [b.add for b in found] == ["add", "add_1"]
+    assert found[1].source == "re_lu_3" and found[1].end == "re_lu_5"
+    assert found[1].layers == ("conv2d_4", "batch_normalization_4", "re_lu_4", "conv2d_5", "batch_normalization_5",
+                               "add_1", "re_lu_5")
+    assert blocks.feature_layer(model) == "dense"  # The 32-unit layer the output Dense reads.
+
+
+def test_dropped_block_equals_a_zeroed_residual_branch(digits):
+    """Reference: the original with the branch's last BN zeroed, so Add passes its (non-negative) input through."""
+    import keras
+    model, x = digits
+    block = blocks.find_blocks(model)[1]
+    dropped, adapters = blocks.drop(model, [block], adapters=False)
+    assert adapters == {} and not set(block.layers) & {l.name for l in dropped.layers}
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    bn = reference.get_layer("batch_normalization_5")
+    bn.set_weights([np.zeros_like(w) if i < 2 else w for i, w in enumerate(bn.get_weights())])  # gamma, beta
+    np.testing.assert_allclose(dropped.predict(x, verbose=0), reference.predict(x, verbose=0), atol=DROP_ATOL)
+    assert dropped.count_params() < model.count_params()
+
+
+def test_adapters_go_only_where_they_fold(digits):
+    model, _ = digits
+    first, second = blocks.find_blocks(model)
+    # The first block's output goes through max pooling, which an adapter cannot cross.
+    assert blocks.drop(model, [first])[1] == {}
+    # The second feeds a depthwise conv (no adapter: it cannot absorb channel mixing) and a 1x1 conv.
+    assert blocks.drop(model, [second])[1] == {"conv2d_6" + blocks.ADAPTER_SUFFIX: "conv2d_6"}
+    adapted, _ = blocks.drop(model, [first, second])
+    assert {l.name for l in adapted.layers} >= {"conv2d_6" + blocks.ADAPTER_SUFFIX}
+
+
+def test_folding_trained_adapters_is_exact(digits):
+    model, x = digits
+    block = blocks.find_blocks(model)[1]
+    adapted, adapters = blocks.drop(model, [block])
+    rng = np.random.default_rng(0)
+    for name in adapters:
+        (a,) = adapted.get_layer(name).get_weights()
+        adapted.get_layer(name).set_weights([a + rng.normal(0, 0.2, a.shape).astype(np.float32)])
+    plain = blocks.fold_adapters(adapted, adapters, blocks.drop(model, [block], adapters=False)[0])
+    assert not any(name in {l.name for l in plain.layers} for name in adapters)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), adapted.predict(x, verbose=0), atol=DROP_ATOL)
+    # Identity adapters fold to the original kernel.
+    fresh, fresh_adapters = blocks.drop(model, [block])
+    again = blocks.fold_adapters(fresh, fresh_adapters, blocks.drop(model, [block], adapters=False)[0])
+    np.testing.assert_array_equal(again.get_layer("conv2d_6").get_weights()[0],
+                                  model.get_layer("conv2d_6").get_weights()[0])
+
+
+def test_scores_rank_by_recoverability_per_saved_second(digits):
+    from tfcompress.distill.trainer import TrainConfig
+    model, x = digits
+    config = blocks.DropConfig(drop_blocks=1, adapter_epochs=2, runs=20)
+    train = TrainConfig(epochs=1, verbose=0)
+    result = blocks.drop_blocks(model, x, config, train)
+    assert len(result.scores) == 2 and len(result.dropped) == 1
+    for s in result.scores:
+        assert 0 < s.recoverability and s.score == pytest.approx(s.recoverability / s.saving)
+    best = min(result.scores, key=lambda s: s.score)
+    assert result.dropped == [best.block]
+    assert result.fold_error <= DROP_ATOL
+    assert result.model.count_params() < model.count_params()
+
+
+def test_bad_requests(digits):
+    import keras
+    model, x = digits
+    with pytest.raises(TfcError, match="exactly one of --drop_blocks"):
+        blocks.DropConfig()
+    with pytest.raises(TfcError, match="exactly one of --drop_blocks"):
+        blocks.DropConfig(drop_blocks=1, latency_target=0.3)
+    with pytest.raises(TfcError, match="latency_target must be in"):
+        blocks.DropConfig(latency_target=1.5)
+    from tfcompress.distill.trainer import TrainConfig
+    with pytest.raises(TfcError, match="only 2 droppable blocks"):
+        blocks.drop_blocks(model, x, blocks.DropConfig(drop_blocks=3), TrainConfig(verbose=0))
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    with pytest.raises(TfcError, match="no residual block"):
+        blocks.drop_blocks(plain, np.zeros((4, 8, 8, 3), np.float32), blocks.DropConfig(drop_blocks=1),
+                           TrainConfig(verbose=0))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,112 @@
+"""The tf_keras path: a Keras 2 .h5 model is magnitude-pruned by tensorflow-model-optimization's wrappers.
+
+The .h5 is written here by tf_keras itself, in a subprocess (tf_keras and
+Keras 3 are not mixed in the test process).  tfmot must stay out of every
+other code path, since importing it switches the process to tf_keras.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import HELDOUT, ROOT
+
+TARGET_SPARSITY = 0.5
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+MAKE_TF_KERAS_MODEL = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tf_keras
+    from tfcompress.evaluate.zoo import digits_training_set
+    tf_keras.utils.set_random_seed(0)
+    x, y = digits_training_set(600)
+    L = tf_keras.layers
+    inp = tf_keras.Input((32, 32, 3))
+    h = L.MaxPooling2D(2)(L.Conv2D(8, 3, activation="relu")(inp))
+    h = L.MaxPooling2D(2)(L.Conv2D(16, 3, activation="relu")(h))
+    out = L.Dense(10, activation="softmax")(L.Flatten()(h))
+    model = tf_keras.Model(inp, out)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0)
+    model.save(sys.argv[1])
+""")
+
+
+@pytest.fixture(scope="module")
+def tf_keras_h5(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tfk") / "small_cnn.h5")
+    proc = subprocess.run([sys.executable, "-c", MAKE_TF_KERAS_MODEL, path], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path
+
+
+def test_the_h5_is_a_tf_keras_model(tf_keras_h5):
+    from tfcompress.io.keras_models import h5_keras_version, is_tf_keras_h5
+    assert h5_keras_version(tf_keras_h5).startswith("2.")
+    assert is_tf_keras_h5(tf_keras_h5)
+    assert not is_tf_keras_h5(os.path.join(ROOT, "testdata", "models", "digits_resnet.h5"))  # Written by Keras 3.
+
+
+def test_tfmot_prunes_the_tf_keras_model(tf_keras_h5, tmp_path):
+    import keras
+    from tfcompress.prune.magnitude import sparsity_of
+    out = tmp_path / "pruned.keras"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prune.py"), "--noprogress",
+                           f"--input={tf_keras_h5}", f"--output={out}", f"--sparsity={TARGET_SPARSITY}",
+                           "--schedule=constant", "--epochs=4", f"--eval_images={HELDOUT}"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tensorflow-model-optimization" in proc.stdout
+    # The output is a Keras 3 .keras file with plain layers holding exact zeros.
+    model = keras.saving.load_model(out, safe_mode=True, compile=False)
+    assert not any("prune_low_magnitude" in layer.name for layer in model.layers)
+    sparsity = sparsity_of(model)
+    assert set(sparsity) == {"conv2d", "conv2d_1", "dense"}
+    for name, (zeros, total) in sparsity.items():
+        assert zeros / total >= TARGET_SPARSITY - 0.01, (name, zeros, total)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("top-1 agreement"))
+    agreement, accuracy = (float(v.split("%")[0]) for v in (line.split(":")[1], line.split("->")[1]))
+    assert agreement >= 90.0 and accuracy >= 90.0, line
+
+
+def test_tfmot_is_imported_only_on_the_tf_keras_path():
+    code = ("import os, sys\n"
+            "import tfcompress.prune.magnitude, tfcompress.prune.filters, tfcompress.prune.blocks\n"
+            "import tfcompress.distill.trainer, tfcompress.lowrank.svd, tfcompress.prune.sensitivity\n"
+            "assert 'tensorflow_model_optimization' not in sys.modules\n"
+            "assert os.environ.get('TF_USE_LEGACY_KERAS') in (None, '0')\n"
+            "import tfcompress.prune.tfmot_prune\n"
+            "assert 'tensorflow_model_optimization' not in sys.modules  # Not even on import of the module.\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_lambda_layers_in_h5_are_refused(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import tf_keras
+        inp = tf_keras.Input((4,))
+        out = tf_keras.layers.Dense(2)(tf_keras.layers.Lambda(lambda t: t * 2)(inp))
+        tf_keras.Model(inp, out).save(sys.argv[1])
+    """)
+    path = str(tmp_path / "lambda.h5")
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "x.keras"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prune.py"), "--noprogress",
+                           f"--input={path}", f"--output={out}"], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 1 and "Lambda layer" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists() and np.all([not p.name.startswith(".x.keras") for p in tmp_path.iterdir()])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,173 @@
+"""benchmark_speed: what each pruning method buys in LiteRT, in one run, as ratios to the unpruned model.
+
+    python tools/benchmark_speed.py
+    python tools/benchmark_speed.py --models=digits --epochs=2
+
+Models:
+- digits: the shipped residual CNN (testdata/models/digits_resnet.keras);
+- mobilenet_v2: Keras MobileNetV2(alpha=0.35) at --mobilenet_size, trained
+  here (seeded, labels) on the 1,397 scikit-learn digits that are not
+  shipped, upscaled: no pretrained weights can be fetched offline, and a
+  network with random weights has no accuracy to lose.
+
+Every method starts from the same model and is fine-tuned for --epochs by
+distillation from it (no labels) on those 1,397 digits; block dropping uses
+the first 500 only (a tiny set, as PRACTISE intends).  Rows:
+- magnitude:S  unstructured magnitude pruning to sparsity S (polynomial);
+- thinet:R     ThiNet filter thinning at ratio R;
+- lowrank:P    channel SVD of every layer that shrinks, factors at P of the weights;
+- blocks:T     PRACTISE block dropping to a LiteRT latency cut of T;
+- blocks:T+thinet:R  both, blocks first.
+
+Columns: parameters and MACs, float32 .tflite bytes raw and gzip -9, LiteRT
+latency (XNNPACK, 1 thread, batch 1, median, all variants of a model timed
+interleaved), top-1 accuracy and agreement with the unpruned model on the 300
+shipped held-out digits.  Latency and sizes are ratios to the unpruned row.
+
+Unstructured sparsity leaves every multiply in a dense kernel: it shrinks the
+gzip size and nothing else.  XNNPACK has sparse kernels only for 1x1 convs in
+NHWC float models it recognises and does not use them here.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", ["digits", "mobilenet_v2"], "digits and/or mobilenet_v2.")
+_METHODS = flags.DEFINE_list("methods", ["magnitude:0.5", "magnitude:0.9", "thinet:0.5", "lowrank:0.5",
+                                         "blocks:0.3", "blocks:0.3+thinet:0.5",
+                                         "blocks:0.3+thinet:0.6", "blocks:0.5+thinet:0.5"],
+                            "Rows (see the module doc).")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Fine-tuning epochs per method.", lower_bound=0)
+_MOBILENET_SIZE = flags.DEFINE_integer("mobilenet_size", 64, "MobileNetV2 input side (digits are upscaled).",
+                                       lower_bound=32)
+_MOBILENET_EPOCHS = flags.DEFINE_integer("mobilenet_epochs", 15, "Epochs to train MobileNetV2 on digits.",
+                                         lower_bound=1)
+_RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per model.", lower_bound=20)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for training and sampling.")
+
+TINY_SET = 500
+
+
+def _mobilenet(x, y, size, epochs, seed):
+    """MobileNetV2(alpha=0.35) trained on the digits x, y (already at size x size, in [-1, 1])."""
+    import keras
+    from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, weights=None, classes=10)
+    fit(model, x, y, TrainConfig(epochs=epochs, alpha=1.0, seed=seed, verbose=0))
+    set_bn_statistics(model, [x[i:i + 32] for i in range(0, len(x), 32)])
+    return model
+
+
+def _variant(method, original, x, train):
+    """The Keras model one row describes."""
+    from tfcompress.errors import TfcError
+    from tfcompress.lowrank.svd import LowRankConfig, factorize
+    from tfcompress.distill.trainer import fit, set_bn_statistics
+    from tfcompress.prune import blocks, filters, magnitude
+    model = original
+    for step in method.split("+"):
+        kind, _, value = step.partition(":")
+        value = float(value)
+        if kind == "magnitude":
+            steps = train.epochs * -(-len(x) // train.batch_size)
+            model = magnitude.prune_and_train(model, magnitude.schedule_for("polynomial", value, steps), x, None,
+                                              train, teacher=original)
+        elif kind in filters.CRITERIA:
+            model = filters.prune_and_finetune(model, filters.FilterConfig(criterion=kind, ratio=value), x, None,
+                                               train, teacher=original).model
+        elif kind == "lowrank":
+            model = factorize(model, LowRankConfig(param_ratio=value)).model
+            fit(model, x, None, train, teacher=original)
+        elif kind == "blocks":
+            model = blocks.drop_blocks(model, x[:TINY_SET], blocks.DropConfig(latency_target=value, runs=40),
+                                       train).model
+        else:
+            raise TfcError(f"unknown method {kind!r} in --methods")
+        set_bn_statistics(model, [x[i:i + 32] for i in range(0, len(x), 32)])
+    return model
+
+
+def _rows(name, original, x, held, labels, train):
+    import gzip
+    import numpy as np
+    from tfcompress.evaluate.artifacts import interleaved_latency
+    from tfcompress.export.tflite import keras_float_flatbuffer
+    from tfcompress.prune.thinning import count
+    from tfcompress.errors import TfcError
+    methods, models, failed = ["(unpruned)"], [original], []
+    for method in _METHODS.value:
+        try:
+            models.append(_variant(method, original, x, train))
+            methods.append(method)
+        except TfcError as e:  # E.g. a latency target no set of blocks reaches: say so in the table.
+            failed.append([name, method] + ["-"] * 6 + [f"not possible: {e}"])
+    flatbuffers = [keras_float_flatbuffer(m) for m in models]
+    latency = interleaved_latency(flatbuffers, held[:1], _RUNS.value)
+    reference = original.predict(held, verbose=0).argmax(1)
+    raw0, gz0 = len(flatbuffers[0]), len(gzip.compress(flatbuffers[0], 9, mtime=0))
+    rows = []
+    for method, model, fb, t in zip(methods, models, flatbuffers, latency):
+        params, macs = count(model)
+        predicted = model.predict(held, verbose=0).argmax(1)
+        gz = len(gzip.compress(fb, 9, mtime=0))
+        rows.append([name, method, params, macs, f"{len(fb)} ({len(fb) / raw0:.2f}x)", f"{gz} ({gz / gz0:.2f}x)",
+                     f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{np.mean(predicted == labels):.2%}",
+                     f"{np.mean(predicted == reference):.2%}"])
+    return rows + failed
+
+
+def main() -> None:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tfcompress.calibrate.dataset import read_image_set
+    from tfcompress.calibrate.images import Preprocessing, iter_batches
+    from tfcompress.distill.trainer import TrainConfig
+    from tfcompress.errors import TfcError
+    from tfcompress.evaluate.zoo import digits_training_set
+
+    tf.config.experimental.enable_op_determinism()
+    x, y = digits_training_set()
+    held = read_image_set(common.DEFAULT_EVAL)
+    xh = np.concatenate(list(iter_batches(held.paths, Preprocessing(height=32, width=32, channels=3), 100)))
+    train = TrainConfig(epochs=_EPOCHS.value, seed=_SEED.value, verbose=0)
+    table = [["model", "method", "params", "MACs", ".tflite bytes", "gzip -9 bytes", "LiteRT latency",
+              "accuracy", "agreement"]]
+    for name in _MODELS.value:
+        keras.utils.set_random_seed(_SEED.value)
+        if name == "digits":
+            original = keras.saving.load_model(common.DEFAULT_MODEL, safe_mode=True, compile=False)
+            table += _rows(name, original, x, xh, held.labels, train)
+            common.print_table(table)  # Each model's rows as soon as they are measured.
+        elif name == "mobilenet_v2":
+            size = _MOBILENET_SIZE.value
+
+            def scale(images):
+                return tf.image.resize(images, (size, size)).numpy() * 2.0 - 1.0
+
+            xs, hs = scale(x), scale(xh)
+            original = _mobilenet(xs, y, size, _MOBILENET_EPOCHS.value, _SEED.value)
+            table += _rows(f"mobilenet_v2 ({size}x{size})", original, xs, hs, held.labels, train)
+        else:
+            raise TfcError(f"unknown model {name!r} in --models (digits, mobilenet_v2)")
+    print(f"\nbenchmark_speed: float32 .tflite, LiteRT XNNPACK 1 thread batch 1 ({_RUNS.value} runs, interleaved); "
+          f"fine-tuned {_EPOCHS.value} epochs by distillation on {len(x)} unshipped digits; accuracy and agreement "
+          f"on the {len(xh)} shipped held-out digits")
+    common.print_table(table)
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
