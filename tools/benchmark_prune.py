@@ -54,8 +54,8 @@ def main() -> None:
     held = np.concatenate(list(iter_batches(list_images(common.DEFAULT_EVAL), prep, 100)))
     reference = original.predict(held, verbose=0).argmax(1)
     layers = tuple(t.name for t in thinning.plan(original)
-                   if len(t.consumers) == 1 and not any(type(original.get_layer(p)).__name__ in
-                                                         ("Concatenate", "Flatten") for p in t.path))
+                   if isinstance(original.get_layer(t.name), keras.layers.Conv2D) and len(t.consumers) == 1
+                   and not any(type(original.get_layer(p)).__name__ in ("Concatenate", "Flatten") for p in t.path))
     config = TrainConfig(epochs=_EPOCHS.value, seed=_SEED.value, verbose=0)
     batches = [x[i:i + 32] for i in range(0, len(x), 32)]
     rows, models = [], [original]
