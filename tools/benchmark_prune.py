@@ -43,7 +43,7 @@ def main() -> None:
     import numpy as np
     import keras
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
-    from tfcompress.distill.trainer import TrainConfig, set_bn_statistics
+    from tfcompress.distill.trainer import TrainConfig, batches, set_bn_statistics
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.prune import filters, thinning
 
@@ -57,12 +57,12 @@ def main() -> None:
                    if isinstance(original.get_layer(t.name), keras.layers.Conv2D) and len(t.consumers) == 1
                    and not any(type(original.get_layer(p)).__name__ in ("Concatenate", "Flatten") for p in t.path))
     config = TrainConfig(epochs=_EPOCHS.value, seed=_SEED.value, verbose=0)
-    batches = [x[i:i + 32] for i in range(0, len(x), 32)]
+    bn_batches = batches(x)
     rows, models = [], [original]
     for criterion in _CRITERIA.value:
         filter_config = filters.FilterConfig(criterion=criterion, ratio=_RATIO.value, layers=layers, seed=_SEED.value)
         bare = filters.prune_filters(original, filter_config, x).model
-        set_bn_statistics(bare, batches)
+        set_bn_statistics(bare, bn_batches)
         before = float(np.mean(bare.predict(held, verbose=0).argmax(1) == reference))
 
         tuned = filters.prune_and_finetune(original, filter_config, x, None, config, teacher=original,

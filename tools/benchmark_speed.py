@@ -59,11 +59,11 @@ TINY_SET = 500
 def _mobilenet(x, y, size, epochs, seed):
     """MobileNetV2(alpha=0.35) trained on the digits x, y (already at size x size, in [-1, 1])."""
     import keras
-    from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
+    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
     keras.utils.set_random_seed(seed)
     model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, weights=None, classes=10)
     fit(model, x, y, TrainConfig(epochs=epochs, alpha=1.0, seed=seed, verbose=0))
-    set_bn_statistics(model, [x[i:i + 32] for i in range(0, len(x), 32)])
+    set_bn_statistics(model, batches(x))
     return model
 
 
@@ -71,15 +71,15 @@ def _variant(method, original, x, train):
     """The Keras model one row describes."""
     from tfcompress.errors import TfcError
     from tfcompress.lowrank.svd import LowRankConfig, factorize
-    from tfcompress.distill.trainer import fit, set_bn_statistics
+    from tfcompress.distill.trainer import batches, fit, set_bn_statistics
     from tfcompress.prune import blocks, filters, magnitude
     model = original
     for step in method.split("+"):
         kind, _, value = step.partition(":")
         value = float(value)
         if kind == "magnitude":
-            steps = train.epochs * -(-len(x) // train.batch_size)
-            model = magnitude.prune_and_train(model, magnitude.schedule_for("polynomial", value, steps), x, None,
+            schedule = magnitude.schedule_for("polynomial", value, train.steps(len(x)))
+            model = magnitude.prune_and_train(model, schedule, x, None,
                                               train, teacher=original)
         elif kind in filters.CRITERIA:
             model = filters.prune_and_finetune(model, filters.FilterConfig(criterion=kind, ratio=value), x, None,
@@ -92,17 +92,17 @@ def _variant(method, original, x, train):
                                        train).model
         else:
             raise TfcError(f"unknown method {kind!r} in --methods")
-        set_bn_statistics(model, [x[i:i + 32] for i in range(0, len(x), 32)])
+        set_bn_statistics(model, batches(x))
     return model
 
 
 def _rows(name, original, x, held, labels, train):
-    import gzip
     import numpy as np
+    from tfcompress.errors import TfcError
     from tfcompress.evaluate.artifacts import interleaved_latency
+    from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.tflite import keras_float_flatbuffer
     from tfcompress.prune.thinning import count
-    from tfcompress.errors import TfcError
     methods, models, failed = ["(unpruned)"], [original], []
     for method in _METHODS.value:
         try:
@@ -113,13 +113,14 @@ def _rows(name, original, x, held, labels, train):
     flatbuffers = [keras_float_flatbuffer(m) for m in models]
     latency = interleaved_latency(flatbuffers, held[:1], _RUNS.value)
     reference = original.predict(held, verbose=0).argmax(1)
-    raw0, gz0 = len(flatbuffers[0]), len(gzip.compress(flatbuffers[0], 9, mtime=0))
+    base = bytes_size(flatbuffers[0])
     rows = []
     for method, model, fb, t in zip(methods, models, flatbuffers, latency):
         params, macs = count(model)
         predicted = model.predict(held, verbose=0).argmax(1)
-        gz = len(gzip.compress(fb, 9, mtime=0))
-        rows.append([name, method, params, macs, f"{len(fb)} ({len(fb) / raw0:.2f}x)", f"{gz} ({gz / gz0:.2f}x)",
+        size = bytes_size(fb)
+        rows.append([name, method, params, macs, f"{size.raw} ({size.raw / base.raw:.2f}x)",
+                     f"{size.gzip} ({size.gzip / base.gzip:.2f}x)",
                      f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{np.mean(predicted == labels):.2%}",
                      f"{np.mean(predicted == reference):.2%}"])
     return rows + failed

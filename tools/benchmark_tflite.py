@@ -67,10 +67,10 @@ def _variants(name, model, prep, calibration):
 
 
 def main() -> None:
-    import gzip
     import numpy as np
     from tfcompress.calibrate.images import iter_batches, list_images
     from tfcompress.evaluate.artifacts import interleaved_latency
+    from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.litert import LiteRTRunner
     from tfcompress.graph.runner import run_model
 
@@ -88,7 +88,7 @@ def main() -> None:
             agree = float(np.mean(np.argmax(out, 1) == np.argmax(reference, 1)))
             diff = out.astype(np.float64) - reference
             table.append([name, "float32" if label == "none" else label, len(fb),
-                          len(gzip.compress(fb, compresslevel=9, mtime=0)), f"{agree:.2%}",
+                          bytes_size(fb).gzip, f"{agree:.2%}",
                           f"{np.mean(diff ** 2):.3g}", f"{np.max(np.abs(diff)):.4g}",
                           f"{med / medians[0]:.2f}x"])
     print(f"\nbenchmark_tflite: LiteRT (XNNPACK), 1 thread, batch 1, {_RUNS.value} interleaved runs per variant; "

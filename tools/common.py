@@ -187,7 +187,7 @@ class KerasJob:
         from tfcompress.distill.trainer import TrainConfig
         from tfcompress.errors import TfcError
         from tfcompress.io.atomic import check_output_outside_input
-        from tfcompress.io.keras_models import h5_layer_classes, is_tf_keras_h5
+        from tfcompress.io.keras_models import is_tf_keras_h5, load_keras
         from tfcompress.io.loaders import detect_format
         self.flags = f
         if not f["output"].value:
@@ -198,17 +198,11 @@ class KerasJob:
         fmt = detect_format(self.input_path)
         if fmt not in ("keras", "h5"):
             raise TfcError(f"this command takes a Keras model (.keras, or .h5); {self.input_path} is {fmt}")
-        # A tf_keras .h5 is read by Keras 3 here too; magnitude pruning sends it through tfmot instead.
-        self.tf_keras = fmt == "h5" and os.path.isfile(self.input_path) and is_tf_keras_h5(self.input_path)
-        if fmt == "h5" and os.path.isfile(self.input_path) and "Lambda" in h5_layer_classes(self.input_path):
-            raise TfcError(f"refusing to load {self.input_path}: it holds Python code (a Lambda layer) that "
-                           "would run on load")
         keras.utils.set_random_seed(f["seed"].value)
         tf.config.experimental.enable_op_determinism()
-        try:
-            self.original = keras.saving.load_model(self.input_path, safe_mode=True, compile=False)
-        except Exception as e:  # Keras raises many types for a bad file.
-            raise TfcError(f"cannot load {self.input_path} as a Keras model: {str(e).splitlines()[0][:200]}") from e
+        self.original = load_keras(self.input_path)
+        # A tf_keras .h5 is read by Keras 3 above too; magnitude pruning sends it through tfmot instead.
+        self.tf_keras = fmt == "h5" and is_tf_keras_h5(self.input_path)
         _, h, w, c = self.original.input_shape
         self.prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=f["input_mean"].value,
                                   std=f["input_std"].value)
@@ -224,8 +218,8 @@ class KerasJob:
 
     @property
     def batches(self):
-        size = self.config.batch_size
-        return [self.x[i:i + size] for i in range(0, len(self.x), size)]
+        from tfcompress.distill.trainer import batches
+        return batches(self.x, self.config.batch_size)
 
     def training_note(self) -> str:
         how = "distilled from the original" if self.distill else "labels only"

@@ -84,7 +84,7 @@ def main() -> None:
         raise TfcError("magnitude pruning needs --epochs >= 1 (the masks are set while training)")
     job = common.KerasJob(_JOB)
     if _METHOD.value == "magnitude":
-        steps = job.config.epochs * -(-len(job.x) // job.config.batch_size)
+        steps = job.config.steps(len(job.x))
         options = dict(sparsity_map=_parse_map(_SPARSITY_MAP.value), exclude=_EXCLUDE.value,
                        m_by_n=_parse_m_by_n(_M_BY_N.value))
         if job.tf_keras:

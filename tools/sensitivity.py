@@ -31,10 +31,10 @@ _NORM = common.define_normalization_flags(0.0, 255.0)
 
 def main() -> None:
     import numpy as np
-    import keras
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.io.atomic import atomic_file, check_output_outside_input
+    from tfcompress.io.keras_models import load_keras
     from tfcompress.io.loaders import detect_format
     from tfcompress.prune import sensitivity
 
@@ -48,7 +48,7 @@ def main() -> None:
         sparsities = [float(s) for s in _SPARSITIES.value]
     except ValueError as e:
         raise TfcError(f"--sparsities must be numbers, got {_SPARSITIES.value}") from e
-    model = keras.saving.load_model(input_path, safe_mode=True, compile=False)
+    model = load_keras(input_path)
     _, h, w, c = model.input_shape
     prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=_NORM["input_mean"].value,
                          std=_NORM["input_std"].value)

@@ -64,7 +64,7 @@ def test_two_of_four_keeps_the_two_largest_of_every_input_group():
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     import keras
-    from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
+    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
     original = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
     before = [w.copy() for w in original.get_weights()]
     x, _ = digits_training_set(1000)
@@ -76,7 +76,7 @@ def pruned_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned")
     pruned.save(out / "wrapped.keras")
     stripped = magnitude.strip_pruning(pruned)
-    set_bn_statistics(stripped, [x[i:i + 32] for i in range(0, len(x), 32)])
+    set_bn_statistics(stripped, batches(x))
     return original, before, pruned, stripped, out
 
 

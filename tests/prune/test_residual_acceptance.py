@@ -61,7 +61,7 @@ def trained(tmp_path_factory):
     import keras
     import tensorflow as tf
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
-    from tfcompress.distill.trainer import TrainConfig, fit, set_bn_statistics
+    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(7)
@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
     model = resnet10()
     fit(model, x, y, TrainConfig(epochs=8, alpha=1.0, verbose=0))
     # Eight epochs leave the moving BN statistics far behind the weights; set them from the data.
-    set_bn_statistics(model, [x[i:i + 32] for i in range(0, len(x), 32)])
+    set_bn_statistics(model, batches(x))
     path = str(root / "resnet10.keras")
     save_keras(model, path)
     images = root / "unlabelled"

@@ -13,7 +13,7 @@ whose output is a softmax has its logits recovered as log-probabilities
 """
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -52,6 +52,15 @@ class TrainConfig:
             raise TfcError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise TfcError(f"--alpha must be in [0, 1], got {self.alpha}")
+
+    def steps(self, images: int) -> int:
+        """Optimizer steps over all epochs on `images` images (the last batch of an epoch may be short)."""
+        return self.epochs * -(-images // self.batch_size)
+
+
+def batches(x: np.ndarray, size: int = 32) -> List[np.ndarray]:
+    """x split into consecutive batches of `size` (the last may be shorter), e.g. for set_bn_statistics."""
+    return [x[i:i + size] for i in range(0, len(x), size)]
 
 
 def outputs_probabilities(model) -> bool:

@@ -37,19 +37,22 @@ class Size:
     gzip: int
 
 
+def bytes_size(data: bytes) -> Size:
+    """Raw length and gzip -9 length (no timestamp, so the same bytes always give the same size)."""
+    return Size(raw=len(data), gzip=len(gzip.compress(data, compresslevel=9, mtime=0)))
+
+
 def path_size(path: str) -> Size:
     """Bytes of a file, or of all files under a directory (sorted), raw and gzip -9 of the concatenation."""
     if os.path.isdir(path):
         files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
     else:
         files = [path]
-    data = b"".join(open(f, "rb").read() for f in files)
-    return Size(raw=len(data), gzip=len(gzip.compress(data, compresslevel=9, mtime=0)))
+    return bytes_size(b"".join(open(f, "rb").read() for f in files))
 
 
 def graph_size(graph_def) -> Size:
-    data = graph_def.SerializeToString(deterministic=True)
-    return Size(raw=len(data), gzip=len(gzip.compress(data, compresslevel=9, mtime=0)))
+    return bytes_size(graph_def.SerializeToString(deterministic=True))
 
 
 @dataclasses.dataclass

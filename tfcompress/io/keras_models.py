@@ -1,4 +1,29 @@
-"""Keras model copies: the one way the Keras-side transforms duplicate a model."""
+"""Loading Keras models in safe mode, and copying them: the one way each is done."""
+
+import zipfile
+
+from tfcompress.errors import TfcError
+
+
+def load_keras(path: str):
+    """A .keras or .h5 model loaded by Keras 3 in safe mode, uncompiled.
+
+    Raises:
+      TfcError: not a .keras archive, Python code that safe mode will not
+        run (a Lambda layer), or a corrupt or unsupported file.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
+        raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a bad file.
+        first = str(e).splitlines()[0] if str(e) else ""
+        if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+            raise TfcError(f"refusing to load {path}: it holds Python code (e.g. a Lambda layer) "
+                           "that safe mode will not execute") from e
+        raise TfcError(f"cannot load Keras model {path}: corrupt or unsupported "
+                       f"({type(e).__name__}: {first[:200]})") from e
 
 
 def copy_model(model):

@@ -8,7 +8,6 @@ caller opts in (see `safety.py`).
 """
 
 import os
-import zipfile
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -17,6 +16,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from tfcompress.errors import TfcError
 from tfcompress.io import safety
+from tfcompress.io.keras_models import load_keras
 from tfcompress.io.frozen import FrozenModel, TensorSig, check_finite_weights, shape_of
 
 FORMATS = ("saved_model", "keras", "h5", "frozen_pb")
@@ -118,19 +118,7 @@ def _load_saved_model(path: str, signature: str) -> FrozenModel:
 
 
 def _load_keras(path: str, fmt: str) -> FrozenModel:
-    import keras  # Keras 3: the default Keras of TF 2.21.
-    if fmt == "keras" and not zipfile.is_zipfile(path):
-        raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        if "safe_mode" in str(e) or "unsafe" in str(e).lower():
-            raise TfcError(f"refusing to load {path}: it holds Python code (e.g. a Lambda layer) "
-                           "that safe mode will not execute") from e
-        raise TfcError(f"cannot load Keras model {path}: corrupt or unsupported "
-                       f"({type(e).__name__}: {first[:200]})") from e
-    return freeze_keras_model(model, path, fmt)
+    return freeze_keras_model(load_keras(path), path, fmt)
 
 
 def freeze_keras_model(model, source: str = "<keras>", fmt: str = "keras") -> FrozenModel:

@@ -36,7 +36,7 @@ import numpy as np
 
 from tfcompress.distill.trainer import TrainConfig, fit, fit_features
 from tfcompress.errors import TfcError
-from tfcompress.export.tflite import keras_float_flatbuffer as float_flatbuffer
+from tfcompress.export.tflite import keras_float_flatbuffer
 from tfcompress.io.keras_models import copy_model
 from tfcompress.prune.thinning import layer_graph
 
@@ -224,18 +224,21 @@ class DropResult:
 
 
 def score_blocks(model, blocks: Sequence[Block], feature: str, x: np.ndarray, target: np.ndarray,
-                 config: DropConfig, train: TrainConfig, progress=None) -> Tuple[List[BlockScore], float]:
-    """(scores, the original's LiteRT seconds per image): recoverability and saving of dropping each block alone."""
+                 config: DropConfig, train: TrainConfig, base: bytes, progress=None) -> Tuple[List[BlockScore], float]:
+    """(scores, the original's LiteRT seconds per image): recoverability and saving of dropping each block alone.
+
+    `base` is the original model's float32 flatbuffer.
+    """
     from tfcompress.evaluate.artifacts import interleaved_latency  # pylint: disable=import-outside-toplevel
     scale = float(np.mean(target ** 2)) or 1.0
-    recover, flatbuffers = [], [float_flatbuffer(model)]
+    recover, flatbuffers = [], [base]
     for block in blocks:
         adapted, adapters = drop(model, [block])
         loss = fit_features(adapted, feature, x, target, dataclasses.replace(train, epochs=config.adapter_epochs,
                                                                                  verbose=0),
                             trainable=list(adapters))
         recover.append(loss / scale)
-        flatbuffers.append(float_flatbuffer(drop(model, [block], adapters=False)[0]))
+        flatbuffers.append(keras_float_flatbuffer(drop(model, [block], adapters=False)[0]))
         if progress is not None:
             progress(block, recover[-1])
     latency = interleaved_latency(flatbuffers, x[:1], config.runs, threads=config.threads)
@@ -271,12 +274,12 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
         raise TfcError(f"feature layer {feature} lies inside a residual block")
     target = model.get_layer(feature).output
     target = keras.Model(model.inputs, target).predict(x, batch_size=64, verbose=0)
-    scores, base_latency = score_blocks(model, blocks, feature, x, target, config, train, progress)
+    base = keras_float_flatbuffer(model)
+    scores, base_latency = score_blocks(model, blocks, feature, x, target, config, train, base, progress)
     ranked = sorted(scores, key=lambda s: (s.score, s.recoverability))
-    base = float_flatbuffer(model)
 
     def measure(chosen):
-        flatbuffer = float_flatbuffer(drop(model, chosen, adapters=False)[0])
+        flatbuffer = keras_float_flatbuffer(drop(model, chosen, adapters=False)[0])
         return interleaved_latency([base, flatbuffer], x[:1], config.runs, threads=config.threads)
 
     if config.drop_blocks:

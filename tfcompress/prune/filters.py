@@ -216,16 +216,16 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
     uses the shared trainer (labels and/or `teacher`); `train` is its
     `TrainConfig`.
     """
-    from tfcompress.distill.trainer import fit, set_bn_statistics  # pylint: disable=import-outside-toplevel
-    batches = [x[i:i + train.batch_size] for i in range(0, len(x), train.batch_size)]
+    from tfcompress.distill import trainer  # pylint: disable=import-outside-toplevel
+    batches = trainer.batches(x, train.batch_size)
 
     def finetune(current, _):
-        set_bn_statistics(current, batches)
+        trainer.set_bn_statistics(current, batches)
         if layer_epochs:
-            fit(current, x, labels, dataclasses.replace(train, epochs=layer_epochs), teacher=teacher)
+            trainer.fit(current, x, labels, dataclasses.replace(train, epochs=layer_epochs), teacher=teacher)
 
     result = prune_filters(model, config, x, finetune=finetune)
     if train.epochs:
-        fit(result.model, x, labels, train, teacher=teacher)
-    set_bn_statistics(result.model, batches)
+        trainer.fit(result.model, x, labels, train, teacher=teacher)
+    trainer.set_bn_statistics(result.model, batches)
     return result

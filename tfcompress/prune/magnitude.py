@@ -38,6 +38,11 @@ class PruningSchedule:
     def __call__(self, step: int) -> Tuple[bool, float]:
         raise NotImplementedError
 
+    @property
+    def final(self) -> float:
+        """The sparsity the schedule ends at."""
+        raise NotImplementedError
+
     def get_config(self) -> dict:
         raise NotImplementedError
 
@@ -65,6 +70,10 @@ class ConstantSparsity(PruningSchedule):
     def __call__(self, step):
         active = step >= self.begin_step and (self.end_step == -1 or step <= self.end_step)
         return active and (step - self.begin_step) % self.frequency == 0, self.target_sparsity
+
+    @property
+    def final(self) -> float:
+        return self.target_sparsity
 
     def get_config(self):
         return {"target_sparsity": self.target_sparsity, "begin_step": self.begin_step,
@@ -98,6 +107,10 @@ class PolynomialDecay(PruningSchedule):
                                               ((step - self.begin_step) % self.frequency == 0
                                                or step == self.end_step))
         return update, self.sparsity(step)
+
+    @property
+    def final(self) -> float:
+        return self.final_sparsity
 
     def get_config(self):
         return {"initial_sparsity": self.initial_sparsity, "final_sparsity": self.final_sparsity,
@@ -183,7 +196,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def scheduled_sparsity(self, step: int) -> Tuple[bool, float]:
         update, sparsity = self.schedule(step)
         if self.target_sparsity is not None:
-            final = getattr(self.schedule, "final_sparsity", getattr(self.schedule, "target_sparsity", None))
+            final = self.schedule.final
             sparsity = sparsity * self.target_sparsity / final if final else self.target_sparsity
         return update, sparsity
 
@@ -223,23 +236,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.step = 0
-
-    def _wrappers(self):
-        return [l for l in self.model._flatten_layers() if isinstance(l, PruneLowMagnitude)]  # pylint: disable=protected-access
+        self.wrappers = []
 
     def on_train_begin(self, logs=None):
-        if not self._wrappers():
+        # Found once per fit, not on every batch.
+        self.wrappers = [l for l in self.model._flatten_layers() if isinstance(l, PruneLowMagnitude)]  # pylint: disable=protected-access
+        if not self.wrappers:
             raise TfcError("UpdatePruningStep is used on a model with no PruneLowMagnitude layer")
 
     def on_train_batch_begin(self, batch, logs=None):
-        for wrapper in self._wrappers():
+        for wrapper in self.wrappers:
             update, sparsity = wrapper.scheduled_sparsity(self.step)
             if update:
                 wrapper.update_mask(sparsity)
         self.step += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        for wrapper in self._wrappers():
+        for wrapper in self.wrappers:
             wrapper.apply_mask()  # The optimizer step may have moved pruned weights off zero.
 
 
@@ -268,7 +281,7 @@ def prune_low_magnitude(model, schedule: PruningSchedule, *, sparsity_map: Optio
         if not isinstance(layer, PRUNABLE):
             raise TfcError(f"cannot prune layer {name} of type {type(layer).__name__}")
 
-    final = getattr(schedule, "final_sparsity", getattr(schedule, "target_sparsity", 0.0))
+    final = schedule.final
     for layer in model.layers:
         if isinstance(layer, PRUNABLE) and layer.name not in exclude and m_by_n is None:
             size = int(np.prod(layer.kernel.shape))

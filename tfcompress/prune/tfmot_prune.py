@@ -83,7 +83,7 @@ def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, fr
     if unknown:
         raise TfcError(f"no layer named {', '.join(unknown)} in {path}")
     prunable = (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D, tf_keras.layers.Dense)
-    steps = config.epochs * -(-len(x) // config.batch_size)
+    steps = config.steps(len(x))
     wrapped = []
 
     def clone(layer):
