@@ -44,3 +44,27 @@ def assert_close(actual, expected, rtol=FLOAT_RTOL, atol=FLOAT_ATOL):
     diff = np.asarray(actual, np.float64) - np.asarray(expected, np.float64)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
                                err_msg=f"mean error {diff.mean():.3g}, mean abs error {np.abs(diff).mean():.3g}")
+
+
+def run_tool(tool: str, *args, timeout: int = 900):
+    """Runs tools/<tool>.py with `args`; the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def write_digits(root, x, y) -> str:
+    """Writes float images (NHWC in [0, 1], first channel) as DIR/<label>/NNNN.png; returns DIR."""
+    import numpy as np
+    from PIL import Image
+    for k, (img, label) in enumerate(zip(x, y)):
+        os.makedirs(os.path.join(root, str(label)), exist_ok=True)
+        Image.fromarray((img[..., 0] * 255).round().astype(np.uint8)).save(os.path.join(root, str(label), f"{k:04d}.png"))
+    return str(root)
+
+
+def error_lines(proc):
+    """The `error:` lines a failed tool printed (TF's own start-up logging aside)."""
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]

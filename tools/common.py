@@ -140,11 +140,14 @@ def load_model_from_flags(f):
                       allow_unsafe_ops=f["allow_unsafe_ops"].value)
 
 
-def define_training_flags(epochs: int):
-    """Flags of the commands that transform and retrain a Keras model (prune, lowrank, …)."""
+def define_training_flags(epochs: int, model_flag: str = "input"):
+    """Flags of the commands that transform and retrain a Keras model (prune, lowrank, …).
+
+    The model to transform is --input, or --`model_flag` (kept under the key "input").
+    """
     return dict(
-        input=flags.DEFINE_string("input", None, "Keras model: .keras, or .h5 (Keras 3 or tf_keras).  Default: the "
-                                  "shipped digits model."),
+        input=flags.DEFINE_string(model_flag, None, "Keras model: .keras, or .h5 (Keras 3 or tf_keras).  Default: "
+                                  "the shipped digits model."),
         output=flags.DEFINE_string("output", None, "Output .keras file."),
         train_images=flags.DEFINE_string("train_images", None, "Training images: DIR/<label>/* (labelled) or a "
                                          "flat folder (distillation only).  Default: the shipped calibration "

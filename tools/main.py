@@ -17,6 +17,11 @@ COMMANDS = {
     "lowrank": "lowrank",
     "sensitivity": "sensitivity",
     "drop_blocks": "drop_blocks",
+    "cluster": "cluster",
+    "pack": "pack",
+    "unpack": "unpack",
+    "compress": "compress",
+    "distill": "distill",
 }
 
 

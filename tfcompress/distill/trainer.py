@@ -5,7 +5,9 @@ Network", arXiv:1503.02531):
 
     alpha * CE(y, softmax(s))  +  (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T))
 
-where s and t are the student's and teacher's logits and T the temperature.
+where s and t are the student's and teacher's logits and T the temperature
+(the T^2 factor keeps the soft term's gradients on the scale of the hard
+term's as T changes).
 An example without a label (a folder with no class subfolders) uses the
 distillation term alone; with no teacher, the cross-entropy alone.  A model
 whose output is a softmax has its logits recovered as log-probabilities
@@ -13,7 +15,7 @@ whose output is a softmax has its logits recovered as log-probabilities
 """
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -117,15 +119,106 @@ class DistillationLoss(keras.losses.Loss):
                 "student_probabilities": self.student_probabilities, "name": self.name}
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedWeights:
+    """Weight sharing for one variable during training.
+
+    Attributes:
+      groups: int array of the variable's shape: the shared value (codeword
+        entry) each element holds, or -1 for an element frozen at its value
+        (a pruned zero).
+      reduction: "sum" (k-means codebooks, Han et al.: a centroid's gradient
+        is the sum over its members) or "mean" (product-quantization
+        codewords, Stock et al.: gradients averaged per codeword).
+    """
+    groups: np.ndarray
+    reduction: str = "sum"
+
+    def __post_init__(self):
+        if self.reduction not in ("sum", "mean"):
+            raise TfcError(f"unknown gradient reduction {self.reduction!r}")
+
+
+def _shared_gradient(grad, spec: SharedWeights):
+    """Every member of a group gets the group's summed (or averaged) gradient; frozen elements get 0."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    groups = spec.groups.reshape(-1).astype(np.int64)
+    n = int(groups.max()) + 1 if groups.size and groups.max() >= 0 else 0
+    ids_np = np.where(groups < 0, n, groups)  # Frozen elements share one extra, discarded segment.
+    ids = tf.constant(ids_np)
+    total = tf.math.unsorted_segment_sum(tf.reshape(grad, [-1]), ids, n + 1)
+    if spec.reduction == "mean":
+        counts = np.bincount(ids_np, minlength=n + 1).astype(np.float32)
+        total = total / tf.constant(np.maximum(counts, 1.0), grad.dtype)
+    keep = tf.constant(np.arange(n + 1) < n, grad.dtype)
+    return tf.reshape(tf.gather(total * keep, ids), tf.shape(grad))
+
+
+def _optimizer(framework, learning_rate: float, shared: Optional[Dict[str, SharedWeights]]):
+    """Adam, with gradients of shared variables reduced per group before the update.
+
+    Members of a group start equal and then receive identical gradients, so
+    Adam's element-wise update keeps them equal: the variable stays a codebook
+    lookup without any projection step.
+    """
+    if not shared:
+        return framework.optimizers.Adam(learning_rate)
+
+    class SharedAdam(keras.optimizers.Adam):
+        def apply(self, grads, trainable_variables=None):
+            variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+            grads = [g if g is None or v.path not in shared else _shared_gradient(g, shared[v.path])
+                     for g, v in zip(grads, variables)]
+            return super().apply(grads, trainable_variables)
+
+    return SharedAdam(learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturePair:
+    """Feature distillation between a student layer's output and a teacher layer's output (same H x W)."""
+    student: str
+    teacher: str
+
+
+def _feature_model(student, teacher, pairs: Sequence[FeaturePair]):
+    """(student with the paired features as extra outputs, through 1x1 adapters where widths differ; targets fn)."""
+    outputs, probes = [student.outputs[0]], []
+    for i, pair in enumerate(pairs):
+        try:
+            s_out, t_out = student.get_layer(pair.student).output, teacher.get_layer(pair.teacher).output
+        except ValueError as e:
+            raise TfcError(f"feature pair {pair.student}:{pair.teacher}: {e}") from e
+        if tuple(s_out.shape[1:-1]) != tuple(t_out.shape[1:-1]):
+            raise TfcError(f"feature pair {pair.student}:{pair.teacher}: spatial shapes differ "
+                           f"({tuple(s_out.shape[1:-1])} vs {tuple(t_out.shape[1:-1])})")
+        if s_out.shape[-1] != t_out.shape[-1]:
+            # A 1x1 convolution (a Dense on the channel axis), trained with the student and then discarded.
+            s_out = keras.layers.Dense(int(t_out.shape[-1]), use_bias=False, name=f"feature_adapter_{i}")(s_out)
+        outputs.append(s_out)
+        probes.append(t_out)
+    return keras.Model(student.inputs, outputs), keras.Model(teacher.inputs, probes)
+
+
 def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfig, *, teacher=None,
-        callbacks: Sequence = ()):
+        callbacks: Sequence = (), shared: Optional[Dict[str, SharedWeights]] = None,
+        features: Sequence[FeaturePair] = (), feature_weight: float = 1.0):
     """Trains `student` in place on images x (float NHWC), with labels and/or a teacher.
+
+    `shared` maps variable paths (`variable.path`) to their weight sharing
+    (Keras 3 students only): those variables train as codebooks.
+    `features` adds feature distillation (Romero et al., "FitNets",
+    arXiv:1412.6550): `feature_weight` times the mean squared error between
+    each paired student and teacher feature, through a bias-free 1x1 adapter
+    when their widths differ.
 
     Raises:
       TfcError: neither labels nor a teacher, or labels out of the output range.
     """
     if labels is None and teacher is None:
         raise TfcError("training needs labelled images or a teacher to distill from")
+    if features and teacher is None:
+        raise TfcError("feature distillation needs a teacher")
     num_classes = int(student.output_shape[-1])
     n = len(x)
     target = np.zeros((n, 2 * num_classes + 2), np.float32)
@@ -140,9 +233,19 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     keras.utils.set_random_seed(config.seed)
     loss = DistillationLoss(num_classes, config.temperature, config.alpha, outputs_probabilities(student))
     framework = _framework(student)
+    if (shared or features) and framework is not keras:
+        raise TfcError("weight sharing and feature distillation train Keras 3 models only")
+    optimizer = _optimizer(framework, config.learning_rate, shared)
+    if features:
+        trained, probes = _feature_model(student, teacher, features)
+        feature_targets = probes.predict(x, batch_size=64, verbose=0)
+        feature_targets = feature_targets if isinstance(feature_targets, list) else [feature_targets]
+        trained.compile(optimizer=optimizer, loss=[loss] + ["mse"] * len(features),
+                        loss_weights=[1.0] + [float(feature_weight)] * len(features))
+        return trained.fit(x, [target] + feature_targets, batch_size=config.batch_size, epochs=config.epochs,
+                           shuffle=True, verbose=config.verbose, callbacks=list(callbacks))
     # tf_keras takes the loss as a plain function of tensors (keras.ops runs on TF tensors).
-    student.compile(optimizer=framework.optimizers.Adam(config.learning_rate),
-                    loss=loss if framework is keras else loss.call)
+    student.compile(optimizer=optimizer, loss=loss if framework is keras else loss.call)
     return student.fit(x, target, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
                        verbose=config.verbose, callbacks=list(callbacks))
 

@@ -95,3 +95,24 @@ def digits_training_set(count=None):
     small = np.clip(digits.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
     return np.repeat(big[..., None], 3, -1).astype(np.float32) / 255.0, digits.target[keep]
+
+
+def lenet5(input_shape=(32, 32, 1), classes: int = 10, name: str = "lenet5"):
+    """LeNet-5 (LeCun et al. 1998; Deep Compression's Table 1 model): two 5x5 convs, three dense layers."""
+    import keras  # pylint: disable=import-outside-toplevel
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(6, 5, activation="relu"), layers.AveragePooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"), layers.AveragePooling2D(2),
+        layers.Flatten(), layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(classes, activation="softmax")], name=name)
+
+
+def lenet_300_100(input_shape=(32, 32, 1), classes: int = 10, name: str = "lenet_300_100"):
+    """LeNet-300-100 (LeCun et al. 1998; Deep Compression's Table 1): dense 300 -> 100 -> classes."""
+    import keras  # pylint: disable=import-outside-toplevel
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input(input_shape), layers.Flatten(), layers.Dense(300, activation="relu"),
+        layers.Dense(100, activation="relu"), layers.Dense(classes, activation="softmax")], name=name)

@@ -92,6 +92,7 @@ def save_keras(model, dest: str) -> None:
     """Saves a Keras model to `dest` (.keras) atomically: staged under a temporary .keras name, then renamed.
 
     Only the model and its weights are saved, never an optimizer's state.
+    The same model gives the same bytes (see `_reproducible_zip`).
     """
     if not dest.endswith(".keras"):
         raise TfcError(f"output {dest} must end in .keras")
@@ -104,8 +105,33 @@ def save_keras(model, dest: str) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        _reproducible_zip(tmp)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _reproducible_zip(path: str) -> None:
+    """Rewrites a .keras archive so that it depends on the model only.
+
+    Keras stamps the save time twice: in `metadata.json` ("date_saved") and
+    as the zip entry time of `model.weights.h5`.  Both are set to the zip
+    epoch (1980-01-01 00:00:00); entry order, contents and compression are
+    kept.
+    """
+    import json  # pylint: disable=import-outside-toplevel
+    import zipfile  # pylint: disable=import-outside-toplevel
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                if "date_saved" in meta:
+                    meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            archive.writestr(fixed, data)

@@ -1,0 +1,99 @@
+"""Recipes: schema checks, and `compress` end to end (every artifact, the manifest, the same bytes twice)."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import CALIBRATION, HELDOUT, ROOT, error_lines, run_tool
+from tfcompress import recipe
+from tfcompress.errors import TfcError
+
+
+def test_steps_and_their_command_lines():
+    steps = recipe.parse_recipe("steps: [{prune: {method: magnitude, sparsity: 0.9, m_by_n: ''}}, {cluster: {}},"
+                                " {convert: {quantize: int8, per_tensor: true, float_layers: [a, b]}}, {pack: null}]",
+                                "r.yaml")
+    assert [s.command for s in steps] == ["prune", "cluster", "convert", "pack"]
+    assert [s.output_name for s in steps] == ["01_prune.keras", "02_cluster.keras", "03_convert.tflite", "04_pack.tfc"]
+    assert steps[0].argv() == ["--m_by_n=", "--method=magnitude", "--sparsity=0.9"]
+    assert steps[2].argv() == ["--float_layers=a,b", "--per_tensor", "--quantize=int8"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps: [{squash: {}}]", "unknown command 'squash'"),
+    ("steps: [{convert: {}}, {cluster: {}}]", "step 2 (cluster) is out of order"),
+    ("steps: [{pack: {}}]", "step 1 (pack) is out of order"),
+    ("steps: [{prune: {output: x.keras}}]", "--output is set by the recipe runner"),
+    ("steps: [{prune: {}, cluster: {}}]", "step 1 must be a one-key mapping"),
+    ("steps: []", "non-empty list"),
+    ("steps: [{prune: [1, 2]}]", "flags must be a mapping"),
+    ("steps: [{prune: {sparsity: }}]", "flag sparsity needs a value"),
+    ("steps: [", "not valid YAML"),
+])
+def test_bad_recipes(text, message):
+    with pytest.raises(TfcError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        recipe.parse_recipe(text, "r.yaml")
+
+
+def test_unknown_flag_is_caught_before_any_step_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [{prune: {sparsity: 0.5, epochz: 3}}, {convert: {}}]\n")
+    out = tmp_path / "out"
+    proc = run_tool("compress", f"--recipe={bad}", f"--output={out}", "--noprogress")
+    assert proc.returncode == 1 and len(error_lines(proc)) == 1
+    assert "unknown flag 'epochz'" in error_lines(proc)[0]
+    assert not out.exists() and os.listdir(tmp_path) == ["bad.yaml"]
+
+
+def test_failing_step_leaves_no_output(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [{cluster: {clusters: 300, epochs: 0}}]\n")
+    out = tmp_path / "out"
+    proc = run_tool("compress", f"--recipe={bad}", f"--output={out}", "--noprogress", "--runs=0")
+    assert proc.returncode == 1
+    assert "step 1 (cluster) failed" in error_lines(proc)[-1] and "between 2 and 256" in error_lines(proc)[-1]
+    assert not out.exists() and os.listdir(tmp_path) == ["bad.yaml"]
+
+
+SHORT = """steps:
+  - prune: {method: magnitude, sparsity: 0.8, epochs: 2}
+  - cluster: {clusters: 8, epochs: 1}
+  - convert: {quantize: int8, per_tensor: true}
+  - pack: {}
+"""
+
+
+def test_compress_is_measured_and_reproducible(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text(SHORT)
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run_tool("compress", f"--recipe={path}", f"--output={out}", f"--train_images={CALIBRATION}",
+                        f"--eval_images={HELDOUT}", "--noprogress", "--runs=50")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(out)
+    names = sorted(os.listdir(runs[0]))
+    assert names == ["01_prune.keras", "02_cluster.keras", "03_convert.tflite", "04_pack.tfc", "manifest.json"]
+    for name in names[:-1]:  # Same inputs, same bytes: every artifact.
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+    manifest = json.loads((runs[0] / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["versions"]["tensorflow-cpu"] == "2.21.0"
+    assert manifest["input"]["sha256"] == recipe.file_sha256(os.path.join(ROOT, "testdata", "models",
+                                                                          "digits_resnet.keras"))
+    assert manifest["data"]["eval_images"]["files"] == 300
+    steps = manifest["steps"]
+    assert [s["command"] for s in steps] == ["input", "prune", "cluster", "convert", "pack"]
+    for s in steps[1:]:
+        assert s["sha256"] == recipe.file_sha256(str(runs[0] / s["output"]))
+        assert 0.0 <= s["accuracy"] <= 1.0 and s["latency_ms"] > 0
+    # The pack step deploys the convert step's .tflite: same flatbuffer, so the same accuracy.
+    assert steps[4]["tflite_bytes"] == steps[3]["tflite_bytes"] and steps[4]["accuracy"] == steps[3]["accuracy"]
+    assert steps[4]["packed_bytes"] == os.path.getsize(runs[0] / "04_pack.tfc") < steps[3]["tflite_gzip_bytes"]
+    assert steps[4]["ratio_vs_float_tflite"] == pytest.approx(steps[0]["tflite_bytes"] / steps[4]["packed_bytes"])
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

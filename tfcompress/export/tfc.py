@@ -1,0 +1,255 @@
+"""The packed `.tfc` format: a TFLite flatbuffer with its weight buffers stored as Deep Compression stores them.
+
+`pack(tflite)` keeps every byte of the flatbuffer; `unpack` gives back exactly
+the same bytes (checked against a SHA-256 of the original), so the `.tfc`
+and the `.tflite` are two forms of one deployable model.
+
+Each weight buffer (a constant tensor of type int8, uint8, int16, int32,
+int64, float16 or float32) is stored as:
+- a codebook: the buffer's distinct values (its distinct nonzero values when
+  the zeros are stored as positions);
+- the codebook index of every stored element, Huffman-coded;
+- when sparse: the positions of the nonzero elements as relative offsets
+  (the number of zeros before each nonzero element, in the buffer's
+  row-major order), where a gap of 2^b - 1 or more is written as that many
+  filler symbols (each meaning "2^b - 1 more zeros, continue") and the
+  remainder, with b from 1 to 8 chosen per buffer; Huffman-coded.
+Whichever of dense, sparse or left-in-place is smallest is used per buffer.
+Everything else (the flatbuffer's tables, names, quantization parameters,
+metadata, and buffers left in place) is the *skeleton*: the file with the
+packed byte ranges cut out, compressed as a raw LZMA2 stream (preset 9e).
+
+Layout (integers are unsigned LEB128 varints unless sized; see
+`tfcompress.export.entropy` for the Huffman stream):
+
+    "TFCP" u8 version=1
+    varint tflite_size, 32 bytes SHA-256 of the .tflite
+    varint buffer_count
+    per buffer:
+      varint offset, varint length     (its data's byte range in the .tflite)
+      u8 dtype                         (TFLite TensorType: 0 f32, 1 f16, 2 i32, 3 u8, 4 i64, 7 i16, 9 i8)
+      u8 mode                          (0 dense, 1 sparse)
+      varint codebook_size, then codebook_size values (little-endian, dtype's width)
+      mode 1: u8 b, varint nonzero_count, varint gap_symbol_count, Huffman(gap symbols, alphabet 2^b)
+      Huffman(codebook indices, alphabet codebook_size)  (one per stored element)
+    varint skeleton_length (compressed), the skeleton
+
+Reference: Han, Mao & Dally, "Deep Compression", arXiv:1510.00149 (Sec. 2:
+relative-index sparse storage with filler zeros; Sec. 4: Huffman coding).
+"""
+
+import dataclasses
+import hashlib
+import lzma
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tfcompress.errors import TfcError
+from tfcompress.export import entropy
+from tfcompress.export.flatbuffer import TFLITE_IDENTIFIER, _TENSOR_DTYPES, _schema, parse
+
+MAGIC = b"TFCP"
+VERSION = 1
+DENSE, SPARSE = 0, 1
+# Buffers with more distinct values than this stay in the skeleton (a codebook that large saves nothing).
+MAX_CODEBOOK = 4096
+
+
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def _compress(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+
+
+def _decompress(data: bytes, source: str) -> bytes:
+    try:
+        return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    except lzma.LZMAError as e:
+        raise TfcError(f"{source} is corrupt (its skeleton does not decompress: {e})") from e
+
+
+def weight_buffers(tflite: bytes) -> List[Tuple[int, int, int]]:
+    """(offset, length, TFLite dtype) of every constant tensor's data inside the flatbuffer, by offset."""
+    parse(tflite, "the .tflite")  # Validates the file first.
+    schema = _schema()
+    root = schema.Model.GetRootAsModel(tflite, 0)
+    dtype_of: Dict[int, int] = {}
+    for g in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(g)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            if tensor.Buffer() > 0 and tensor.Type() in _TENSOR_DTYPES:
+                dtype_of.setdefault(tensor.Buffer(), tensor.Type())
+    found = []
+    for index, dtype in dtype_of.items():
+        table = root.Buffers(index)._tab  # pylint: disable=protected-access
+        field = table.Offset(4)  # Buffer.data, the table's first field.
+        if not field:
+            continue
+        start, length = table.Vector(field), table.VectorLen(field)
+        if length and length % np.dtype(_TENSOR_DTYPES[dtype]).itemsize == 0:
+            found.append((start, length, dtype))
+    return sorted(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBuffer:
+    offset: int
+    length: int
+    mode: str          # dense | sparse
+    codebook: int
+    stored: int        # bytes in the .tfc
+
+
+@dataclasses.dataclass(frozen=True)
+class PackResult:
+    data: bytes
+    buffers: List[PackedBuffer]
+    skeleton: int      # compressed skeleton bytes
+    left_in_place: int  # weight buffers kept in the skeleton (smaller that way)
+
+
+def _gap_symbols(positions: np.ndarray, bits: int) -> np.ndarray:
+    filler = (1 << bits) - 1
+    gaps = np.diff(np.concatenate([[-1], positions])) - 1
+    fillers = gaps // filler
+    out = np.full(int(fillers.sum() + len(gaps)), filler, np.int64)
+    ends = np.cumsum(fillers + 1) - 1  # Each gap's remainder follows its fillers.
+    out[ends] = gaps % filler
+    return out
+
+
+def _encode_buffer(values: np.ndarray, dtype: int) -> Optional[Tuple[bytes, str, int]]:
+    """(encoded bytes after the offset/length fields, mode, codebook size) of the smallest encoding, or None."""
+    candidates = []
+    for mode in (DENSE, SPARSE):
+        stored = values if mode == DENSE else values[values != 0]
+        if mode == SPARSE and stored.size == values.size:
+            continue
+        codebook, indices = np.unique(stored, return_inverse=True)
+        if len(codebook) > MAX_CODEBOOK:
+            continue
+        head = bytes([dtype, mode]) + entropy.varint(len(codebook)) + codebook.astype(codebook.dtype.newbyteorder("<")).tobytes()
+        if mode == SPARSE:
+            positions = np.flatnonzero(values != 0)
+            bits = min(range(1, 9), key=lambda b: (entropy.stream_size(_gap_symbols(positions, b), 1 << b), b))
+            symbols = _gap_symbols(positions, bits)
+            head += (bytes([bits]) + entropy.varint(len(positions)) + entropy.varint(len(symbols))
+                     + entropy.encode(symbols, 1 << bits))
+        body = head + entropy.encode(indices, max(len(codebook), 1))
+        candidates.append((len(body), mode, body, len(codebook)))
+    if not candidates:
+        return None
+    _, mode, body, codebook = min(candidates, key=lambda c: (c[0], c[1]))
+    return body, ("dense" if mode == DENSE else "sparse"), codebook
+
+
+def pack(tflite: bytes) -> PackResult:
+    """The `.tfc` bytes of a TFLite flatbuffer (see the module docstring)."""
+    buffers = weight_buffers(tflite)
+    chosen, bodies, cut = [], [], []
+    left = 0
+    for offset, length, dtype in buffers:
+        values = np.frombuffer(tflite, np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<"), length // np.dtype(
+            _TENSOR_DTYPES[dtype]).itemsize, offset)
+        encoded = _encode_buffer(values, dtype)
+        # Left in place when LZMA inside the skeleton does at least as well.
+        if encoded is None or len(encoded[0]) >= len(_compress(tflite[offset:offset + length])):
+            left += 1
+            continue
+        body, mode, codebook = encoded
+        entry = entropy.varint(offset) + entropy.varint(length) + body
+        bodies.append(entry)
+        chosen.append(PackedBuffer(offset, length, mode, codebook, len(entry)))
+        cut.append((offset, length))
+    pieces, pos = [], 0
+    for offset, length in cut:
+        pieces.append(tflite[pos:offset])
+        pos = offset + length
+    pieces.append(tflite[pos:])
+    skeleton = _compress(b"".join(pieces))
+    data = (MAGIC + bytes([VERSION]) + entropy.varint(len(tflite)) + hashlib.sha256(tflite).digest()
+            + entropy.varint(len(bodies)) + b"".join(bodies) + entropy.varint(len(skeleton)) + skeleton)
+    return PackResult(data, chosen, len(skeleton), left)
+
+
+def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
+    """The original `.tflite` bytes of a `.tfc` file.
+
+    Raises:
+      TfcError: not a .tfc file, an unknown version, truncated or corrupt
+        content, or a result whose SHA-256 differs from the one recorded.
+    """
+    if data[:4] != MAGIC:
+        raise TfcError(f"{source} is not a .tfc file (no TFCP magic)")
+    reader = entropy.Reader(data, source)
+    reader.take(4)
+    version = reader.take(1)[0]
+    if version != VERSION:
+        raise TfcError(f"{source} has .tfc version {version}; this tfcompress reads version {VERSION}")
+    size = reader.varint()
+    digest = reader.take(32)
+    pieces = []
+    for _ in range(reader.varint()):
+        offset, length = reader.varint(), reader.varint()
+        dtype, mode = reader.take(1)[0], reader.take(1)[0]
+        if dtype not in _TENSOR_DTYPES or mode not in (DENSE, SPARSE):
+            raise TfcError(f"{source} is corrupt (buffer type {dtype}, mode {mode})")
+        np_dtype = np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")
+        if length % np_dtype.itemsize or offset + length > size:
+            raise TfcError(f"{source} is corrupt (a buffer of {length} bytes at {offset})")
+        count = length // np_dtype.itemsize
+        k = reader.varint()
+        if k > MAX_CODEBOOK:
+            raise TfcError(f"{source} is corrupt (a codebook of {k} values)")
+        codebook = np.frombuffer(reader.take(k * np_dtype.itemsize), np_dtype)
+        values = np.zeros(count, np_dtype)
+        if mode == SPARSE:
+            bits = reader.take(1)[0]
+            nonzero = reader.varint()
+            if not 1 <= bits <= 8 or nonzero > count:
+                raise TfcError(f"{source} is corrupt (sparse buffer header)")
+            symbols = entropy.decode(reader, reader.varint())
+            positions = np.cumsum(_gaps(symbols, nonzero, (1 << bits) - 1, source) + 1) - 1
+            if nonzero and positions[-1] >= count:
+                raise TfcError(f"{source} is corrupt (a nonzero position past the buffer)")
+            stored = nonzero
+        else:
+            positions, stored = np.arange(count), count
+        indices = entropy.decode(reader, stored)
+        if stored and (k == 0 or indices.max() >= k):
+            raise TfcError(f"{source} is corrupt (a codebook index out of range)")
+        if stored:
+            values[positions] = codebook[indices]
+        pieces.append((offset, values.tobytes()))
+    skeleton = _decompress(reader.take(reader.varint()), source)
+    if reader.pos != len(data):
+        raise TfcError(f"{source} is corrupt ({len(data) - reader.pos} trailing bytes)")
+    out, pos = bytearray(), 0
+    for offset, blob in sorted(pieces):
+        take = offset - len(out)
+        if take < 0:
+            raise TfcError(f"{source} is corrupt (overlapping buffers)")
+        out += skeleton[pos:pos + take]
+        pos += take
+        out += blob
+    out += skeleton[pos:]
+    out = bytes(out)
+    if len(out) != size or hashlib.sha256(out).digest() != digest:
+        raise TfcError(f"{source} is corrupt (the unpacked flatbuffer does not match its recorded SHA-256)")
+    if out[4:8] != TFLITE_IDENTIFIER:
+        raise TfcError(f"{source} does not hold a TFLite flatbuffer")
+    return out
+
+
+def _gaps(symbols: np.ndarray, nonzero: int, filler: int, source: str) -> np.ndarray:
+    """The number of zeros before each of `nonzero` elements, from filler-coded gap symbols."""
+    is_filler = symbols == filler
+    if int(np.sum(~is_filler)) != nonzero or (len(symbols) and is_filler[-1]):
+        raise TfcError(f"{source} is corrupt (sparse offsets do not match the nonzero count)")
+    # Each remainder adds the fillers since the previous remainder.
+    fillers_before = np.cumsum(is_filler)[~is_filler]
+    runs = np.diff(np.concatenate([[0], fillers_before]))
+    return runs * filler + symbols[~is_filler]

@@ -1,0 +1,89 @@
+"""Batch-norm folding in Keras models: conv/dense -> BatchNormalization becomes one conv/dense with a bias.
+
+    y = gamma * (x W + b - mean) / sqrt(var + eps) + beta
+      = x (W * s) + (b - mean) * s + beta,      s = gamma / sqrt(var + eps)  (per output channel)
+
+Used before quantization-aware training (the fake-quantized weights are the
+folded ones, as in the int8 model) and before weight clustering (a codebook
+shared across a kernel survives conversion only if no per-channel BN scale
+is folded into it afterwards).
+
+Reference: Jacob et al., "Quantization and Training of Neural Networks for
+Efficient Integer-Arithmetic-Only Inference", arXiv:1712.05877, Sec. 3.2.
+"""
+
+from typing import Dict, List, Tuple
+
+import keras
+import numpy as np
+
+from tfcompress.io.keras_models import copy_model
+from tfcompress.prune.thinning import layer_graph
+
+FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def _foldable_pairs(model, nodes) -> Dict[str, str]:
+    """BatchNormalization name -> the conv/dense it folds into (linear activation, the BN its only consumer)."""
+    pairs = {}
+    for name, node in nodes.items():
+        if node.kind != "BatchNormalization" or len(node.inputs) != 1:
+            continue
+        producer = model.get_layer(node.inputs[0])
+        bn = model.get_layer(name)
+        axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+        if (isinstance(producer, FOLDABLE) and not isinstance(producer, keras.layers.SeparableConv2D)
+                and getattr(producer.activation, "__name__", "") == "linear"
+                and nodes[producer.name].consumers == [name] and axis in (-1, len(bn.input.shape) - 1)):
+            pairs[name] = producer.name
+    return pairs
+
+
+def _folded_weights(producer, bn) -> List[np.ndarray]:
+    kernel = producer.kernel.numpy()
+    channels = bn.moving_mean.shape
+    bias = producer.bias.numpy() if producer.use_bias else np.zeros(channels, np.float32)
+    gamma = bn.gamma.numpy() if bn.scale else np.ones(channels, np.float32)
+    beta = bn.beta.numpy() if bn.center else np.zeros(channels, np.float32)
+    scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    # A depthwise kernel is [kh, kw, in, multiplier], output channel c * multiplier + m.
+    kernel = kernel * (scale.reshape(kernel.shape[2:]) if isinstance(producer, keras.layers.DepthwiseConv2D)
+                       else scale)
+    return [kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * scale + beta).astype(np.float32)]
+
+
+def fold_batch_norm(model) -> Tuple[keras.Model, Dict[str, str]]:
+    """(a copy of `model` with every foldable BatchNormalization folded, {folded BN: the layer it went into}).
+
+    A BN that follows anything else (an Add, an activation, a conv with a
+    nonlinear activation) is kept.  The copy computes the same function as
+    `model` in inference mode.
+    """
+    nodes = layer_graph(model, check_known=False)
+    pairs = _foldable_pairs(model, nodes)
+    if not pairs:
+        return copy_model(model), {}
+    producers = {p: bn for bn, p in pairs.items()}
+    tensors, replaced = {}, {}
+    for name, node in nodes.items():
+        if node.kind == "InputLayer":  # Sequential models list theirs in the config too.
+            tensors[name] = keras.Input(batch_shape=(None,) + tuple(model.input_shape[1:]), name=name)
+            continue
+        if name in pairs:
+            tensors[name] = tensors[pairs[name]]
+            continue
+        layer = model.get_layer(name)
+        if name in producers:
+            config = layer.get_config()
+            config["use_bias"] = True
+            layer = layer.__class__.from_config(config)
+            replaced[name] = layer
+        args = [tensors[src] for src in node.inputs]
+        tensors[name] = layer(args[0] if len(args) == 1 and node.kind not in ("Add", "Concatenate") else args)
+    outputs = [tensors[t._keras_history[0].name] for t in model.outputs]  # pylint: disable=protected-access
+    inputs = [tensors[n] for n, node in nodes.items() if node.kind == "InputLayer"]
+    folded = keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+                         name=model.name)
+    for name, layer in replaced.items():
+        layer.set_weights(_folded_weights(model.get_layer(name), model.get_layer(producers[name])))
+    return copy_model(folded), pairs
