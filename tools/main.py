@@ -22,6 +22,7 @@ COMMANDS = {
     "unpack": "unpack",
     "compress": "compress",
     "distill": "distill",
+    "binarize": "binarize",
 }
 
 

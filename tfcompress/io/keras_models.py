@@ -13,6 +13,8 @@ def load_keras(path: str):
         run (a Lambda layer), or a corrupt or unsupported file.
     """
     import keras  # pylint: disable=import-outside-toplevel
+    # tfcompress's own layers must be registered before a model that uses them loads.
+    import tfcompress.binary.layers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
         raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
     try:
