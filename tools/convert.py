@@ -87,7 +87,7 @@ def main() -> None:
     from tfcompress.export import autocal, fallback
     from tfcompress.export.flatbuffer import with_metadata
     from tfcompress.export.targets import get_target, preflight
-    from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_tflite,
+    from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat, convert_tflite, is_qat,
                                           quantize_calibrated)
     from tfcompress.graph.passes import optimize
     from tfcompress.io.atomic import write_bytes
@@ -105,6 +105,10 @@ def main() -> None:
         raise TfcError(f"--min_agreement must be in (0, 1], got {_MIN_AGREEMENT.value}")
 
     float_model, _ = optimize(common.load_model_from_flags(_MODEL))
+    qat = is_qat(float_model)
+    if qat and (config.quantize != "int8" or wants_layers or auto):
+        raise TfcError("a quantization-aware-trained model converts with --quantize=int8 only, without "
+                       "--calibrator=auto or float layers: its ranges come from training")
     mean, std = _CAL["input_mean"].value, _CAL["input_std"].value
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=mean, std=std)
     memo = []
@@ -119,7 +123,9 @@ def main() -> None:
     # Agreement is always measured against the float model itself.
     export_model = float_model
     ranges, dataset, cal_note = None, None, "not needed"
-    if config.needs_ranges:
+    if qat:
+        cal_note = "quantization-aware model: ranges learned in training, no image read"
+    elif config.needs_ranges:
         result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images,
                            cache_path=_CAL["calibration_cache"].value, recalibrate=_CAL["recalibrate"].value,
                            batch_size=_CAL["batch_size"].value, progress=_PROGRESS.value)
@@ -178,6 +184,8 @@ def main() -> None:
         if missing:
             notes.append("kept int8 by the quantizer (a neighbouring op requires a quantized tensor): "
                          + ", ".join(fallback.layer_label(r) for r in missing))
+    elif qat:
+        flatbuffer, applied = convert_qat(export_model), []
     else:
         converted = convert_tflite(export_model, config, ranges, dataset)
         flatbuffer, applied = converted.flatbuffer, converted.ranges_applied
@@ -193,7 +201,7 @@ def main() -> None:
     print(f"\nconvert: {input_path} -> {_OUTPUT.value} (quantize={config.quantize}, "
           f"weights {'per-channel' if config.per_channel else 'per-tensor'})")
     print(f"calibration: {cal_note}" + (f"; {len(applied)} activation ranges from the cache "
-                                         f"({calibrator.method})" if config.needs_ranges else ""))
+                                         f"({calibrator.method})" if config.needs_ranges and not qat else ""))
     for note in notes:
         print(note)
     print(f"metadata: input mean {mean:g}, std {std:g}" + (f", {len(labels)} labels" if labels else ""))

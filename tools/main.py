@@ -23,6 +23,7 @@ COMMANDS = {
     "compress": "compress",
     "distill": "distill",
     "binarize": "binarize",
+    "qat": "qat",
 }
 
 

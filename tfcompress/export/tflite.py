@@ -268,3 +268,45 @@ def keras_float_flatbuffer(model) -> bytes:
     from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
     from tfcompress.io.loaders import freeze_keras_model  # pylint: disable=import-outside-toplevel
     return convert_tflite(optimize(freeze_keras_model(model, model.name))[0], TfliteConfig(quantize="none")).flatbuffer
+
+
+QAT_OPS = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxArgs")
+
+
+def is_qat(model: FrozenModel) -> bool:
+    """True if the graph holds fake-quantization ops (a quantization-aware-trained model)."""
+    return any(n.op in QAT_OPS for n in model.graph_def.node)
+
+
+def _input_stats(model: FrozenModel) -> Tuple[float, float]:
+    """(mean, std) with real = (q - mean) / std for the int8 input, from the input's FakeQuant range.
+
+    The range is nudged as TF's FakeQuant does (zero exactly representable),
+    so the int8 input has exactly the QAT model's input quantization.
+    """
+    from tensorflow.python.framework import tensor_util  # pylint: disable=import-outside-toplevel
+    nodes = {n.name: n for n in model.graph_def.node}
+    placeholder = model.inputs[0].tensor.split(":")[0]
+
+    def source(name):
+        name = name.split(":")[0].lstrip("^")
+        while nodes[name].op == "Identity":
+            name = nodes[name].input[0].split(":")[0]
+        return name
+
+    for node in model.graph_def.node:
+        if node.op == "FakeQuantWithMinMaxVars" and source(node.input[0]) == placeholder:
+            lo, hi = (float(tensor_util.MakeNdarray(nodes[source(i)].attr["value"].tensor)) for i in node.input[1:3])
+            scale = (hi - lo) / 255.0
+            zero_point = float(np.round(np.clip(-lo / scale, 0.0, 255.0)))
+            return zero_point - 128.0, 1.0 / scale
+    raise TfcError("the quantization-aware model has no fake quantization on its input")
+
+
+def convert_qat(model: FrozenModel) -> bytes:
+    """An int8 flatbuffer (int8 I/O) whose ranges are the fake-quantization ranges learned in training."""
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_type = converter.inference_input_type = converter.inference_output_type = tf.int8
+    converter.quantized_input_stats = {model.inputs[0].tensor.split(":")[0]: _input_stats(model)}
+    return _run_converter(converter)

@@ -4,6 +4,9 @@ import zipfile
 
 from tfcompress.errors import TfcError
 
+# Modules defining tfcompress's registered Keras layers (binary layers, QAT layers).
+CUSTOM_LAYER_MODULES = ("tfcompress.binary.layers", "tfcompress.qat.layers")
+
 
 def load_keras(path: str):
     """A .keras or .h5 model loaded by Keras 3 in safe mode, uncompiled.
@@ -12,9 +15,10 @@ def load_keras(path: str):
       TfcError: not a .keras archive, Python code that safe mode will not
         run (a Lambda layer), or a corrupt or unsupported file.
     """
+    import importlib  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
-    # tfcompress's own layers must be registered before a model that uses them loads.
-    import tfcompress.binary.layers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    for module in CUSTOM_LAYER_MODULES:  # Registers tfcompress's own layers before a model that uses them loads.
+        importlib.import_module(module)
     if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
         raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
     try:
