@@ -24,6 +24,7 @@ COMMANDS = {
     "distill": "distill",
     "binarize": "binarize",
     "qat": "qat",
+    "pq": "pq",
 }
 
 
