@@ -43,9 +43,6 @@ def main() -> None:
                          max_rows=_MAX_ROWS.value, layers=tuple(_LAYERS.value), exclude=tuple(_EXCLUDE.value),
                          seed=_JOB["seed"].value)
     job = common.KerasJob(_JOB)
-    if job.teacher is None and _LAYER_EPOCHS.value + job.config.epochs > 0 and job.labels is None:
-        from tfcompress.errors import TfcError
-        raise TfcError("fine-tuning needs labels or --distill_from=original")
 
     def progress(q):
         if job.config.verbose:

@@ -77,10 +77,24 @@ def test_label_free_and_feature_distillation(setup, tmp_path):
     assert model.predict(x[:4], verbose=0).shape == (4, 10)
 
 
+@pytest.mark.parametrize("features, message", [
+    ("c2:dense", "spatial shapes differ"),
+    ("nope:re_lu_5", "feature pair nope:re_lu_5"),
+])
+def test_bad_feature_pairs(setup, features, message):
+    from tfcompress.distill.trainer import FeaturePair, TrainConfig, fit
+    from tfcompress.errors import TfcError
+    from tfcompress.io.keras_models import load_keras
+    _, _, student = setup
+    student_layer, teacher_layer = features.split(":")
+    x = np.zeros((4, 32, 32, 3), np.float32)
+    with pytest.raises(TfcError, match=message):
+        fit(load_keras(student), x, None, TrainConfig(epochs=1, verbose=0), teacher=load_keras(KERAS_MODEL),
+            features=[FeaturePair(student_layer, teacher_layer)])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--features=c2"], "is not student_layer:teacher_layer"),
-    (["--features=c2:dense"], "spatial shapes differ"),
-    (["--features=nope:re_lu_5"], "feature pair nope:re_lu_5"),
     (["--distill_from=none"], "distill always learns from --teacher"),
 ])
 def test_bad_distill_input(setup, tmp_path, args, message):

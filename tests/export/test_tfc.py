@@ -108,6 +108,8 @@ def test_corrupt_tfc_is_refused(sparse_clustered, tmp_path, damage):
         data += b"\0"
     with pytest.raises(TfcError, match="corrupt|truncated|not a .tfc"):
         tfc.unpack(bytes(data), "m.tfc")
+    if damage != "truncate":
+        return  # The command's handling is the same for every damage: checked once.
     bad, out = tmp_path / "bad.tfc", tmp_path / "out.tflite"
     bad.write_bytes(bytes(data))
     proc = run_tool("unpack", f"--input={bad}", f"--output={out}")

@@ -57,7 +57,6 @@ def test_failing_step_leaves_no_output(tmp_path):
 
 
 SHORT = """steps:
-  - prune: {method: magnitude, sparsity: 0.8, epochs: 2}
   - cluster: {clusters: 8, epochs: 1}
   - convert: {quantize: int8, per_tensor: true}
   - pack: {}
@@ -75,7 +74,7 @@ def test_compress_is_measured_and_reproducible(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs.append(out)
     names = sorted(os.listdir(runs[0]))
-    assert names == ["01_prune.keras", "02_cluster.keras", "03_convert.tflite", "04_pack.tfc", "manifest.json"]
+    assert names == ["01_cluster.keras", "02_convert.tflite", "03_pack.tfc", "manifest.json"]
     for name in names[:-1]:  # Same inputs, same bytes: every artifact.
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
     manifest = json.loads((runs[0] / "manifest.json").read_text())
@@ -84,14 +83,14 @@ def test_compress_is_measured_and_reproducible(tmp_path):
                                                                           "digits_resnet.keras"))
     assert manifest["data"]["eval_images"]["files"] == 300
     steps = manifest["steps"]
-    assert [s["command"] for s in steps] == ["input", "prune", "cluster", "convert", "pack"]
+    assert [s["command"] for s in steps] == ["input", "cluster", "convert", "pack"]
     for s in steps[1:]:
         assert s["sha256"] == recipe.file_sha256(str(runs[0] / s["output"]))
         assert 0.0 <= s["accuracy"] <= 1.0 and s["latency_ms"] > 0
     # The pack step deploys the convert step's .tflite: same flatbuffer, so the same accuracy.
-    assert steps[4]["tflite_bytes"] == steps[3]["tflite_bytes"] and steps[4]["accuracy"] == steps[3]["accuracy"]
-    assert steps[4]["packed_bytes"] == os.path.getsize(runs[0] / "04_pack.tfc") < steps[3]["tflite_gzip_bytes"]
-    assert steps[4]["ratio_vs_float_tflite"] == pytest.approx(steps[0]["tflite_bytes"] / steps[4]["packed_bytes"])
+    assert steps[3]["tflite_bytes"] == steps[2]["tflite_bytes"] and steps[3]["accuracy"] == steps[2]["accuracy"]
+    assert steps[3]["packed_bytes"] == os.path.getsize(runs[0] / "03_pack.tfc") < steps[2]["tflite_gzip_bytes"]
+    assert steps[3]["ratio_vs_float_tflite"] == pytest.approx(steps[0]["tflite_bytes"] / steps[3]["packed_bytes"])
 
 
 if __name__ == "__main__":

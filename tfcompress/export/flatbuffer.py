@@ -16,10 +16,10 @@ from tfcompress.errors import TfcError
 TFLITE_IDENTIFIER = b"TFL3"
 
 # The schema's TensorType enum, as numpy dtypes (the types our exporters emit).
-_TENSOR_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+TENSOR_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
 
-def _schema():
+def schema_module():
     from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
     return schema
 
@@ -34,7 +34,7 @@ def parse(flatbuffer: bytes, source: str = "flatbuffer"):
     Raises:
       TfcError: not a TFLite flatbuffer (wrong identifier, truncated or corrupt).
     """
-    schema = _schema()
+    schema = schema_module()
     if len(flatbuffer) < 8 or flatbuffer[4:8] != TFLITE_IDENTIFIER:
         raise TfcError(f"{source} is not a TFLite flatbuffer (no TFL3 identifier)")
     try:
@@ -63,7 +63,7 @@ def serialize(model) -> bytes:
 
 def op_name(model, op) -> str:
     """The builtin operator name (CONV_2D, …) or CUSTOM:<code> / FLEX:<code>."""
-    schema = _schema()
+    schema = schema_module()
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
@@ -111,7 +111,7 @@ def tensors(model) -> List[TensorInfo]:
         zeros = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else []))
         buffer = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
         constant = buffer is not None and ((buffer.data is not None and len(buffer.data) > 0) or bool(buffer.size))
-        result.append(TensorInfo(index=i, name=_text(t.name), dtype=np.dtype(_TENSOR_DTYPES.get(t.type, np.void)),
+        result.append(TensorInfo(index=i, name=_text(t.name), dtype=np.dtype(TENSOR_DTYPES.get(t.type, np.void)),
                                  shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])),
                                  scales=scales, zero_points=zeros, constant=constant))
     return result
@@ -157,7 +157,7 @@ def with_metadata(flatbuffer: bytes, *, mean: Sequence[float], std: Sequence[flo
                   labels: Optional[Sequence[str]] = None) -> bytes:
     """Embeds input normalization and labels as the `tfcompress.metadata` buffer (replacing an old one)."""
     model = parse(flatbuffer)
-    schema = _schema()
+    schema = schema_module()
     doc = {"format": METADATA_NAME, "version": METADATA_FORMAT_VERSION,
            "input_normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
                                    "formula": "(pixel - mean) / std"}}

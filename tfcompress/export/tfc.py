@@ -47,7 +47,7 @@ import numpy as np
 
 from tfcompress.errors import TfcError
 from tfcompress.export import entropy
-from tfcompress.export.flatbuffer import TFLITE_IDENTIFIER, _TENSOR_DTYPES, _schema, parse
+from tfcompress.export.flatbuffer import TENSOR_DTYPES, TFLITE_IDENTIFIER, parse, schema_module
 
 MAGIC = b"TFCP"
 VERSION = 1
@@ -73,14 +73,14 @@ def _decompress(data: bytes, source: str) -> bytes:
 def weight_buffers(tflite: bytes) -> List[Tuple[int, int, int]]:
     """(offset, length, TFLite dtype) of every constant tensor's data inside the flatbuffer, by offset."""
     parse(tflite, "the .tflite")  # Validates the file first.
-    schema = _schema()
+    schema = schema_module()
     root = schema.Model.GetRootAsModel(tflite, 0)
     dtype_of: Dict[int, int] = {}
     for g in range(root.SubgraphsLength()):
         subgraph = root.Subgraphs(g)
         for t in range(subgraph.TensorsLength()):
             tensor = subgraph.Tensors(t)
-            if tensor.Buffer() > 0 and tensor.Type() in _TENSOR_DTYPES:
+            if tensor.Buffer() > 0 and tensor.Type() in TENSOR_DTYPES:
                 dtype_of.setdefault(tensor.Buffer(), tensor.Type())
     found = []
     for index, dtype in dtype_of.items():
@@ -89,7 +89,7 @@ def weight_buffers(tflite: bytes) -> List[Tuple[int, int, int]]:
         if not field:
             continue
         start, length = table.Vector(field), table.VectorLen(field)
-        if length and length % np.dtype(_TENSOR_DTYPES[dtype]).itemsize == 0:
+        if length and length % np.dtype(TENSOR_DTYPES[dtype]).itemsize == 0:
             found.append((start, length, dtype))
     return sorted(found)
 
@@ -152,8 +152,8 @@ def pack(tflite: bytes) -> PackResult:
     chosen, bodies, cut = [], [], []
     left = 0
     for offset, length, dtype in buffers:
-        values = np.frombuffer(tflite, np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<"), length // np.dtype(
-            _TENSOR_DTYPES[dtype]).itemsize, offset)
+        values = np.frombuffer(tflite, np.dtype(TENSOR_DTYPES[dtype]).newbyteorder("<"), length // np.dtype(
+            TENSOR_DTYPES[dtype]).itemsize, offset)
         encoded = _encode_buffer(values, dtype)
         # Left in place when LZMA inside the skeleton does at least as well.
         if encoded is None or len(encoded[0]) >= len(_compress(tflite[offset:offset + length])):
@@ -195,9 +195,9 @@ def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
     for _ in range(reader.varint()):
         offset, length = reader.varint(), reader.varint()
         dtype, mode = reader.take(1)[0], reader.take(1)[0]
-        if dtype not in _TENSOR_DTYPES or mode not in (DENSE, SPARSE):
+        if dtype not in TENSOR_DTYPES or mode not in (DENSE, SPARSE):
             raise TfcError(f"{source} is corrupt (buffer type {dtype}, mode {mode})")
-        np_dtype = np.dtype(_TENSOR_DTYPES[dtype]).newbyteorder("<")
+        np_dtype = np.dtype(TENSOR_DTYPES[dtype]).newbyteorder("<")
         if length % np_dtype.itemsize or offset + length > size:
             raise TfcError(f"{source} is corrupt (a buffer of {length} bytes at {offset})")
         count = length // np_dtype.itemsize
