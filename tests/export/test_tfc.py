@@ -76,6 +76,20 @@ def test_float_flatbuffer_round_trips_and_shrinks(sparse_clustered):
     assert len(packed.data) < 0.7 * len(gzip.compress(flatbuffer, 9))
 
 
+def test_bit_patterns_survive_negative_zero_and_nan(sparse_clustered):
+    from tfcompress.export.tflite import keras_float_flatbuffer
+    from tfcompress.io.keras_models import load_keras
+    flatbuffer = bytearray(keras_float_flatbuffer(load_keras(sparse_clustered)))
+    offset, length, dtype = max(tfc.weight_buffers(bytes(flatbuffer)), key=lambda b: b[1])
+    assert dtype == 0  # float32
+    values = np.frombuffer(flatbuffer, np.float32, length // 4, offset).copy()
+    zeros = np.flatnonzero(values == 0)
+    values[zeros[:5]] = -0.0  # Numerically zero, but not the same bytes.
+    values[zeros[5]] = np.frombuffer(np.uint32(0x7FC00001).tobytes(), np.float32)[0]  # A NaN with a payload.
+    flatbuffer[offset:offset + length] = values.tobytes()
+    assert tfc.unpack(tfc.pack(bytes(flatbuffer)).data) == bytes(flatbuffer)
+
+
 def test_unpack_gives_back_the_convert_output(sparse_clustered, tmp_path):
     tflite, packed, unpacked = tmp_path / "m.tflite", tmp_path / "m.tfc", tmp_path / "u.tflite"
     proc = run_tool("convert", f"--input={sparse_clustered}", f"--output={tflite}", "--quantize=int8", "--per_tensor",

@@ -5,7 +5,8 @@ the same bytes (checked against a SHA-256 of the original), so the `.tfc`
 and the `.tflite` are two forms of one deployable model.
 
 Each weight buffer (a constant tensor of type int8, uint8, int16, int32,
-int64, float16 or float32) is stored as:
+int64, float16 or float32; its elements taken as bit patterns, so a zero is
+an all-zero element) is stored as:
 - a codebook: the buffer's distinct values (its distinct nonzero values when
   the zeros are stored as positions);
 - the codebook index of every stored element, Huffman-coded;
@@ -57,6 +58,15 @@ MAX_CODEBOOK = 4096
 
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def _element(dtype: int) -> np.dtype:
+    """Elements are handled as little-endian unsigned integers of the tensor type's width.
+
+    Comparing bit patterns rather than numbers keeps every byte: -0.0 is not
+    a zero position, and NaN payloads survive.
+    """
+    return np.dtype(f"<u{np.dtype(TENSOR_DTYPES[dtype]).itemsize}")
 
 
 def _compress(data: bytes) -> bytes:
@@ -131,7 +141,7 @@ def _encode_buffer(values: np.ndarray, dtype: int) -> Optional[Tuple[bytes, str,
         codebook, indices = np.unique(stored, return_inverse=True)
         if len(codebook) > MAX_CODEBOOK:
             continue
-        head = bytes([dtype, mode]) + entropy.varint(len(codebook)) + codebook.astype(codebook.dtype.newbyteorder("<")).tobytes()
+        head = bytes([dtype, mode]) + entropy.varint(len(codebook)) + codebook.tobytes()
         if mode == SPARSE:
             positions = np.flatnonzero(values != 0)
             bits = min(range(1, 9), key=lambda b: (entropy.stream_size(_gap_symbols(positions, b), 1 << b), b))
@@ -152,9 +162,8 @@ def pack(tflite: bytes) -> PackResult:
     chosen, bodies, cut = [], [], []
     left = 0
     for offset, length, dtype in buffers:
-        values = np.frombuffer(tflite, np.dtype(TENSOR_DTYPES[dtype]).newbyteorder("<"), length // np.dtype(
-            TENSOR_DTYPES[dtype]).itemsize, offset)
-        encoded = _encode_buffer(values, dtype)
+        encoded = _encode_buffer(np.frombuffer(tflite, _element(dtype), length // _element(dtype).itemsize, offset),
+                                 dtype)
         # Left in place when LZMA inside the skeleton does at least as well.
         if encoded is None or len(encoded[0]) >= len(_compress(tflite[offset:offset + length])):
             left += 1
@@ -172,6 +181,8 @@ def pack(tflite: bytes) -> PackResult:
     skeleton = _compress(b"".join(pieces))
     data = (MAGIC + bytes([VERSION]) + entropy.varint(len(tflite)) + hashlib.sha256(tflite).digest()
             + entropy.varint(len(bodies)) + b"".join(bodies) + entropy.varint(len(skeleton)) + skeleton)
+    if unpack(data, "the packed data") != tflite:  # Cannot happen; never write a file that does not unpack.
+        raise TfcError("internal error: the packed data does not unpack to the .tflite")
     return PackResult(data, chosen, len(skeleton), left)
 
 
@@ -197,7 +208,7 @@ def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
         dtype, mode = reader.take(1)[0], reader.take(1)[0]
         if dtype not in TENSOR_DTYPES or mode not in (DENSE, SPARSE):
             raise TfcError(f"{source} is corrupt (buffer type {dtype}, mode {mode})")
-        np_dtype = np.dtype(TENSOR_DTYPES[dtype]).newbyteorder("<")
+        np_dtype = _element(dtype)
         if length % np_dtype.itemsize or offset + length > size:
             raise TfcError(f"{source} is corrupt (a buffer of {length} bytes at {offset})")
         count = length // np_dtype.itemsize
