@@ -182,7 +182,8 @@ class FeaturePair:
 
 
 def _feature_model(student, teacher, pairs: Sequence[FeaturePair]):
-    """(student with the paired features as extra outputs, through 1x1 adapters where widths differ; targets fn)."""
+    """(the student with the paired features as extra outputs, through 1x1 adapters where widths differ,
+    a model giving the teacher's paired features)."""
     outputs, probes = [student.outputs[0]], []
     for i, pair in enumerate(pairs):
         try:
