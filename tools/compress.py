@@ -16,8 +16,9 @@ accuracy and agreement on --eval_images, and LiteRT latency (all steps timed
 in one interleaved run).  The output directory appears only when every step
 has succeeded.  The recipe schema is documented in tfcompress/recipe.py.
 
-With no --input, the shipped digits model runs through the shipped
-recipes/deep_compression.yaml on the shipped images.
+With no --recipe, recipes/prune_cluster_int8.yaml runs (50% magnitude
+pruning, 16 clusters, int8 per-tensor, pack); with no --input, on the
+shipped digits model and images.
 """
 
 import os
@@ -32,9 +33,9 @@ else:
 
 from absl import flags  # noqa: E402
 
-DEFAULT_RECIPE = os.path.join(os.path.dirname(common.TOOLS_DIR), "recipes", "deep_compression.yaml")
+DEFAULT_RECIPE = os.path.join(os.path.dirname(common.TOOLS_DIR), "recipes", "prune_cluster_int8.yaml")
 
-_RECIPE = flags.DEFINE_string("recipe", None, "Recipe YAML (default: recipes/deep_compression.yaml).")
+_RECIPE = flags.DEFINE_string("recipe", None, "Recipe YAML (default: recipes/prune_cluster_int8.yaml).")
 _INPUT = flags.DEFINE_string("input", None, "Model to compress (.keras, .h5; .tflite if the recipe only packs). "
                              "Default: the shipped digits model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (replaced whole when every step succeeds).")

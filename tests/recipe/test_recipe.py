@@ -36,6 +36,15 @@ def test_bad_recipes(text, message):
         recipe.parse_recipe(text, "r.yaml")
 
 
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "recipes")) if n.endswith(".yaml")))
+def test_shipped_recipes_are_valid(name):
+    from tools import compress
+    path = os.path.join(ROOT, "recipes", name)
+    with open(path, encoding="utf-8") as f:
+        steps = recipe.parse_recipe(f.read(), path)
+    recipe.check_flags(steps, {c: compress._known_flags(c) for c in {s.command for s in steps}}, path)
+
+
 def test_unknown_flag_is_caught_before_any_step_runs(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: [{prune: {sparsity: 0.5, epochz: 3}}, {convert: {}}]\n")
