@@ -100,10 +100,8 @@ def main() -> None:
     import json
     from tfcompress import recipe
     from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import Preprocessing
     from tfcompress.errors import TfcError
-    from tfcompress.evaluate.artifacts import TfliteArtifact
-    from tfcompress.evaluate.compare import deployable_flatbuffer, measure
+    from tfcompress.evaluate.compare import measure
     from tfcompress.io.atomic import atomic_dir, check_output_outside_input
 
     if not _OUTPUT.value:
@@ -136,10 +134,8 @@ def main() -> None:
             _run_step(step, argv)
             outputs.append(output)
             current = output
-        probe = TfliteArtifact(input_path, flatbuffer=deployable_flatbuffer(input_path))
-        prep = Preprocessing.for_input(probe.input_shape, mean=_NORM["input_mean"].value,
-                                       std=_NORM["input_std"].value)
-        rows = measure([input_path] + outputs, images, prep, latency_runs=_RUNS.value)
+        rows = measure([input_path] + outputs, images, mean=_NORM["input_mean"].value, std=_NORM["input_std"].value,
+                       latency_runs=_RUNS.value)
         float_raw = rows[0].tflite_bytes
         manifest = {
             "format": "tfcompress.manifest", "version": 1,

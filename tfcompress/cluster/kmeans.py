@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress.distill.trainer import SharedWeights
+from tfcompress.distill.trainer import SharedWeights, read_shared
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 
@@ -228,24 +228,15 @@ def read_codebooks(model, clustered: Sequence[ClusteredKernel], tolerance: float
     variables = {v.path: v for v in model.weights}
     worst = 0.0
     for k in clustered:
-        w = np.asarray(variables[k.path].numpy(), np.float64)
-        members = k.groups >= 0
-        ids, vals = k.groups[members], w[members]
-        n = len(k.centroids)
-        if n:
-            lo = np.full(n, np.inf)
-            hi = np.full(n, -np.inf)
-            np.minimum.at(lo, ids, vals)
-            np.maximum.at(hi, ids, vals)
-            scale = max(float(np.abs(vals).max()), 1e-12)
-            spread = float(np.max(np.where(np.isfinite(lo), hi - lo, 0.0))) / scale
+        w = variables[k.path].numpy()
+        if len(k.centroids):
+            means, spread = read_shared(w, k.groups, len(k.centroids))
+            spread /= max(float(np.abs(w[k.groups >= 0]).max()), 1e-12)
             worst = max(worst, spread)
             if spread > tolerance:
                 raise TfcError(f"layer {k.layer}: shared weights drifted apart ({spread:.2e}); the codebook was "
                                "not trained with shared gradients")
-            sums = np.bincount(ids, weights=vals, minlength=n)
-            counts = np.bincount(ids, minlength=n)
-            k.centroids = np.where(counts > 0, sums / np.maximum(counts, 1), k.centroids).astype(np.float32)
+            k.centroids = np.where(np.isnan(means), k.centroids, means).astype(np.float32)
         variables[k.path].assign(k.values())
     return worst
 

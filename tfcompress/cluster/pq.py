@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress.distill.trainer import SharedWeights
+from tfcompress.distill.trainer import SharedWeights, read_shared
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 
@@ -258,14 +258,11 @@ def read_codebooks(model, done: Sequence[QuantizedLayer]) -> None:
     """Reads each fine-tuned codebook back from the kernel; raises if the codewords' members drifted apart."""
     variables = {v.path: v for v in model.weights}
     for q in done:
-        w = variables[q.path].numpy().reshape(-1)
-        g = q.groups.reshape(-1)
         k = len(q.codebook)
-        values = np.zeros(k * q.d)
-        values[g] = w
-        if np.max(np.abs(values[g] - w)) > 0:
+        values, spread = read_shared(variables[q.path].numpy(), q.groups, k * q.d)
+        if spread > 0:
             raise TfcError(f"layer {q.name}: codeword members drifted apart during fine-tuning")
-        q.codebook = values.reshape(k, q.d).astype(np.float32)
+        q.codebook = np.where(np.isnan(values), q.codebook.reshape(-1), values).reshape(k, q.d).astype(np.float32)
 
 
 @dataclasses.dataclass

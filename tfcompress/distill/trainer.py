@@ -15,7 +15,7 @@ whose output is a softmax has its logits recovered as log-probabilities
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -137,6 +137,23 @@ class SharedWeights:
     def __post_init__(self):
         if self.reduction not in ("sum", "mean"):
             raise TfcError(f"unknown gradient reduction {self.reduction!r}")
+
+
+def read_shared(weights: np.ndarray, groups: np.ndarray, count: int) -> Tuple[np.ndarray, float]:
+    """(each group's value, largest max - min within a group) of a variable trained with SharedWeights.
+
+    `groups` as in SharedWeights (elements < 0 are not read); groups
+    0..count-1 without a member come back as NaN.  The spread is 0 when the
+    shared gradients kept every group's members equal.
+    """
+    members = groups.reshape(-1) >= 0
+    ids, values = groups.reshape(-1)[members], np.asarray(weights, np.float64).reshape(-1)[members]
+    lo, hi = np.full(count, np.inf), np.full(count, -np.inf)
+    np.minimum.at(lo, ids, values)
+    np.maximum.at(hi, ids, values)
+    counts = np.bincount(ids, minlength=count)
+    means = np.where(counts > 0, np.bincount(ids, weights=values, minlength=count) / np.maximum(counts, 1), np.nan)
+    return means, float(np.max(np.where(counts > 0, hi - lo, 0.0), initial=0.0))
 
 
 def _shared_gradient(grad, spec: SharedWeights):

@@ -50,15 +50,17 @@ def deployable_flatbuffer(path: str) -> bytes:
     return unpack(data, path) if lower.endswith(".tfc") else data
 
 
-def measure(paths: Sequence[str], images: ImageSet, prep: Preprocessing, *, latency_runs: int = 100,
+def measure(paths: Sequence[str], images: ImageSet, *, mean: float, std: float, latency_runs: int = 100,
             reference: int = 0) -> List[Measured]:
-    """Measures each artifact; agreement is top-1 against `paths[reference]`; latency ratios come from one run."""
+    """Measures each artifact; agreement is top-1 against `paths[reference]`; latency ratios come from one run.
+
+    Images are read at the first artifact's input size, normalized as (pixel - mean) / std.
+    """
     from tfcompress.export.tfc import pack  # pylint: disable=import-outside-toplevel
     flatbuffers = [deployable_flatbuffer(p) for p in paths]
-    outputs = []
-    for path, fb in zip(paths, flatbuffers):
-        artifact = TfliteArtifact(path, flatbuffer=fb, mean=prep.mean, std=prep.std)
-        outputs.append(predict_all(artifact, images.paths, prep))
+    artifacts = [TfliteArtifact(path, flatbuffer=fb, mean=mean, std=std) for path, fb in zip(paths, flatbuffers)]
+    prep = Preprocessing.for_input(artifacts[0].input_shape, mean=mean, std=std)
+    outputs = [predict_all(artifact, images.paths, prep) for artifact in artifacts]
     rows = []
     for path, fb, out in zip(paths, flatbuffers, outputs):
         size = bytes_size(fb)

@@ -38,7 +38,7 @@ from tfcompress.distill.trainer import TrainConfig, fit, fit_features
 from tfcompress.errors import TfcError
 from tfcompress.export.tflite import keras_float_flatbuffer
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import layer_graph
+from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
 
 # Layers between a dropped block and a conv/dense consumer through which an adapter may move:
 # each commutes with a bias-free per-position linear map of the channels.
@@ -129,27 +129,23 @@ def drop(model, blocks: Sequence[Block], adapters: bool = True):
     """
     clone = copy_model(model)
     nodes = layer_graph(clone, check_known=False)
-    order = [entry["config"]["name"] for entry in clone.get_config()["layers"]]
     skipped = {name for b in blocks for name in b.layers}
     alias = {b.end: b.source for b in blocks}
     outputs = {t._keras_history[0].name for t in clone.outputs}  # pylint: disable=protected-access
     if skipped & outputs:
         raise TfcError("a block that produces a model output cannot be dropped")
-    tensors, tainted, made = {}, set(), {}
-    for name in order:
+    tainted, made = set(), {}
+
+    def build(name, layer, tensors):
         if name in alias:
             source = name
             while source in alias:
                 source = alias[source]
-            tensors[name] = tensors[source]
             tainted.add(name)
-            continue
+            return tensors[source]
         if name in skipped:
-            continue
-        node, layer = nodes[name], clone.get_layer(name)
-        if node.kind == "InputLayer":
-            tensors[name] = keras.Input(batch_shape=layer.batch_shape, dtype=layer.dtype, name=name)
-            continue
+            return None
+        node = nodes[name]
         args = [tensors[src] for src in node.inputs]
         if adapters and len(args) == 1 and node.inputs[0] in tainted and _foldable(layer):
             adapter = _adapter(layer, int(args[0].shape[-1]), name + ADAPTER_SUFFIX)
@@ -157,10 +153,9 @@ def drop(model, blocks: Sequence[Block], adapters: bool = True):
             made[adapter.name] = name
         if len(node.inputs) == 1 and node.inputs[0] in tainted and node.kind in COMMUTING:
             tainted.add(name)
-        tensors[name] = layer(args[0] if len(args) == 1 and node.kind not in ("Add", "Concatenate") else args)
-    ins = [tensors[t._keras_history[0].name] for t in clone.inputs]  # pylint: disable=protected-access
-    outs = [tensors[t._keras_history[0].name] for t in clone.outputs]  # pylint: disable=protected-access
-    new = keras.Model(ins[0] if len(ins) == 1 else ins, outs[0] if len(outs) == 1 else outs, name=clone.name)
+        return call_layer(layer, args)
+
+    new = rebuild(clone, nodes, build)
     return copy_model(new), made
 
 

@@ -21,7 +21,7 @@ saved model really has fewer parameters and MACs.
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -112,6 +112,41 @@ def layer_graph(model, check_known: bool = True) -> Dict[str, LayerNode]:
         for src in node.inputs:
             nodes[src].consumers.append(node.name)
     return nodes
+
+
+# Layers that take a list of tensors even when given one.
+MERGING = (keras.layers.Add, keras.layers.Concatenate, keras.layers.Multiply, keras.layers.Subtract)
+
+
+def call_layer(layer, args):
+    """Calls `layer` on its input tensors: a list for merging layers, the tensor itself otherwise."""
+    return layer(args if len(args) > 1 or isinstance(layer, MERGING) else args[0])
+
+
+def rebuild(model, nodes: Dict[str, LayerNode], build: Callable) -> keras.Model:
+    """A new functional model from `model`'s layer graph (`layer_graph(model)`), layer by layer.
+
+    `build(name, layer, tensors)` gets each non-input layer with `tensors`,
+    the new output tensor of every layer built so far, by name; it returns
+    the layer's new output tensor (from the same layer, a replacement, or
+    several layers; an input's tensor removes the layer), or None for a
+    layer that is left out, whose consumers must not need it.  Inputs and
+    outputs keep their places.
+    """
+    specs = {t._keras_history[0].name: t for t in model.inputs}  # pylint: disable=protected-access
+    tensors = {}
+    for name, node in nodes.items():
+        if node.kind == "InputLayer":  # Sequential models list theirs in the config too.
+            spec = specs[name]
+            tensors[name] = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
+            continue
+        out = build(name, model.get_layer(name), tensors)
+        if out is not None:
+            tensors[name] = out
+    outputs = [tensors[t._keras_history[0].name] for t in model.outputs]  # pylint: disable=protected-access
+    inputs = [tensors[name] for name in specs]
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+                       name=model.name)
 
 
 @dataclasses.dataclass

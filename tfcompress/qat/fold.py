@@ -12,16 +12,15 @@ Reference: Jacob et al., "Quantization and Training of Neural Networks for
 Efficient Integer-Arithmetic-Only Inference", arXiv:1712.05877, Sec. 3.2.
 """
 
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import keras
 import numpy as np
 
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import layer_graph
+from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
 
 FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-MERGING = (keras.layers.Add, keras.layers.Concatenate, keras.layers.Multiply, keras.layers.Subtract)
 
 
 def _foldable_pairs(model, nodes) -> Dict[str, str]:
@@ -53,31 +52,6 @@ def _folded_weights(producer, bn) -> List[np.ndarray]:
     return [kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * scale + beta).astype(np.float32)]
 
 
-def rebuild(model, nodes, build: Callable) -> keras.Model:
-    """A new functional model from `model`'s layer graph, layer by layer.
-
-    `build(name, layer, tensors)` gets each layer (not input layers) with the
-    new tensors of its inputs and returns its new output tensor; it may call
-    the same layer, a replacement, or several layers.  Returning one of the
-    input tensors removes the layer.  Inputs and outputs keep their places.
-    """
-    tensors = {}
-    for name, node in nodes.items():
-        if node.kind == "InputLayer":  # Sequential models list theirs in the config too.
-            tensors[name] = keras.Input(batch_shape=(None,) + tuple(model.input_shape[1:]), name=name)
-            continue
-        tensors[name] = build(name, model.get_layer(name), [tensors[src] for src in node.inputs])
-    outputs = [tensors[t._keras_history[0].name] for t in model.outputs]  # pylint: disable=protected-access
-    inputs = [tensors[n] for n, node in nodes.items() if node.kind == "InputLayer"]
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
-                       name=model.name)
-
-
-def call_layer(layer, args):
-    """Calls `layer` on its input tensors: a list for merging layers, the tensor itself otherwise."""
-    return layer(args if len(args) > 1 or isinstance(layer, MERGING) else args[0])
-
-
 def fold_batch_norm(model) -> Tuple[keras.Model, Dict[str, str]]:
     """(a copy of `model` with every foldable BatchNormalization folded, {folded BN: the layer it went into}).
 
@@ -92,7 +66,8 @@ def fold_batch_norm(model) -> Tuple[keras.Model, Dict[str, str]]:
     producers = {p: bn for bn, p in pairs.items()}
     replaced = {}
 
-    def build(name, layer, args):
+    def build(name, layer, tensors):
+        args = [tensors[src] for src in nodes[name].inputs]
         if name in pairs:
             return args[0]
         if name in producers:

@@ -25,8 +25,8 @@ import numpy as np
 
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import layer_graph
-from tfcompress.qat.fold import call_layer, fold_batch_norm, rebuild
+from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
+from tfcompress.qat.fold import fold_batch_norm
 from tfcompress.qat.layers import QUANT_FORMS, FakeQuant
 
 SAME_SCALE = ("MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Dropout",
@@ -72,8 +72,9 @@ def prepare_qat(model) -> keras.Model:
             input_fq[id(tensor)] = FakeQuant(name=f"input_fq_{len(input_fq)}")(tensor)
         return input_fq[id(tensor)]
 
-    def build(name, layer, args):
-        args = [from_input(a) if nodes[src].kind == "InputLayer" else a for src, a in zip(nodes[name].inputs, args)]
+    def build(name, layer, tensors):
+        args = [from_input(tensors[src]) if nodes[src].kind == "InputLayer" else tensors[src]
+                for src in nodes[name].inputs]
         kind = type(layer).__name__
         softmax = False
         if kind in QUANT_FORMS:
