@@ -43,7 +43,7 @@ STEP_KINDS: Dict[str, Tuple[str, str]] = {
 }
 
 # Flags the runner sets itself, per command.
-RESERVED = {"input", "output", "student"}
+RESERVED = {"input", "output", "student", "overwrite"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,12 +24,15 @@ def main() -> None:
     from tfcompress.calibrate.run import calibrate
     from tfcompress.errors import TfcError
     from tfcompress.graph.passes import optimize
+    from tfcompress.io.atomic import check_no_overlap
 
     cache_path = _CAL["calibration_cache"].value
     if not cache_path:
         raise TfcError("--calibration_cache is required")
     default_run = _MODEL["input"].value is None
     images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
+    check_no_overlap(cache_path, [_MODEL["input"].value or common.DEFAULT_MODEL, images],
+                     what="--calibration_cache")
     float_model, _ = optimize(common.load_model_from_flags(_MODEL))
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
                                    std=_CAL["input_std"].value)

@@ -105,22 +105,29 @@ def open_artifact_from_flags(path: str, norm_flags, run_flags, xnnpack=None):
     return artifact, Preprocessing.for_input(artifact.input_shape, mean=mean, std=std)
 
 
-def resolve_paths(model_flags, cal_flags, output: str):
+def define_overwrite_flag():
+    return flags.DEFINE_boolean("overwrite", False, "Replace an existing output that tfcompress wrote earlier "
+                                "(atomically).  A folder tfcompress did not create is never replaced.")
+
+
+def resolve_paths(model_flags, cal_flags, output: str, overwrite: bool, directory=None, extra_inputs=()):
     """(input model, calibration images, whether this is the default run) for a tool writing `output`.
 
     With no --input the shipped model and its calibration images are used.
 
     Raises:
-      TfcError: no --output, or an --output inside the input.
+      TfcError: no --output; an --output that overlaps the model, the images or
+        the cache, or exists without --overwrite; a cache path inside the model
+        or the images.
     """
-    from tfcompress.errors import TfcError
-    from tfcompress.io.atomic import check_output_outside_input
-    if not output:
-        raise TfcError("--output is required")
+    from tfcompress.io.atomic import check_no_overlap, check_output
     default_run = model_flags["input"].value is None
     input_path = model_flags["input"].value or DEFAULT_MODEL
     images = cal_flags["calibration_images"].value or (DEFAULT_CALIBRATION if default_run else None)
-    check_output_outside_input(output, input_path)
+    cache = cal_flags["calibration_cache"].value
+    check_output(output, [input_path, images, cache, *extra_inputs], overwrite=overwrite, directory=directory)
+    if cache:
+        check_no_overlap(cache, [input_path, images], what="--calibration_cache")
     return input_path, images, default_run
 
 
@@ -166,6 +173,7 @@ def define_training_flags(epochs: int, model_flag: str = "input"):
         seed=flags.DEFINE_integer("seed", 0, "Seed for shuffling, sampling and TF."),
         **define_normalization_flags(0.0, 255.0),
         progress=flags.DEFINE_boolean("progress", True, "Show progress bars."),
+        overwrite=define_overwrite_flag(),
     )
 
 
@@ -182,22 +190,22 @@ class KerasJob:
       config: the TrainConfig.
     """
 
-    def __init__(self, f):
+    def __init__(self, f, extra_inputs=()):
         import keras
         import tensorflow as tf
         from tfcompress.calibrate.images import Preprocessing
         from tfcompress.distill.data import load_training_images
         from tfcompress.distill.trainer import TrainConfig
         from tfcompress.errors import TfcError
-        from tfcompress.io.atomic import check_output_outside_input
+        from tfcompress.io.atomic import check_output
         from tfcompress.io.keras_models import is_tf_keras_h5, load_keras
         from tfcompress.io.loaders import detect_format
         self.flags = f
-        if not f["output"].value:
-            raise TfcError("--output is required")
         self.default_run = f["input"].value is None
         self.input_path = f["input"].value or DEFAULT_MODEL
-        check_output_outside_input(f["output"].value, self.input_path)
+        check_output(f["output"].value, [self.input_path, f["train_images"].value, f["labels"].value,
+                                         f["eval_images"].value, *extra_inputs],
+                     overwrite=f["overwrite"].value, directory=False)
         fmt = detect_format(self.input_path)
         if fmt not in ("keras", "h5"):
             raise TfcError(f"this command takes a Keras model (.keras, or .h5); {self.input_path} is {fmt}")
@@ -241,7 +249,7 @@ class KerasJob:
         from tfcompress.io.atomic import save_keras
         from tfcompress.prune.thinning import count
         output = self.flags["output"].value
-        save_keras(result, output)
+        save_keras(result, output, overwrite=self.flags["overwrite"].value)
         before_cost, after_cost = count(self.original), count(result)
         print_table([["model", "params", "MACs"], ["original", *before_cost], ["result", *after_cost],
                      ["ratio", f"{after_cost[0] / before_cost[0]:.2f}", f"{after_cost[1] / before_cost[1]:.2f}"]])

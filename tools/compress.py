@@ -38,7 +38,9 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(common.TOOLS_DIR), "recipes", "pru
 _RECIPE = flags.DEFINE_string("recipe", None, "Recipe YAML (default: recipes/prune_cluster_int8.yaml).")
 _INPUT = flags.DEFINE_string("input", None, "Model to compress (.keras, .h5; .tflite if the recipe only packs). "
                              "Default: the shipped digits model.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (replaced whole when every step succeeds).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory, written whole when every step succeeds (an "
+                              "existing one only with --overwrite, and only if compress wrote it).")
+_OVERWRITE = common.define_overwrite_flag()
 _TRAIN = flags.DEFINE_string("train_images", None, "Training images for the training steps (default: the "
                              "shipped calibration images).")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file for --train_images.")
@@ -102,15 +104,16 @@ def main() -> None:
     from tfcompress.calibrate.dataset import read_image_set
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.compare import measure
-    from tfcompress.io.atomic import atomic_dir, check_output_outside_input
+    from tfcompress.io.atomic import atomic_dir, check_output
 
     if not _OUTPUT.value:
         raise TfcError("--output (a directory) is required")
     input_path = _INPUT.value or common.DEFAULT_MODEL
     if not os.path.exists(input_path):
         raise TfcError(f"model {input_path} does not exist")
-    check_output_outside_input(_OUTPUT.value, input_path)
     recipe_path = _RECIPE.value or DEFAULT_RECIPE
+    check_output(_OUTPUT.value, [input_path, recipe_path, _TRAIN.value, _LABELS.value, _CALIBRATION.value,
+                                 _EVAL.value], overwrite=_OVERWRITE.value, directory=True)
     try:
         with open(recipe_path, encoding="utf-8") as f:
             recipe_text = f.read()
@@ -122,7 +125,7 @@ def main() -> None:
     eval_dir = _EVAL.value or common.DEFAULT_EVAL
     images = read_image_set(eval_dir)
 
-    with atomic_dir(_OUTPUT.value) as staging:
+    with atomic_dir(_OUTPUT.value, overwrite=_OVERWRITE.value) as staging:
         current = os.path.abspath(input_path)
         outputs = []
         for step in steps:

@@ -28,6 +28,7 @@ _QUANTIZE = flags.DEFINE_enum("quantize", "int8", ["none", "float16", "dynamic",
                               "none | float16 | dynamic | int8 (int8 I/O) | uint8 (uint8 I/O, DSPs) | int16x8.")
 _PER_TENSOR = flags.DEFINE_boolean("per_tensor", False, "Per-tensor weights (default per-channel).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+_OVERWRITE = common.define_overwrite_flag()
 _TARGET = flags.DEFINE_string("target", "generic", "arm-cpu | hexagon-dsp | edgetpu | gpu | generic: print a "
                               "preflight of ops and constraints the target's delegate does not meet.")
 _STRICT = flags.DEFINE_boolean("strict", False, "Fail (write nothing) if the preflight finds a problem.")
@@ -93,7 +94,9 @@ def main() -> None:
     from tfcompress.io.atomic import write_bytes
     from tfcompress.quantize.bias_correction import correct_biases
 
-    input_path, images, _ = common.resolve_paths(_MODEL, _CAL, _OUTPUT.value)
+    input_path, images, _ = common.resolve_paths(
+        _MODEL, _CAL, _OUTPUT.value, _OVERWRITE.value, directory=False,
+        extra_inputs=[_LABELS.value, _LABELS_FROM.value, _AGREEMENT_IMAGES.value])
     config = TfliteConfig(quantize=_QUANTIZE.value, per_channel=not _PER_TENSOR.value)
     auto = _CAL["calibrator"].value == "auto"
     calibrator = CalibratorConfig() if auto else common.calibrator_from_flags(_CAL)
@@ -195,7 +198,7 @@ def main() -> None:
     print("\n" + "\n".join(check.lines()))
     if _STRICT.value and not check.ok:
         raise TfcError(f"--strict: the {_TARGET.value} preflight found problems; {_OUTPUT.value} not written")
-    write_bytes(_OUTPUT.value, flatbuffer)
+    write_bytes(_OUTPUT.value, flatbuffer, overwrite=_OVERWRITE.value)
 
     size = measure.path_size(_OUTPUT.value)
     print(f"\nconvert: {input_path} -> {_OUTPUT.value} (quantize={config.quantize}, "

@@ -49,17 +49,14 @@ def main() -> None:
     from tfcompress.calibrate.images import iter_batches
     from tfcompress.distill.trainer import fit
     from tfcompress.errors import TfcError
-    from tfcompress.io.atomic import check_output_outside_input
     from tfcompress.io.keras_models import copy_model, load_keras
     if not _JOB["input"].value:
         raise TfcError("--student is required (the model to train)")
     if _JOB["distill_from"].value == "none":
         raise TfcError("distill always learns from --teacher; use --alpha=1 to weigh the labels alone")
     teacher_path = _TEACHER.value or common.DEFAULT_MODEL
-    if _JOB["output"].value:
-        check_output_outside_input(_JOB["output"].value, teacher_path)
     pairs = _pairs()
-    job = common.KerasJob(_JOB)
+    job = common.KerasJob(_JOB, extra_inputs=[teacher_path])
     teacher = load_keras(teacher_path)
     if tuple(teacher.input_shape[1:]) != tuple(job.original.input_shape[1:]):
         raise TfcError(f"teacher input {tuple(teacher.input_shape[1:])} differs from the student's "
@@ -90,7 +87,7 @@ def main() -> None:
                   f"{np.mean(preds['after'] == images.labels):.2%} after")
     common.print_table(rows)
     from tfcompress.io.atomic import save_keras
-    save_keras(student, _JOB["output"].value)
+    save_keras(student, _JOB["output"].value, overwrite=_JOB["overwrite"].value)
 
 
 def run() -> None:

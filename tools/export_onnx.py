@@ -20,6 +20,7 @@ from absl import flags  # noqa: E402
 
 _MODEL = common.define_model_flags()
 _OUTPUT = flags.DEFINE_string("output", None, "Output .onnx file.")
+_OVERWRITE = common.define_overwrite_flag()
 _OPSET = flags.DEFINE_integer("opset", 17, "ONNX opset.")
 _IMAGES = flags.DEFINE_string("images", None, "Sample images for the parity check (default: the shipped "
                               "calibration images when exporting the shipped model).")
@@ -33,13 +34,11 @@ def main() -> None:
     from tfcompress.errors import TfcError
     from tfcompress.export.onnx import check_parity, export_onnx
     from tfcompress.graph.passes import optimize
-    from tfcompress.io.atomic import check_output_outside_input, write_bytes
+    from tfcompress.io.atomic import check_output, write_bytes
 
-    if not _OUTPUT.value:
-        raise TfcError("--output is required")
     input_path = _MODEL["input"].value or common.DEFAULT_MODEL
-    check_output_outside_input(_OUTPUT.value, input_path)
     images = _IMAGES.value or (common.DEFAULT_CALIBRATION if _MODEL["input"].value is None else None)
+    check_output(_OUTPUT.value, [input_path, images], overwrite=_OVERWRITE.value, directory=False)
     if not images:
         raise TfcError("--images is required for the onnxruntime parity check")
     model, _ = optimize(common.load_model_from_flags(_MODEL))
@@ -54,7 +53,7 @@ def main() -> None:
     if parity.max_abs_diff > _MAX_DIFF.value:
         raise TfcError(f"onnxruntime differs from TF by {parity.max_abs_diff:.3g} > --max_abs_diff="
                        f"{_MAX_DIFF.value:g}; {_OUTPUT.value} not written")
-    write_bytes(_OUTPUT.value, onnx_bytes)
+    write_bytes(_OUTPUT.value, onnx_bytes, overwrite=_OVERWRITE.value)
 
 
 def run() -> None:

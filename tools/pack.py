@@ -21,16 +21,17 @@ from absl import flags  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "The .tflite to pack.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tfc file.")
+_OVERWRITE = common.define_overwrite_flag()
 
 
 def main() -> None:
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.tfc import pack
-    from tfcompress.io.atomic import check_output_outside_input, write_bytes
+    from tfcompress.io.atomic import check_output, write_bytes
     if not _INPUT.value or not _OUTPUT.value:
         raise TfcError("--input (.tflite) and --output (.tfc) are required")
-    check_output_outside_input(_OUTPUT.value, _INPUT.value)
+    check_output(_OUTPUT.value, [_INPUT.value], overwrite=_OVERWRITE.value, directory=False)
     try:
         with open(_INPUT.value, "rb") as f:
             tflite = f.read()

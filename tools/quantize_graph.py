@@ -30,6 +30,7 @@ _KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "onednn"],
 _EVAL_IMAGES = flags.DEFINE_string("eval_images", None, "Images for the agreement check "
                                    "(default: the calibration images).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+_OVERWRITE = common.define_overwrite_flag()
 
 
 def main() -> None:
@@ -41,7 +42,9 @@ def main() -> None:
     from tfcompress.quantize.config import QuantConfig
     from tfcompress.quantize.convert import quantize_model
 
-    input_path, images, default_run = common.resolve_paths(_MODEL, _CAL, _OUTPUT.value)
+    input_path, images, default_run = common.resolve_paths(
+        _MODEL, _CAL, _OUTPUT.value, _OVERWRITE.value, directory=_OUTPUT_FORMAT.value == "saved_model",
+        extra_inputs=[_EVAL_IMAGES.value])
     eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run else images)
     config = QuantConfig(mode=_MODE.value, bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
                          kernels=_KERNELS.value)
@@ -64,7 +67,7 @@ def main() -> None:
                         f", cache written to {_CAL['calibration_cache'].value}"
                         if _CAL["calibration_cache"].value else ""))
     quantized, report = quantize_model(float_model, config, ranges)
-    write_model(quantized, _OUTPUT.value, _OUTPUT_FORMAT.value)
+    write_model(quantized, _OUTPUT.value, _OUTPUT_FORMAT.value, overwrite=_OVERWRITE.value)
 
     before, after = measure.op_census(float_model.graph_def), measure.op_census(quantized.graph_def)
     rows = [["", "float", "quantized"]]

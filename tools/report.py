@@ -24,7 +24,9 @@ _MODELS = flags.DEFINE_list("models", None, "Comma-separated artifacts (any form
 _REFERENCE = flags.DEFINE_string("reference", None, "Float reference for agreement (default: the first model).")
 _IMAGES = flags.DEFINE_string("images", None, "Evaluation folder (default: the shipped held-out digits).")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (replaced as a whole).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory (a new one, or with --overwrite one that report "
+                              "wrote earlier, replaced as a whole).")
+_OVERWRITE = common.define_overwrite_flag()
 _NORM = common.define_normalization_flags()
 _RUN = common.define_runtime_flags()
 _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs for each latency median.", lower_bound=50)
@@ -38,8 +40,9 @@ def main() -> None:
 
     if not _MODELS.value:
         raise TfcError("--models is required (comma-separated artifacts)")
-    if not _OUTPUT.value:
-        raise TfcError("--output is required")
+    from tfcompress.io.atomic import check_output
+    check_output(_OUTPUT.value, [*_MODELS.value, _REFERENCE.value, _IMAGES.value, _LABELS.value],
+                 overwrite=_OVERWRITE.value, directory=True)
     images = read_image_set(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
     reference = common.open_artifact_from_flags(_REFERENCE.value or _MODELS.value[0], _NORM, _RUN)[0]
     results = []
@@ -48,7 +51,7 @@ def main() -> None:
         results.append(evaluate(artifact, images, prep, reference=reference, runs=_RUNS.value,
                                 threads=_RUN["threads"].value))
         artifact.close()
-    write_report(results, _OUTPUT.value)
+    write_report(results, _OUTPUT.value, overwrite=_OVERWRITE.value)
     print(markdown(results), end="")
     print(f"report: {os.path.join(_OUTPUT.value, 'index.html')}")
 

@@ -21,6 +21,7 @@ from absl import flags  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "Keras 3 model (.keras).  Default: the shipped digits model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG with the curves.")
+_OVERWRITE = common.define_overwrite_flag()
 _IMAGES = flags.DEFINE_string("images", None, "Images to measure agreement on (default: the shipped "
                               "calibration images).")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7", "0.8", "0.9", "0.95"], "Sparsity grid.")
@@ -33,7 +34,7 @@ def main() -> None:
     import numpy as np
     from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
-    from tfcompress.io.atomic import atomic_file, check_output_outside_input
+    from tfcompress.io.atomic import atomic_file, check_output
     from tfcompress.io.keras_models import load_keras
     from tfcompress.io.loaders import detect_format
     from tfcompress.prune import sensitivity
@@ -41,7 +42,7 @@ def main() -> None:
     if not _OUTPUT.value or not _OUTPUT.value.endswith(".png"):
         raise TfcError("--output must name a .png file")
     input_path = _INPUT.value or common.DEFAULT_MODEL
-    check_output_outside_input(_OUTPUT.value, input_path)
+    check_output(_OUTPUT.value, [input_path, _IMAGES.value], overwrite=_OVERWRITE.value, directory=False)
     if detect_format(input_path) != "keras":
         raise TfcError(f"sensitivity takes a Keras 3 .keras model; {input_path} is not one")
     try:
@@ -55,7 +56,7 @@ def main() -> None:
     images = np.concatenate(list(iter_batches(list_images(_IMAGES.value or common.DEFAULT_CALIBRATION), prep, 64)))
     result = sensitivity.analyze(model, images, sparsities, _LAYERS.value)
     proposal = sensitivity.propose(result, _TARGET.value) if _TARGET.value is not None else None
-    with atomic_file(_OUTPUT.value) as f:
+    with atomic_file(_OUTPUT.value, overwrite=_OVERWRITE.value) as f:
         sensitivity.plot(result, f)
     print(f"\nsensitivity of {input_path} on {len(images)} images (top-1 agreement, each layer pruned alone):")
     common.print_table([["layer", "weights"] + [f"{s:g}" for s in result.sparsities]] + [

@@ -19,22 +19,23 @@ from absl import flags  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "The .tfc file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite file.")
+_OVERWRITE = common.define_overwrite_flag()
 
 
 def main() -> None:
     from tfcompress.errors import TfcError
     from tfcompress.export.tfc import unpack
-    from tfcompress.io.atomic import check_output_outside_input, write_bytes
+    from tfcompress.io.atomic import check_output, write_bytes
     if not _INPUT.value or not _OUTPUT.value:
         raise TfcError("--input (.tfc) and --output (.tflite) are required")
-    check_output_outside_input(_OUTPUT.value, _INPUT.value)
+    check_output(_OUTPUT.value, [_INPUT.value], overwrite=_OVERWRITE.value, directory=False)
     try:
         with open(_INPUT.value, "rb") as f:
             data = f.read()
     except OSError as e:
         raise TfcError(f"cannot read {_INPUT.value}: {e.strerror}") from e
     tflite = unpack(data, _INPUT.value)
-    write_bytes(_OUTPUT.value, tflite)
+    write_bytes(_OUTPUT.value, tflite, overwrite=_OVERWRITE.value)
     print(f"unpack: {_INPUT.value} ({len(data)} bytes) -> {_OUTPUT.value} ({len(tflite)} bytes, SHA-256 verified)")
 
 

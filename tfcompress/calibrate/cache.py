@@ -78,8 +78,31 @@ class CalibrationCache:
 
 
 def save(cache: CalibrationCache, path: str) -> None:
-    """Writes the cache atomically to `path`."""
-    write_bytes(path, cache.to_json().encode())
+    """Writes the cache atomically to `path`, replacing only an earlier tfcompress cache.
+
+    Raises:
+      TfcError: `path` holds something other than a calibration cache (a model,
+        an image, any file of the user's), or cannot be written.
+    """
+    if os.path.lexists(path) and not is_cache_file(path):
+        raise TfcError(f"--calibration_cache {path} exists and is not a tfcompress calibration cache; "
+                       "refusing to overwrite it (name a new .json file)")
+    write_bytes(path, cache.to_json().encode(), overwrite=True)
+
+
+def is_cache_file(path: str) -> bool:
+    """Whether `path` is a regular file holding a JSON document of this cache format (any version)."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(64).lstrip()[:1] != b"{":
+                return False
+            f.seek(0)
+            doc = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
 def load(path: str) -> CalibrationCache:

@@ -79,9 +79,13 @@ def _plot(results: Sequence[EvalResult], x_of, x_label: str, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(results: Sequence[EvalResult], output_dir: str, title: str = "tfcompress report") -> None:
-    """Writes index.html, the two PNG plots and report.md into `output_dir` (atomically, as a whole)."""
-    with atomic_dir(output_dir) as staging:
+def write_report(results: Sequence[EvalResult], output_dir: str, title: str = "tfcompress report", *,
+                 overwrite: bool = False) -> None:
+    """Writes index.html, the two PNG plots and report.md into `output_dir` (atomically, as a whole).
+
+    An existing `output_dir` is replaced only with `overwrite`, and only if tfcompress wrote it.
+    """
+    with atomic_dir(output_dir, overwrite=overwrite) as staging:
         _plot(results, lambda r: r.size_bytes / 1024.0, "size (KiB, log scale)", os.path.join(staging, SIZE_PLOT))
         _plot(results, lambda r: r.latency_ms, "latency (median ms, batch 1, log scale)",
               os.path.join(staging, LATENCY_PLOT))

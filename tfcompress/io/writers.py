@@ -16,13 +16,14 @@ from tfcompress.io.frozen import FrozenModel
 OUTPUT_FORMATS = ("saved_model", "frozen_pb")
 
 
-def write_frozen_pb(model: FrozenModel, path: str) -> None:
-    write_bytes(path, model.graph_def.SerializeToString(deterministic=True))
+def write_frozen_pb(model: FrozenModel, path: str, *, overwrite: bool = False) -> None:
+    write_bytes(path, model.graph_def.SerializeToString(deterministic=True), overwrite=overwrite)
 
 
-def write_saved_model(model: FrozenModel, path: str, signature: str = "serving_default") -> None:
+def write_saved_model(model: FrozenModel, path: str, signature: str = "serving_default", *,
+                      overwrite: bool = False) -> None:
     v1 = tf.compat.v1
-    with atomic_dir(path) as staging:
+    with atomic_dir(path, overwrite=overwrite) as staging:
         export_dir = os.path.join(staging, "model")
         graph = tf.Graph()
         with graph.as_default():
@@ -44,8 +45,10 @@ def write_saved_model(model: FrozenModel, path: str, signature: str = "serving_d
         os.rmdir(export_dir)
 
 
-def write_model(model: FrozenModel, path: str, output_format: str = "saved_model") -> None:
+def write_model(model: FrozenModel, path: str, output_format: str = "saved_model", *,
+                overwrite: bool = False) -> None:
+    """Writes `model` to `path` atomically; an existing output is replaced only with `overwrite`."""
     if output_format == "frozen_pb":
-        write_frozen_pb(model, path)
+        write_frozen_pb(model, path, overwrite=overwrite)
     else:
-        write_saved_model(model, path)
+        write_saved_model(model, path, overwrite=overwrite)
