@@ -39,7 +39,7 @@ ROW_NAMES = {"input": "float", "prune": "prune", "cluster": "prune+cluster", "co
 def _train(name, x, y, path):
     import keras
     import tensorflow as tf
-    from tfcompress.distill.trainer import TrainConfig, fit
+    from tfcompress.keras.train import TrainConfig, fit
     from tfcompress.evaluate import zoo
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(0)

@@ -55,7 +55,7 @@ def main() -> None:
 
     from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
     from tfcompress.calibrate.collect import collect_stats, full_range_tensors
-    from tfcompress.calibrate.images import iter_batches, list_images
+    from tfcompress.data.images import iter_batches, list_images
     from tfcompress.evaluate import measure
     from tfcompress.graph.runner import GraphRunner
     from tfcompress.quantize.onednn import mkl_enabled

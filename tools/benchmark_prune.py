@@ -42,9 +42,10 @@ def _latency(models, sample):
 def main() -> None:
     import numpy as np
     import keras
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
-    from tfcompress.distill.trainer import TrainConfig, batches, set_bn_statistics
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
+    from tfcompress.keras.train import TrainConfig, batches, set_bn_statistics
     from tfcompress.evaluate.zoo import digits_training_set
+    from tfcompress.keras.cost import count
     from tfcompress.prune import filters, thinning
 
     keras.utils.set_random_seed(_SEED.value)
@@ -68,10 +69,10 @@ def main() -> None:
         tuned = filters.prune_and_finetune(original, filter_config, x, None, config, teacher=original,
                                            layer_epochs=_LAYER_EPOCHS.value).model
         after = float(np.mean(tuned.predict(held, verbose=0).argmax(1) == reference))
-        rows.append([criterion, before, after, *thinning.count(tuned)])
+        rows.append([criterion, before, after, *count(tuned)])
         models.append(tuned)
     latency = _latency(models, held[:1])
-    params0, macs0 = thinning.count(original)
+    params0, macs0 = count(original)
     table = [["criterion", "agreement, thinned only", "agreement, fine-tuned", "params", "MACs",
               "LiteRT latency / unpruned"]]
     table.append(["(unpruned)", "100.00%", "100.00%", params0, macs0, "1.00x"])

@@ -59,7 +59,7 @@ TINY_SET = 500
 def _mobilenet(x, y, size, epochs, seed):
     """MobileNetV2(alpha=0.35) trained on the digits x, y (already at size x size, in [-1, 1])."""
     import keras
-    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
+    from tfcompress.keras.train import TrainConfig, batches, fit, set_bn_statistics
     keras.utils.set_random_seed(seed)
     model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, weights=None, classes=10)
     fit(model, x, y, TrainConfig(epochs=epochs, alpha=1.0, seed=seed, verbose=0))
@@ -70,8 +70,9 @@ def _mobilenet(x, y, size, epochs, seed):
 def _variant(method, original, x, train):
     """The Keras model one row describes."""
     from tfcompress.errors import TfcError
+    from tfcompress.evaluate.artifacts import KerasLatency
     from tfcompress.lowrank.svd import LowRankConfig, factorize
-    from tfcompress.distill.trainer import batches, fit, set_bn_statistics
+    from tfcompress.keras.train import batches, fit, set_bn_statistics
     from tfcompress.prune import blocks, filters, magnitude
     model = original
     for step in method.split("+"):
@@ -88,8 +89,8 @@ def _variant(method, original, x, train):
             model = factorize(model, LowRankConfig(param_ratio=value)).model
             fit(model, x, None, train, teacher=original)
         elif kind == "blocks":
-            model = blocks.drop_blocks(model, x[:TINY_SET], blocks.DropConfig(latency_target=value, runs=40),
-                                       train).model
+            model = blocks.drop_blocks(model, x[:TINY_SET], blocks.DropConfig(latency_target=value), train,
+                                       latency=KerasLatency(x, runs=40)).model
         else:
             raise TfcError(f"unknown method {kind!r} in --methods")
         set_bn_statistics(model, batches(x))
@@ -102,7 +103,7 @@ def _rows(name, original, x, held, labels, train):
     from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.tflite import keras_float_flatbuffer
-    from tfcompress.prune.thinning import count
+    from tfcompress.keras.cost import count
     methods, models, failed = ["(unpruned)"], [original], []
     for method in _METHODS.value:
         try:
@@ -130,9 +131,9 @@ def main() -> None:
     import keras
     import numpy as np
     import tensorflow as tf
-    from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import Preprocessing, iter_batches
-    from tfcompress.distill.trainer import TrainConfig
+    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.images import Preprocessing, iter_batches
+    from tfcompress.keras.train import TrainConfig
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.zoo import digits_training_set
 

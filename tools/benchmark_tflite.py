@@ -43,7 +43,7 @@ def _variants(name, model, prep, calibration):
     """(label, flatbuffer) rows for one model."""
     from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
     from tfcompress.calibrate.collect import collect_stats, full_range_tensors
-    from tfcompress.calibrate.images import iter_batches
+    from tfcompress.data.images import iter_batches
     from tfcompress.export.tflite import TfliteConfig, convert_tflite, convert_tflite_default
     from tfcompress.quantize.bias_correction import correct_biases
     stats = collect_stats(model, calibration, prep, progress=False)
@@ -68,7 +68,7 @@ def _variants(name, model, prep, calibration):
 
 def main() -> None:
     import numpy as np
-    from tfcompress.calibrate.images import iter_batches, list_images
+    from tfcompress.data.images import iter_batches, list_images
     from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.litert import LiteRTRunner

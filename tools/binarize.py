@@ -36,7 +36,7 @@ _FIRST_LAST = flags.DEFINE_boolean("binarize_first_last", False, "Binarize the f
 
 def main() -> None:
     from tfcompress.binary import binarize
-    from tfcompress.distill.trainer import batches, fit, set_bn_statistics
+    from tfcompress.keras.train import batches, fit, set_bn_statistics
     job = common.KerasJob(_JOB)
     names = binarize.choose_layers(job.original, _LAYERS.value, _FIRST_LAST.value)
     model = binarize.binarize(job.original, _MODE.value, names, seed=_JOB["seed"].value)

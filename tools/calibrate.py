@@ -20,7 +20,7 @@ _CAL = common.define_calibration_flags()
 
 
 def main() -> None:
-    from tfcompress.calibrate.images import Preprocessing
+    from tfcompress.data.images import Preprocessing
     from tfcompress.calibrate.run import calibrate
     from tfcompress.errors import TfcError
     from tfcompress.graph.passes import optimize

@@ -95,7 +95,7 @@ def normalization(norm_flags, model_path: str):
 
 def open_artifact_from_flags(path: str, norm_flags, run_flags, xnnpack=None):
     """(artifact, preprocessing) for a finished model, from the normalization and runtime flags."""
-    from tfcompress.calibrate.images import Preprocessing
+    from tfcompress.data.images import Preprocessing
     from tfcompress.evaluate.artifacts import QuantizedIO, open_artifact
     mean, std = normalization(norm_flags, path)
     artifact = open_artifact(path, threads=run_flags["threads"].value,
@@ -193,9 +193,9 @@ class KerasJob:
     def __init__(self, f, extra_inputs=()):
         import keras
         import tensorflow as tf
-        from tfcompress.calibrate.images import Preprocessing
-        from tfcompress.distill.data import load_training_images
-        from tfcompress.distill.trainer import TrainConfig
+        from tfcompress.data.images import Preprocessing
+        from tfcompress.data.training import load_training_images
+        from tfcompress.keras.train import TrainConfig
         from tfcompress.errors import TfcError
         from tfcompress.io.atomic import check_output
         from tfcompress.io.keras_models import is_tf_keras_h5, load_keras
@@ -229,7 +229,7 @@ class KerasJob:
 
     @property
     def batches(self):
-        from tfcompress.distill.trainer import batches
+        from tfcompress.keras.train import batches
         return batches(self.x, self.config.batch_size)
 
     def training_note(self) -> str:
@@ -243,11 +243,11 @@ class KerasJob:
         import os
         import tempfile
         import numpy as np
-        from tfcompress.calibrate.dataset import read_image_set
-        from tfcompress.calibrate.images import iter_batches
+        from tfcompress.data.folders import read_image_set
+        from tfcompress.data.images import iter_batches
         from tfcompress.evaluate.measure import path_size
         from tfcompress.io.atomic import save_keras
-        from tfcompress.prune.thinning import count
+        from tfcompress.keras.cost import count
         output = self.flags["output"].value
         save_keras(result, output, overwrite=self.flags["overwrite"].value)
         before_cost, after_cost = count(self.original), count(result)
@@ -282,7 +282,7 @@ def benchmark_model(name: str, mobilenet_size: int = 224):
     outlier channel (`zoo.digits_with_outliers`); mobilenet_v2: Keras
     MobileNetV2(alpha=0.35) with seeded weights, BN statistics set from images.
     """
-    from tfcompress.calibrate.images import Preprocessing, list_images
+    from tfcompress.data.images import Preprocessing, list_images
     from tfcompress.errors import TfcError
     from tfcompress.evaluate import zoo
     from tfcompress.graph.passes import optimize

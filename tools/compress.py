@@ -101,7 +101,7 @@ def _run_step(step, argv) -> None:
 def main() -> None:
     import json
     from tfcompress import recipe
-    from tfcompress.calibrate.dataset import read_image_set
+    from tfcompress.data.folders import read_image_set
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.compare import measure
     from tfcompress.io.atomic import atomic_dir, check_output

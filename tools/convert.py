@@ -49,7 +49,7 @@ _LABELS_FROM = flags.DEFINE_string("labels_from", None, "Labelled folder DIR/<la
 
 def _labels(output_size):
     from tfcompress.errors import TfcError
-    from tfcompress.calibrate.dataset import check_output_size, read_image_set, read_labels_file
+    from tfcompress.data.folders import check_output_size, read_image_set, read_labels_file
     if _LABELS.value and _LABELS_FROM.value:
         raise TfcError("give --labels or --labels_from, not both")
     if _LABELS.value:
@@ -68,7 +68,7 @@ def _labels(output_size):
 def _agreement_set(float_model, prep, images_dir):
     """(float NHWC images, float-graph outputs) for --calibrator=auto, the fallback search and the report."""
     import numpy as np
-    from tfcompress.calibrate.images import iter_batches, list_images
+    from tfcompress.data.images import iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.graph.runner import run_model
     folder = _AGREEMENT_IMAGES.value or images_dir
@@ -81,7 +81,7 @@ def _agreement_set(float_model, prep, images_dir):
 
 def main() -> None:
     from tfcompress.calibrate.calibrators import CalibratorConfig
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.calibrate.run import calibrate
     from tfcompress.errors import TfcError
     from tfcompress.evaluate import measure

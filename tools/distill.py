@@ -32,7 +32,7 @@ _FEATURE_WEIGHT = flags.DEFINE_float("feature_weight", 1.0, "Weight of each feat
 
 
 def _pairs():
-    from tfcompress.distill.trainer import FeaturePair
+    from tfcompress.keras.train import FeaturePair
     from tfcompress.errors import TfcError
     pairs = []
     for item in _FEATURES.value:
@@ -45,9 +45,9 @@ def _pairs():
 
 def main() -> None:
     import numpy as np
-    from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import iter_batches
-    from tfcompress.distill.trainer import fit
+    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.images import iter_batches
+    from tfcompress.keras.train import fit
     from tfcompress.errors import TfcError
     from tfcompress.io.keras_models import copy_model, load_keras
     if not _JOB["input"].value:

@@ -45,18 +45,20 @@ FOLD_TOLERANCE = 1e-4
 
 def main() -> None:
     from tfcompress.errors import TfcError
-    from tfcompress.distill.trainer import set_bn_statistics
+    from tfcompress.evaluate.artifacts import KerasLatency
+    from tfcompress.keras.train import set_bn_statistics
     from tfcompress.prune import blocks
 
     config = blocks.DropConfig(drop_blocks=_DROP.value, latency_target=_TARGET.value,
-                               adapter_epochs=_ADAPTER_EPOCHS.value, runs=_RUNS.value, threads=_THREADS.value)
+                               adapter_epochs=_ADAPTER_EPOCHS.value)
     job = common.KerasJob(_JOB)
 
     def progress(block, recoverability):
         if job.config.verbose:
             print(f"scored block {block.add}: recoverability {recoverability:.4f}", flush=True)
 
-    result = blocks.drop_blocks(job.original, job.x, config, job.config, feature=_FEATURE.value,
+    latency = KerasLatency(job.x, runs=_RUNS.value, threads=_THREADS.value)
+    result = blocks.drop_blocks(job.original, job.x, config, job.config, latency=latency, feature=_FEATURE.value,
                                 labels=None if job.distill else job.labels, progress=progress)
     if result.fold_error > FOLD_TOLERANCE:
         raise TfcError(f"folding the adapters changed the outputs by {result.fold_error:.2e} "

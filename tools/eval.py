@@ -33,7 +33,7 @@ _JSON = flags.DEFINE_boolean("json", False, "Print one JSON object instead of a 
 
 
 def main() -> None:
-    from tfcompress.calibrate.dataset import read_image_set
+    from tfcompress.data.folders import read_image_set
     from tfcompress.evaluate.run import evaluate
 
     model_path = _MODEL.value or common.DEFAULT_MODEL

@@ -30,7 +30,7 @@ _MAX_DIFF = flags.DEFINE_float("max_abs_diff", 1e-4, "Largest accepted |TF - onn
 
 
 def main() -> None:
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.export.onnx import check_parity, export_onnx
     from tfcompress.graph.passes import optimize

@@ -33,7 +33,7 @@ _LAYERS = flags.DEFINE_list("layers", [], "Only these layers (default: every den
 
 
 def main() -> None:
-    from tfcompress.distill.trainer import fit, set_bn_statistics
+    from tfcompress.keras.train import fit, set_bn_statistics
     from tfcompress.lowrank.svd import LowRankConfig, factorize
 
     config = LowRankConfig(energy=_ENERGY.value, param_ratio=_PARAM_RATIO.value, rank=_RANK.value,

@@ -33,7 +33,7 @@ _JSON = flags.DEFINE_boolean("json", False, "Print the report as one JSON object
 def main() -> None:
     import dataclasses
     import numpy as np
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.parity import check_parity, describe
     from tfcompress.export.flatbuffer import layer_label
@@ -81,7 +81,7 @@ def main() -> None:
 def _default_int8() -> bytes:
     """The shipped model converted to int8 with minmax ranges from the shipped calibration images."""
     from tfcompress.calibrate.calibrators import CalibratorConfig
-    from tfcompress.calibrate.images import Preprocessing
+    from tfcompress.data.images import Preprocessing
     from tfcompress.calibrate.run import calibrate
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
     from tfcompress.graph.passes import optimize

@@ -72,7 +72,7 @@ def _parse_m_by_n(text):
 
 
 def main() -> None:
-    from tfcompress.distill.trainer import set_bn_statistics
+    from tfcompress.keras.train import set_bn_statistics
     from tfcompress.errors import TfcError
     from tfcompress.prune import filters, magnitude
 

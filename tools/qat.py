@@ -26,7 +26,7 @@ _JOB = common.define_training_flags(epochs=5)
 
 
 def main() -> None:
-    from tfcompress.distill.trainer import fit
+    from tfcompress.keras.train import fit
     from tfcompress.qat import qat
     job = common.KerasJob(_JOB)
     model = qat.prepare_qat(job.original)

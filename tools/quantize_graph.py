@@ -34,7 +34,7 @@ _OVERWRITE = common.define_overwrite_flag()
 
 
 def main() -> None:
-    from tfcompress.calibrate.images import Preprocessing, list_images
+    from tfcompress.data.images import Preprocessing, list_images
     from tfcompress.calibrate.run import calibrate
     from tfcompress.evaluate import measure
     from tfcompress.graph.passes import optimize

@@ -34,7 +34,7 @@ _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs for each latency median.", 
 
 def main() -> None:
     from tfcompress.errors import TfcError
-    from tfcompress.calibrate.dataset import read_image_set
+    from tfcompress.data.folders import read_image_set
     from tfcompress.evaluate.report import markdown, write_report
     from tfcompress.evaluate.run import evaluate
 

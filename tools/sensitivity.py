@@ -32,7 +32,7 @@ _NORM = common.define_normalization_flags(0.0, 255.0)
 
 def main() -> None:
     import numpy as np
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.io.atomic import atomic_file, check_output
     from tfcompress.io.keras_models import load_keras

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.binary.int8_check import ALPHA_RTOL, check_int8_export
 from tests.conftest import CALIBRATION, HELDOUT, error_lines, run_tool
 from tfcompress.binary import binarize as bz
 from tfcompress.binary.layers import BinaryActivation, BinaryConv2D, BinaryDense, ste_sign, stochastic_sign
@@ -85,7 +86,7 @@ def test_binary_dense_matches_numpy(mode):
 def trained_bwn(tmp_path_factory):
     """A CNN built from binary layers in the recommended order, trained on 600 unshipped digits (.keras)."""
     import keras
-    from tfcompress.distill.trainer import TrainConfig, fit
+    from tfcompress.keras.train import TrainConfig, fit
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(0)
@@ -116,8 +117,8 @@ def test_binary_weight_model_converts_exactly_and_runs_in_litert(trained_bwn, tm
                     f"--calibration_images={CALIBRATION}", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = load_keras(trained_bwn)
-    checked = dict(bz.check_int8_export(tflite.read_bytes(), model))
-    assert set(checked) == {"bconv", "bdense"} and max(checked.values()) <= bz.ALPHA_RTOL
+    checked = dict(check_int8_export(tflite.read_bytes(), model))
+    assert set(checked) == {"bconv", "bdense"} and max(checked.values()) <= ALPHA_RTOL
     proc = run_tool("eval", f"--model={tflite}", f"--images={HELDOUT}", f"--reference={trained_bwn}", "--json",
                     "--runs=50")
     assert proc.returncode == 0, proc.stderr[-2000:]

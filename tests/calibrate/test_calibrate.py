@@ -11,7 +11,7 @@ from PIL import Image
 from tests.conftest import CALIBRATION
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
-from tfcompress.calibrate.images import Preprocessing, list_images, load_image
+from tfcompress.data.images import Preprocessing, list_images, load_image
 from tfcompress.calibrate.run import calibrate
 from tfcompress.calibrate.stats import MAX_BINS, TensorStats
 from tfcompress.errors import TfcError

@@ -23,7 +23,7 @@ MAX_ACCURACY_LOSS = 0.005
 def test_deep_compression_recipe_on_an_unseen_lenet5(tmp_path):
     import keras
     import tensorflow as tf
-    from tfcompress.distill.trainer import TrainConfig, fit
+    from tfcompress.keras.train import TrainConfig, fit
     from tfcompress.evaluate.zoo import digits_training_set, lenet5
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(11)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tfcompress.cluster import kmeans
-from tfcompress.distill.trainer import SharedWeights, TrainConfig, _shared_gradient, fit
+from tfcompress.keras.train import SharedWeights, TrainConfig, _shared_gradient, fit
 from tfcompress.errors import TfcError
 
 # Codewords must stay exactly shared through training: members get bit-identical updates.

@@ -38,8 +38,8 @@ def setup(tmp_path_factory):
 
 def _accuracy(path):
     import keras
-    from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import Preprocessing, iter_batches
+    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.images import Preprocessing, iter_batches
     held = read_image_set(HELDOUT)
     x = np.concatenate(list(iter_batches(held.paths, Preprocessing(height=32, width=32, channels=3), 100)))
     model = keras.saving.load_model(path, safe_mode=True)
@@ -86,7 +86,7 @@ def test_label_free_and_feature_distillation(setup, tmp_path):
     ("nope:re_lu_5", "feature pair nope:re_lu_5"),
 ])
 def test_bad_feature_pairs(setup, features, message):
-    from tfcompress.distill.trainer import FeaturePair, TrainConfig, fit
+    from tfcompress.keras.train import FeaturePair, TrainConfig, fit
     from tfcompress.errors import TfcError
     from tfcompress.io.keras_models import load_keras
     _, _, student = setup

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfcompress.distill.trainer import DistillationLoss, TrainConfig, fit, outputs_probabilities
+from tfcompress.keras.train import DistillationLoss, TrainConfig, fit, outputs_probabilities
 from tfcompress.errors import TfcError
 
 LOSS_RTOL = 1e-5

@@ -179,7 +179,7 @@ def test_export_onnx_parity_determinism_and_bad_opset(artifacts, tmp_path):
 
 def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
     import keras
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.evaluate.parity import check_parity
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import freeze_keras_model, load_model

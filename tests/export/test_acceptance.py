@@ -39,7 +39,7 @@ def converted(tmp_path_factory):
     _tool("convert", f"--input={MODEL}", f"--output={ours}", "--quantize=int8", "--calibrator=auto",
           f"--calibration_images={PATCHES}/calibration", "--input_mean=127.5", "--input_std=127.5",
           f"--labels_from={PATCHES}/heldout", "--noprogress")
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.export.tflite import convert_tflite_default
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import load_model
@@ -66,7 +66,7 @@ def test_int8_meets_the_agreement_target_and_the_converter_default(converted):
     assert ours["agreement_top1"] >= default["agreement_top1"], (ours, default)
     assert ours["size_bytes"] <= default["size_bytes"] * SIZE_SLACK, (ours["size_bytes"], default["size_bytes"])
     # Output error on the held-out images, computed here from the two flatbuffers.
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.export.litert import LiteRTRunner
     from tfcompress.graph.passes import optimize
     from tfcompress.graph.runner import run_model

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import CALIBRATION, HELDOUT, KERAS_MODEL
 from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
 from tfcompress.calibrate.collect import collect_stats, full_range_tensors
-from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+from tfcompress.data.images import Preprocessing, iter_batches, list_images
 from tfcompress.errors import TfcError
 from tfcompress.export import fallback
 from tfcompress.export import flatbuffer as fb

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import CALIBRATION, HELDOUT
 from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
 from tfcompress.calibrate.collect import collect_stats
-from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+from tfcompress.data.images import Preprocessing, iter_batches, list_images
 from tfcompress.errors import TfcError
 from tfcompress.export.tflite import TfliteConfig, convert_tflite
 from tfcompress.graph.runner import GraphRunner

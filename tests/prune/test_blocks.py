@@ -66,19 +66,35 @@ def test_folding_trained_adapters_is_exact(digits):
                                   model.get_layer("conv2d_6").get_weights()[0])
 
 
-def test_scores_rank_by_recoverability_per_saved_second(digits):
-    from tfcompress.distill.trainer import TrainConfig
+def _fake_latency(fast_add, slow_add):
+    """Seconds per image as a model's layers decide: dropping `fast_add`'s block saves 1 s, `slow_add`'s 1 us."""
+    def latency(models):
+        seconds = []
+        for m in models:
+            names = {layer.name for layer in m.layers}
+            seconds.append(10.0 - (fast_add not in names) * 1.0 - (slow_add not in names) * 1e-6)
+        return seconds
+    return latency
+
+
+def test_the_block_that_saves_most_time_per_unit_of_error_is_dropped(digits):
+    """With the latency under the test's control, the choice must follow the time saved, both ways round."""
+    from tfcompress.keras.train import TrainConfig
     model, x = digits
-    config = blocks.DropConfig(drop_blocks=1, adapter_epochs=2, runs=20)
+    adds = [b.add for b in blocks.find_blocks(model)]
+    assert len(adds) == 2
+    config = blocks.DropConfig(drop_blocks=1, adapter_epochs=2)
     train = TrainConfig(epochs=1, verbose=0)
-    result = blocks.drop_blocks(model, x, config, train)
-    assert len(result.scores) == 2 and len(result.dropped) == 1
-    for s in result.scores:
-        assert 0 < s.recoverability and s.score == pytest.approx(s.recoverability / s.saving)
-    best = min(result.scores, key=lambda s: s.score)
-    assert result.dropped == [best.block]
-    assert result.fold_error <= DROP_ATOL
-    assert result.model.count_params() < model.count_params()
+    for fast, slow in (adds, adds[::-1]):
+        result = blocks.drop_blocks(model, x, config, train, latency=_fake_latency(fast, slow))
+        assert [b.add for b in result.dropped] == [fast]
+        # The latency reported is the one measured on the set it reports: the original and the result.
+        assert result.latency == (10.0, 9.0)
+        savings = {s.block.add: s.saving for s in result.scores}
+        assert savings[fast] == pytest.approx(1.0) and savings[slow] == pytest.approx(1e-6)
+        assert all(0 < s.recoverability < 1 for s in result.scores)
+        assert result.fold_error <= DROP_ATOL
+        assert result.model.count_params() < model.count_params()
 
 
 def test_bad_requests(digits):
@@ -90,14 +106,15 @@ def test_bad_requests(digits):
         blocks.DropConfig(drop_blocks=1, latency_target=0.3)
     with pytest.raises(TfcError, match="latency_target must be in"):
         blocks.DropConfig(latency_target=1.5)
-    from tfcompress.distill.trainer import TrainConfig
+    from tfcompress.keras.train import TrainConfig
     with pytest.raises(TfcError, match="only 2 droppable blocks"):
-        blocks.drop_blocks(model, x, blocks.DropConfig(drop_blocks=3), TrainConfig(verbose=0))
+        blocks.drop_blocks(model, x, blocks.DropConfig(drop_blocks=3), TrainConfig(verbose=0),
+                           latency=_fake_latency("", ""))
     plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
                               keras.layers.Dense(2)])
     with pytest.raises(TfcError, match="no residual block"):
         blocks.drop_blocks(plain, np.zeros((4, 8, 8, 3), np.float32), blocks.DropConfig(drop_blocks=1),
-                           TrainConfig(verbose=0))
+                           TrainConfig(verbose=0), latency=_fake_latency("", ""))
 
 
 if __name__ == "__main__":

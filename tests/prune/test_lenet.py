@@ -20,9 +20,9 @@ TARGET_SPARSITY = 0.9
 def test_lenet5_pruned_to_90_percent_keeps_its_accuracy():
     import keras
     import tensorflow as tf
-    from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import Preprocessing, iter_batches
-    from tfcompress.distill.trainer import TrainConfig, fit
+    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.images import Preprocessing, iter_batches
+    from tfcompress.keras.train import TrainConfig, fit
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.prune import magnitude
     keras.utils.set_random_seed(3)

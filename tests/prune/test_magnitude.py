@@ -64,7 +64,7 @@ def test_two_of_four_keeps_the_two_largest_of_every_input_group():
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     import keras
-    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
+    from tfcompress.keras.train import TrainConfig, batches, fit, set_bn_statistics
     original = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
     before = [w.copy() for w in original.get_weights()]
     x, _ = digits_training_set(1000)
@@ -94,7 +94,7 @@ def test_targets_reached_exactly_and_original_untouched(pruned_run):
 
 
 def test_pruned_model_agrees_and_shrinks_once_zipped(pruned_run, tmp_path):
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import freeze_keras_model

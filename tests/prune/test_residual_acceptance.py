@@ -60,8 +60,8 @@ def trained(tmp_path_factory):
     """(model path, unlabelled training folder of 600 unshipped digits, held-out reference predictions)."""
     import keras
     import tensorflow as tf
-    from tfcompress.calibrate.images import Preprocessing, iter_batches, list_images
-    from tfcompress.distill.trainer import TrainConfig, batches, fit, set_bn_statistics
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
+    from tfcompress.keras.train import TrainConfig, batches, fit, set_bn_statistics
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(7)
@@ -92,7 +92,7 @@ def _ratio_line(stdout):
 def test_thinet_halves_the_blocks_and_keeps_agreement(trained, tmp_path):
     import keras
     from tfcompress.export.litert import LiteRTRunner
-    from tfcompress.prune.thinning import count
+    from tfcompress.keras.cost import count
     path, images, held, reference = trained
     out = str(tmp_path / "thin.keras")
     proc = _tool("prune", f"--input={path}", f"--output={out}", f"--train_images={images}", "--method=thinet",

@@ -78,7 +78,7 @@ def test_tfmot_prunes_the_tf_keras_model(tf_keras_h5, tmp_path):
 def test_tfmot_is_imported_only_on_the_tf_keras_path():
     code = ("import os, sys\n"
             "import tfcompress.prune.magnitude, tfcompress.prune.filters, tfcompress.prune.blocks\n"
-            "import tfcompress.distill.trainer, tfcompress.lowrank.svd, tfcompress.prune.sensitivity\n"
+            "import tfcompress.keras.train, tfcompress.lowrank.svd, tfcompress.prune.sensitivity\n"
             "assert 'tensorflow_model_optimization' not in sys.modules\n"
             "assert os.environ.get('TF_USE_LEGACY_KERAS') in (None, '0')\n"
             "import tfcompress.prune.tfmot_prune\n"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.cost import count
 from tfcompress.prune import filters, thinning
 
 # Thinning only removes terms from sums: float32 reordering apart, outputs are the same.
@@ -55,8 +56,8 @@ def test_thinned_model_equals_the_zeroed_reference(digits):
     assert thinned.get_layer("batch_normalization_1").gamma.shape[0] == 8
     assert thinned.get_layer("conv2d_7").kernel.shape[-2] == 32 + 4
     assert thinned.get_layer("dense").kernel.shape[0] == 24
-    params, macs = thinning.count(thinned)
-    params0, macs0 = thinning.count(model)
+    params, macs = count(thinned)
+    params0, macs0 = count(model)
     assert params < params0 and macs < macs0
 
 
@@ -112,8 +113,8 @@ def test_thinned_model_saves_smaller_and_converts(digits, tmp_path):
     result = filters.prune_filters(model, filters.FilterConfig(criterion="l1", ratio=0.5), x[:100])
     assert result.pruned == {"conv2d_1": (16, 8), "conv2d_4": (32, 16), "conv2d_6": (16, 8), "conv2d_7": (48, 24),
                             "dense": (32, 16)}
-    _, macs0 = thinning.count(model)
-    _, macs = thinning.count(result.model)
+    _, macs0 = count(model)
+    _, macs = count(result.model)
     assert macs <= 0.6 * macs0
     save_keras(model, str(tmp_path / "a.keras"))
     save_keras(result.model, str(tmp_path / "b.keras"))
@@ -142,7 +143,7 @@ def test_separable_convs_thin_as_producers_and_consumers():
     reference = _zero_consumer_rows(model, {"sep": np.setdiff1d(np.arange(8), keep["conv"]),
                                             "sep_out": np.setdiff1d(np.arange(10), keep["sep"])})
     np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
-    params, _ = thinning.count(thinned)
+    params, _ = count(thinned)
     assert params == sum(int(np.prod(w.shape)) for l in thinned.layers if not isinstance(l, keras.layers.BatchNormalization)
                          for w in l.weights)
     assert thinned.get_layer("sep").depthwise_kernel.shape == (3, 3, 4, 2)

@@ -11,7 +11,7 @@ STEP_SLACK = 1e-3
 
 
 def test_fold_batch_norm_keeps_the_function(digits):
-    from tfcompress.qat.fold import fold_batch_norm
+    from tfcompress.keras.fold import fold_batch_norm
     model, x = digits
     folded, pairs = fold_batch_norm(model)
     assert len(pairs) == 8 and not [l for l in folded.layers if type(l).__name__ == "BatchNormalization"]
@@ -56,7 +56,7 @@ def test_prepare_structure(digits):
 def lenet_logits(tmp_path_factory):
     """A LeNet-style CNN with a logits output, trained on 600 unshipped digits, and those digits as a folder."""
     import keras
-    from tfcompress.distill.trainer import TrainConfig, fit
+    from tfcompress.keras.train import TrainConfig, fit
     from tfcompress.evaluate.zoo import digits_training_set
     from tfcompress.io.atomic import save_keras
     keras.utils.set_random_seed(0)
@@ -75,8 +75,8 @@ def lenet_logits(tmp_path_factory):
 
 def test_int8_export_within_one_step_of_the_qat_model(lenet_logits, tmp_path):
     import keras
-    from tfcompress.calibrate.dataset import read_image_set
-    from tfcompress.calibrate.images import Preprocessing, iter_batches
+    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.images import Preprocessing, iter_batches
     from tfcompress.export.litert import LiteRTRunner
     model_path, train = lenet_logits
     out, tflite = tmp_path / "qat.keras", tmp_path / "qat.tflite"

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import CALIBRATION, HELDOUT, ROOT
 from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.calibrate.images import Preprocessing, list_images
+from tfcompress.data.images import Preprocessing, list_images
 from tfcompress.calibrate.run import calibrate
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.measure import agreement, graph_size

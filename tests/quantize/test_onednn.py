@@ -18,7 +18,7 @@ import tensorflow as tf
 from tests.conftest import CALIBRATION, HELDOUT, ROOT
 from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
 from tfcompress.calibrate.collect import collect_stats
-from tfcompress.calibrate.images import Preprocessing, list_images
+from tfcompress.data.images import Preprocessing, list_images
 from tfcompress.evaluate.measure import agreement
 from tfcompress.graph.graph import Graph
 from tfcompress.graph.passes import optimize

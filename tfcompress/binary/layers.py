@@ -31,8 +31,8 @@ import keras
 from keras import ops
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.registry import register
 
-PACKAGE = "tfcompress"
 MODES = ("binaryconnect", "binaryconnect_stochastic", "bwn", "xnor")
 
 
@@ -90,7 +90,7 @@ class _Binarized:
         return config
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="BinaryDense")
+@register("BinaryDense")
 class BinaryDense(_Binarized, keras.layers.Dense):
     """Dense with binary weights (and, in ``xnor`` mode, binary inputs scaled by mean |x| per example)."""
 
@@ -109,7 +109,7 @@ class BinaryDense(_Binarized, keras.layers.Dense):
         return self._binary_config(super().get_config())
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="BinaryConv2D")
+@register("BinaryConv2D")
 class BinaryConv2D(_Binarized, keras.layers.Conv2D):
     """Conv2D with binary weights (and, in ``xnor`` mode, binary inputs with XNOR-Net's K map)."""
 
@@ -135,7 +135,7 @@ class BinaryConv2D(_Binarized, keras.layers.Conv2D):
         return self._binary_config(super().get_config())
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="BinaryActivation")
+@register("BinaryActivation")
 class BinaryActivation(keras.layers.Layer):
     """sign(x) in {-1, +1} with the straight-through Htanh gradient (Hubara et al.)."""
 

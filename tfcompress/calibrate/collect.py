@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing, iter_batches
 from tfcompress.calibrate.stats import TensorStats
 from tfcompress.graph.graph import Graph
 from tfcompress.graph.runner import GraphRunner

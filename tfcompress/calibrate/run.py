@@ -7,7 +7,7 @@ from typing import Optional
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig
 from tfcompress.calibrate.collect import collect_stats, full_range_tensors
-from tfcompress.calibrate.images import Preprocessing, fingerprint_files, list_images
+from tfcompress.data.images import Preprocessing, fingerprint_files, list_images
 from tfcompress.errors import TfcError
 from tfcompress.io.frozen import FrozenModel
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress.distill.trainer import SharedWeights, read_shared
+from tfcompress.keras.train import SharedWeights, read_shared
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 
@@ -191,7 +191,7 @@ def cluster_model(model, config: ClusterConfig) -> Tuple[keras.Model, List[Clust
       TfcError: unknown layer names, nothing to cluster, or a kernel with NaN/Inf.
     """
     if config.fold_batch_norm:
-        from tfcompress.qat.fold import fold_batch_norm  # pylint: disable=import-outside-toplevel
+        from tfcompress.keras.fold import fold_batch_norm  # pylint: disable=import-outside-toplevel
         result, _ = fold_batch_norm(model)
     else:
         result = copy_model(model)
@@ -244,7 +244,7 @@ def read_codebooks(model, clustered: Sequence[ClusteredKernel], tolerance: float
 def cluster_and_finetune(model, config: ClusterConfig, x: np.ndarray, labels: Optional[np.ndarray], train_config,
                          *, teacher=None) -> Tuple[keras.Model, List[ClusteredKernel]]:
     """Clusters every kernel, fine-tunes the codebooks (if train_config.epochs) and re-estimates BN statistics."""
-    from tfcompress.distill import trainer  # pylint: disable=import-outside-toplevel
+    from tfcompress.keras import train as trainer  # pylint: disable=import-outside-toplevel
     result, clustered = cluster_model(model, config)
     if train_config.epochs:
         trainer.fit(result, x, labels, train_config, teacher=teacher, shared=sharing(clustered))

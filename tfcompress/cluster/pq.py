@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress.distill.trainer import SharedWeights, read_shared
+from tfcompress.keras.train import SharedWeights, read_shared
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 
@@ -281,7 +281,7 @@ def product_quantize(model, config: PQConfig, x: np.ndarray, labels: Optional[np
     The EM always reconstructs the float `model`'s activations; fine-tuning
     distils from `teacher` (normally `model`) and/or uses `labels`.
     """
-    from tfcompress.distill import trainer  # pylint: disable=import-outside-toplevel
+    from tfcompress.keras import train as trainer  # pylint: disable=import-outside-toplevel
     chosen, skipped = _layers(model, config)
     student = copy_model(model)
     rng = np.random.default_rng(config.seed)

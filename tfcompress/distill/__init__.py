@@ -1,1 +1,1 @@
-"""Teacher-student training: Hinton distillation losses and the one trainer every training command uses."""
+"""Teacher-student distillation (Hinton et al.): the loss and the trainer live in `tfcompress.keras.train`."""

@@ -101,6 +101,32 @@ def interleaved_latency(flatbuffers: Sequence[bytes], sample: np.ndarray, runs: 
     return [statistics.median(t) for t in times]
 
 
+class KerasLatency:
+    """Times Keras models in LiteRT: each converted to float32 .tflite, all timed in one interleaved run.
+
+    A callable for block dropping (`prune.blocks.Latency`).  The first model
+    of a call is usually the same original every time, so its flatbuffer is
+    kept from the previous call (by identity) instead of converted again.
+
+    Args:
+      sample: an input batch; its first image is fed.
+      runs: timed invokes per model (see `interleaved_latency`).
+      threads: LiteRT threads.
+    """
+
+    def __init__(self, sample: np.ndarray, runs: int = 60, threads: int = 1):
+        self.sample, self.runs, self.threads = sample[:1], runs, threads
+        self._first = None  # (model, its flatbuffer)
+
+    def __call__(self, models) -> List[float]:
+        from tfcompress.export.tflite import keras_float_flatbuffer  # pylint: disable=import-outside-toplevel
+        models = list(models)
+        if self._first is None or self._first[0] is not models[0]:
+            self._first = (models[0], keras_float_flatbuffer(models[0]))
+        flatbuffers = [self._first[1]] + [keras_float_flatbuffer(m) for m in models[1:]]
+        return interleaved_latency(flatbuffers, self.sample, self.runs, threads=self.threads)
+
+
 class GraphArtifact(Artifact):
     """A TF model (SavedModel, .keras, .h5, frozen .pb, or eightbit SavedModel) run as a frozen graph."""
     kind = "tf"

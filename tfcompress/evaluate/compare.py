@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tfcompress.calibrate.dataset import ImageSet
-from tfcompress.calibrate.images import Preprocessing
+from tfcompress.data.folders import ImageSet
+from tfcompress.data.images import Preprocessing
 from tfcompress.evaluate.artifacts import TfliteArtifact, interleaved_latency
 from tfcompress.evaluate.measure import bytes_size
 from tfcompress.evaluate.run import predict_all, top_k_accuracy
@@ -71,7 +71,7 @@ def measure(paths: Sequence[str], images: ImageSet, *, mean: float, std: float, 
             accuracy=top_k_accuracy(out, images.labels, 1) if images.labelled else None,
             agreement=float(np.mean(out.argmax(1) == outputs[reference].argmax(1)))))
     if latency_runs:
-        from tfcompress.calibrate.images import iter_batches  # pylint: disable=import-outside-toplevel
+        from tfcompress.data.images import iter_batches  # pylint: disable=import-outside-toplevel
         sample = next(iter_batches(images.paths[:1], prep, 1))
         for row, seconds in zip(rows, interleaved_latency(flatbuffers, sample, latency_runs)):
             row.latency_ms = seconds * 1e3

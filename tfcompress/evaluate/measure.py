@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing, iter_batches
 from tfcompress.graph.runner import GraphRunner
 from tfcompress.io.frozen import FrozenModel
 

@@ -5,10 +5,10 @@ from typing import Optional
 
 import numpy as np
 
-from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing, iter_batches
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.artifacts import Artifact, median_ms
-from tfcompress.calibrate.dataset import ImageSet, check_output_size
+from tfcompress.data.folders import ImageSet, check_output_size
 from tfcompress.evaluate.measure import path_size
 
 

@@ -10,8 +10,8 @@ measured on a network no one trains.
 
 from typing import Sequence
 
-from tfcompress.calibrate.images import Preprocessing, iter_batches
-from tfcompress.distill.trainer import set_bn_statistics
+from tfcompress.data.images import Preprocessing, iter_batches
+from tfcompress.keras.train import set_bn_statistics
 from tfcompress.io.keras_models import copy_model
 
 

@@ -4,10 +4,6 @@ import zipfile
 
 from tfcompress.errors import TfcError
 
-# Modules defining tfcompress's registered Keras layers (binary layers, QAT layers).
-CUSTOM_LAYER_MODULES = ("tfcompress.binary.layers", "tfcompress.qat.layers")
-
-
 def load_keras(path: str):
     """A .keras or .h5 model loaded by Keras 3 in safe mode, uncompiled.
 
@@ -15,14 +11,12 @@ def load_keras(path: str):
       TfcError: not a .keras archive, Python code that safe mode will not
         run (a Lambda layer), or a corrupt or unsupported file.
     """
-    import importlib  # pylint: disable=import-outside-toplevel
     import keras  # pylint: disable=import-outside-toplevel
-    for module in CUSTOM_LAYER_MODULES:  # Registers tfcompress's own layers before a model that uses them loads.
-        importlib.import_module(module)
+    from tfcompress.keras.registry import custom_objects  # pylint: disable=import-outside-toplevel
     if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
         raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=custom_objects())
     except Exception as e:  # Keras raises many types for a bad file.
         first = str(e).splitlines()[0] if str(e) else ""
         if "safe_mode" in str(e) or "unsafe" in str(e).lower():

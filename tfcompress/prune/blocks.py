@@ -29,16 +29,15 @@ tensor shape and stay.
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 
-from tfcompress.distill.trainer import TrainConfig, fit, fit_features
+from tfcompress.keras.train import TrainConfig, fit, fit_features
 from tfcompress.errors import TfcError
-from tfcompress.export.tflite import keras_float_flatbuffer
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
+from tfcompress.keras.graph import call_layer, layer_graph, rebuild
 
 # Layers between a dropped block and a conv/dense consumer through which an adapter may move:
 # each commutes with a bias-free per-position linear map of the channels.
@@ -71,7 +70,7 @@ def find_blocks(model) -> List[Block]:
     and the other is reached from s through a chain of single-input layers
     used nowhere else.
     """
-    nodes = layer_graph(model, check_known=False)
+    nodes = layer_graph(model)
     blocks = []
     for node in nodes.values():
         if node.kind != "Add" or len(node.inputs) != 2:
@@ -98,7 +97,7 @@ def find_blocks(model) -> List[Block]:
 
 def feature_layer(model) -> str:
     """The layer whose output the last Dense layer reads: the feature PRACTISE mimics."""
-    nodes = layer_graph(model, check_known=False)
+    nodes = layer_graph(model)
     dense = [n for n in nodes.values() if n.kind == "Dense"]
     if not dense or len(dense[-1].inputs) != 1:
         raise TfcError("block dropping mimics the classifier's input feature, but the model has no final Dense "
@@ -128,7 +127,7 @@ def drop(model, blocks: Sequence[Block], adapters: bool = True):
     each dropped block is its source's output.
     """
     clone = copy_model(model)
-    nodes = layer_graph(clone, check_known=False)
+    nodes = layer_graph(clone)
     skipped = {name for b in blocks for name in b.layers}
     alias = {b.end: b.source for b in blocks}
     outputs = {t._keras_history[0].name for t in clone.outputs}  # pylint: disable=protected-access
@@ -177,20 +176,22 @@ def fold_adapters(adapted, adapters: Dict[str, str], plain):
     return plain
 
 
+# Times Keras models on the target runtime: seconds per image of each, measured in one interleaved run.
+# The caller supplies it (for example `evaluate.artifacts.KerasLatency`, LiteRT on the converted model), so
+# this module needs no exporter or runtime.
+Latency = Callable[[Sequence[keras.Model]], List[float]]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DropConfig:
     """Attributes:
       drop_blocks: drop this many blocks (0: use latency_target).
-      latency_target: drop blocks until LiteRT latency falls by at least this fraction, in (0, 1).
+      latency_target: drop blocks until latency falls by at least this fraction, in (0, 1).
       adapter_epochs: epochs of adapter-only training per candidate block and for the final model.
-      runs: timed LiteRT invokes per model.
-      threads: LiteRT threads.
     """
     drop_blocks: int = 0
     latency_target: float = 0.0
     adapter_epochs: int = 10
-    runs: int = 60
-    threads: int = 1
 
     def __post_init__(self):
         if (self.drop_blocks > 0) == (self.latency_target > 0):
@@ -205,7 +206,7 @@ class DropConfig:
 class BlockScore:
     block: Block
     recoverability: float   # feature MSE after adapter training, relative to the feature's mean square
-    saving: float           # LiteRT seconds saved per image by dropping it alone
+    saving: float           # seconds saved per image by dropping it alone
     score: float            # recoverability / saving (lower: drop first)
 
 
@@ -214,40 +215,40 @@ class DropResult:
     model: object
     scores: List[BlockScore]
     dropped: List[Block]
-    latency: Tuple[float, float]   # LiteRT seconds per image: original, result
+    latency: Tuple[float, float]   # seconds per image: original, result
     fold_error: float              # max |folded - adapted| output difference
 
 
 def score_blocks(model, blocks: Sequence[Block], feature: str, x: np.ndarray, target: np.ndarray,
-                 config: DropConfig, train: TrainConfig, base: bytes, progress=None) -> Tuple[List[BlockScore], float]:
-    """(scores, the original's LiteRT seconds per image): recoverability and saving of dropping each block alone.
+                 config: DropConfig, train: TrainConfig, latency: Latency,
+                 progress=None) -> Tuple[List[BlockScore], float]:
+    """(scores, the original's seconds per image): recoverability and saving of dropping each block alone.
 
-    `base` is the original model's float32 flatbuffer.
+    `latency` times the original and every single-block drop in one interleaved run.
     """
-    from tfcompress.evaluate.artifacts import interleaved_latency  # pylint: disable=import-outside-toplevel
     scale = float(np.mean(target ** 2)) or 1.0
-    recover, flatbuffers = [], [base]
+    recover, candidates = [], [model]
     for block in blocks:
         adapted, adapters = drop(model, [block])
         loss = fit_features(adapted, feature, x, target, dataclasses.replace(train, epochs=config.adapter_epochs,
                                                                                  verbose=0),
                             trainable=list(adapters))
         recover.append(loss / scale)
-        flatbuffers.append(keras_float_flatbuffer(drop(model, [block], adapters=False)[0]))
+        candidates.append(drop(model, [block], adapters=False)[0])
         if progress is not None:
             progress(block, recover[-1])
-    latency = interleaved_latency(flatbuffers, x[:1], config.runs, threads=config.threads)
+    seconds = latency(candidates)
     scores = []
-    for block, rec, t in zip(blocks, recover, latency[1:]):
-        saving = latency[0] - t
+    for block, rec, t in zip(blocks, recover, seconds[1:]):
+        saving = seconds[0] - t
         # A block whose removal saves nothing measurable is never worth dropping first.
         score = rec / saving if saving > 0 else float("inf")
         scores.append(BlockScore(block=block, recoverability=rec, saving=saving, score=score))
-    return scores, latency[0]
+    return scores, seconds[0]
 
 
-def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *, feature: Optional[str] = None,
-                labels: Optional[np.ndarray] = None, progress=None) -> DropResult:
+def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *, latency: Latency,
+                feature: Optional[str] = None, labels: Optional[np.ndarray] = None, progress=None) -> DropResult:
     """PRACTISE on `model` with images x: score, choose, drop, fold adapters, fine-tune.
 
     The final fine-tune runs `train.epochs` epochs of feature mimicking; with
@@ -258,7 +259,6 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
       TfcError: no droppable block, more blocks asked than exist, or a
         latency target no set of droppable blocks reaches.
     """
-    from tfcompress.evaluate.artifacts import interleaved_latency  # pylint: disable=import-outside-toplevel
     blocks = find_blocks(model)
     if not blocks:
         raise TfcError("the model has no residual block with an identity shortcut to drop")
@@ -269,17 +269,15 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
         raise TfcError(f"feature layer {feature} lies inside a residual block")
     target = model.get_layer(feature).output
     target = keras.Model(model.inputs, target).predict(x, batch_size=64, verbose=0)
-    base = keras_float_flatbuffer(model)
-    scores, base_latency = score_blocks(model, blocks, feature, x, target, config, train, base, progress)
+    scores, base_latency = score_blocks(model, blocks, feature, x, target, config, train, latency, progress)
     ranked = sorted(scores, key=lambda s: (s.score, s.recoverability))
 
     def measure(chosen):
-        flatbuffer = keras_float_flatbuffer(drop(model, chosen, adapters=False)[0])
-        return interleaved_latency([base, flatbuffer], x[:1], config.runs, threads=config.threads)
+        return latency([model, drop(model, chosen, adapters=False)[0]])
 
     if config.drop_blocks:
         chosen = [s.block for s in ranked[:config.drop_blocks]]
-        latency = measure(chosen)
+        seconds = measure(chosen)
     else:
         # Blocks join in score order until their summed single-drop savings reach the target; the
         # combination is then measured, and more blocks join while the measurement falls short.
@@ -289,11 +287,11 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
             estimate += max(s.saving, 0.0)
             if estimate < config.latency_target * base_latency:
                 continue
-            latency = measure(chosen)
-            if latency[1] <= (1.0 - config.latency_target) * latency[0]:
+            seconds = measure(chosen)
+            if seconds[1] <= (1.0 - config.latency_target) * seconds[0]:
                 break
         else:
-            raise TfcError(f"dropping every droppable block ({len(blocks)}) does not cut LiteRT latency by "
+            raise TfcError(f"dropping every droppable block ({len(blocks)}) does not cut latency by "
                            f"{config.latency_target:.0%}")
     adapted, adapters = drop(model, chosen)
     fit_features(adapted, feature, x, target, dataclasses.replace(train, epochs=config.adapter_epochs),
@@ -305,5 +303,5 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
         fit(plain, x, labels, train, teacher=model)
     elif train.epochs:
         fit_features(plain, feature, x, target, train)
-    return DropResult(model=plain, scores=scores, dropped=chosen, latency=(latency[0], latency[1]),
+    return DropResult(model=plain, scores=scores, dropped=chosen, latency=(seconds[0], seconds[1]),
                       fold_error=fold_error)

@@ -216,7 +216,7 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
     uses the shared trainer (labels and/or `teacher`); `train` is its
     `TrainConfig`.
     """
-    from tfcompress.distill import trainer  # pylint: disable=import-outside-toplevel
+    from tfcompress.keras import train as trainer  # pylint: disable=import-outside-toplevel
     batches = trainer.batches(x, train.batch_size)
 
     def finetune(current, _):

@@ -27,8 +27,8 @@ import numpy as np
 
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
+from tfcompress.keras.registry import register
 
-PACKAGE = "tfcompress"
 PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
@@ -56,7 +56,7 @@ def _check_sparsity(value: float, name: str) -> None:
         raise TfcError(f"{name} must be in [0, 1), got {value}")
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="ConstantSparsity")
+@register("ConstantSparsity")
 class ConstantSparsity(PruningSchedule):
     """A fixed sparsity, applied every `frequency` steps from `begin_step` to `end_step` (-1: forever)."""
 
@@ -80,7 +80,7 @@ class ConstantSparsity(PruningSchedule):
                 "end_step": self.end_step, "frequency": self.frequency}
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="PolynomialDecay")
+@register("PolynomialDecay")
 class PolynomialDecay(PruningSchedule):
     """Sparsity rising from `initial_sparsity` to `final_sparsity` between begin_step and end_step.
 
@@ -154,7 +154,7 @@ def magnitude_mask(weights: np.ndarray, sparsity: float, m_by_n: Optional[Tuple[
     return mask.reshape(w.shape)
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="PruneLowMagnitude")
+@register("PruneLowMagnitude")
 class PruneLowMagnitude(keras.layers.Wrapper):
     """Wraps a conv, depthwise conv or dense layer whose kernel is pruned by magnitude.
 
@@ -343,11 +343,11 @@ def prune_and_train(model, schedule: PruningSchedule, x: np.ndarray, labels: Opt
 
     Args:
       model: the Keras model (not modified).
-      config: a `distill.trainer.TrainConfig`.
+      config: a `keras.train.TrainConfig`.
       teacher: the model to distil from, if any.
       wrap_options: sparsity_map, exclude, m_by_n for `prune_low_magnitude`.
     """
-    from tfcompress.distill.trainer import fit  # pylint: disable=import-outside-toplevel
+    from tfcompress.keras.train import fit  # pylint: disable=import-outside-toplevel
     pruned = prune_low_magnitude(model, schedule, **wrap_options)
     fit(pruned, x, labels, config, teacher=teacher, callbacks=[UpdatePruningStep()])
     return strip_pruning(pruned)

@@ -8,7 +8,7 @@ is inside a function.  The rest of the process keeps using Keras 3 through
 (through a temporary .h5, which Keras 3 reads), so it saves as .keras and
 flows into `convert` and `eval` like any other.
 
-Training uses the shared trainer (`distill.trainer.fit`), which compiles a
+Training uses the shared trainer (`keras.train.fit`), which compiles a
 tf_keras model with tf_keras's optimizer and the same distillation loss.
 
 References: Han et al., arXiv:1506.02626; Zhu & Gupta, arXiv:1710.01878 (the
@@ -66,7 +66,7 @@ def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, fr
 
     Args:
       schedule: "constant" or "polynomial" (over the first `ramp` of the steps).
-      config: a `distill.trainer.TrainConfig`.
+      config: a `keras.train.TrainConfig`.
       teacher: the model to distil from (Keras 3 or tf_keras), if any.
       sparsity_map, exclude, m_by_n: per-layer targets, unpruned layers, N:M sparsity.
 
@@ -75,7 +75,7 @@ def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, fr
     """
     import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
     import tf_keras  # pylint: disable=import-outside-toplevel
-    from tfcompress.distill.trainer import fit  # pylint: disable=import-outside-toplevel
+    from tfcompress.keras.train import fit  # pylint: disable=import-outside-toplevel
     model = load_tf_keras(path)
     sparsity_map, exclude = dict(sparsity_map or {}), set(exclude)
     names = {layer.name for layer in model.layers}

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.graph import LayerNode, layer_graph
 
 # Layers that act on each channel separately: a channel removed upstream is removed here.
 PER_CHANNEL = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax",
@@ -56,97 +57,21 @@ def _slice_linear(kind: str, weights, in_keep: np.ndarray, out_keep: np.ndarray)
     return [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
 
 
-@dataclasses.dataclass
-class LayerNode:
-    name: str
-    kind: str
-    inputs: List[str]
-    consumers: List[str] = dataclasses.field(default_factory=list)
-
-
-def _history(obj, out: List[str]) -> None:
-    """Names of the layers whose outputs appear in a serialized inbound-node structure."""
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            out.append(obj["config"]["keras_history"][0])
-            return
-        for v in obj.values():
-            _history(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _history(v, out)
-
-
-def layer_graph(model, check_known: bool = True) -> Dict[str, LayerNode]:
-    """Layer name -> its input layers and consumers, from the functional config.
-
-    A sequential model is a chain: each layer reads the one before it.
+def thinnable_graph(model) -> Dict[str, LayerNode]:
+    """`layer_graph(model)`, checked to hold only layer types thinning knows.
 
     Raises:
-      TfcError: not a functional/sequential model, a layer called more than
-        once, or (with check_known) a layer type thinning does not know.
+      TfcError: a layer type thinning does not know, or a depthwise conv with
+        a channel multiplier other than 1.
     """
-    config = model.get_config()
-    if "layers" not in config:
-        raise TfcError("this transform needs a functional or sequential Keras model")
-    sequential = isinstance(model, keras.Sequential)
-    nodes, previous = {}, None
-    for entry in config["layers"]:
-        kind = entry["class_name"]
-        if check_known and kind not in KNOWN:
-            raise TfcError(f"unsupported layer type {kind} ({entry['config'].get('name')}) for filter pruning")
-        if len(entry.get("inbound_nodes", [])) > 1:
-            raise TfcError(f"layer {entry['config']['name']} is called more than once; filter pruning needs "
-                           "each layer used once")
-        inputs: List[str] = []
-        if sequential:
-            inputs = [previous] if previous else []
-            previous = entry["config"]["name"]
-        else:
-            _history(entry.get("inbound_nodes", []), inputs)
-        if kind == "DepthwiseConv2D" and entry["config"].get("depth_multiplier", 1) != 1:
-            raise TfcError(f"unsupported layer type DepthwiseConv2D with depth_multiplier "
-                           f"{entry['config']['depth_multiplier']} ({entry['config']['name']}) for filter pruning")
-        nodes[entry["config"]["name"]] = LayerNode(entry["config"]["name"], kind, inputs)
+    nodes = layer_graph(model)
     for node in nodes.values():
-        for src in node.inputs:
-            nodes[src].consumers.append(node.name)
+        if node.kind not in KNOWN:
+            raise TfcError(f"unsupported layer type {node.kind} ({node.name}) for filter pruning")
+        if node.kind == "DepthwiseConv2D" and node.config.get("depth_multiplier", 1) != 1:
+            raise TfcError(f"unsupported layer type DepthwiseConv2D with depth_multiplier "
+                           f"{node.config['depth_multiplier']} ({node.name}) for filter pruning")
     return nodes
-
-
-# Layers that take a list of tensors even when given one.
-MERGING = (keras.layers.Add, keras.layers.Concatenate, keras.layers.Multiply, keras.layers.Subtract)
-
-
-def call_layer(layer, args):
-    """Calls `layer` on its input tensors: a list for merging layers, the tensor itself otherwise."""
-    return layer(args if len(args) > 1 or isinstance(layer, MERGING) else args[0])
-
-
-def rebuild(model, nodes: Dict[str, LayerNode], build: Callable) -> keras.Model:
-    """A new functional model from `model`'s layer graph (`layer_graph(model)`), layer by layer.
-
-    `build(name, layer, tensors)` gets each non-input layer with `tensors`,
-    the new output tensor of every layer built so far, by name; it returns
-    the layer's new output tensor (from the same layer, a replacement, or
-    several layers; an input's tensor removes the layer), or None for a
-    layer that is left out, whose consumers must not need it.  Inputs and
-    outputs keep their places.
-    """
-    specs = {t._keras_history[0].name: t for t in model.inputs}  # pylint: disable=protected-access
-    tensors = {}
-    for name, node in nodes.items():
-        if node.kind == "InputLayer":  # Sequential models list theirs in the config too.
-            spec = specs[name]
-            tensors[name] = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
-            continue
-        out = build(name, model.get_layer(name), tensors)
-        if out is not None:
-            tensors[name] = out
-    outputs = [tensors[t._keras_history[0].name] for t in model.outputs]  # pylint: disable=protected-access
-    inputs = [tensors[name] for name in specs]
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
-                       name=model.name)
 
 
 @dataclasses.dataclass
@@ -169,7 +94,7 @@ class Prunable:
 
 def plan(model) -> List[Prunable]:
     """The conv and dense layers whose channels reach only conv/dense consumers (no Add, no output)."""
-    nodes = layer_graph(model)
+    nodes = thinnable_graph(model)
     outputs = {t._keras_history[0].name for t in model.outputs}  # pylint: disable=protected-access
     result = []
     for node in nodes.values():
@@ -245,7 +170,7 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
     Returns:
       The thinned model (uncompiled), with weights copied.
     """
-    nodes = layer_graph(model)
+    nodes = thinnable_graph(model)
     keep = {k: np.asarray(sorted(v), np.int64) for k, v in keep.items()}
     for name, idx in keep.items():
         if len(idx) == 0:
@@ -278,29 +203,3 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
             new = [np.take(w, out_keep, axis=-1) for w in weights]
         layer.set_weights(new)
     return thinned
-
-
-def count(model) -> Tuple[int, int]:
-    """(parameters, multiply-accumulates per image) of the conv, depthwise, separable and dense layers, with biases."""
-    params = macs = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.SeparableConv2D):
-            depthwise = tuple(int(d) for d in layer.depthwise_kernel.shape)
-            pointwise = tuple(int(d) for d in layer.pointwise_kernel.shape)
-            out = tuple(int(d) for d in layer.output.shape[1:])
-            positions = out[0] * out[1]
-            params += int(np.prod(depthwise)) + int(np.prod(pointwise)) + (out[-1] if layer.use_bias else 0)
-            macs += positions * (int(np.prod(depthwise)) + int(np.prod(pointwise)))
-            continue
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
-            continue
-        kernel = tuple(int(d) for d in layer.kernel.shape)
-        out = tuple(int(d) for d in layer.output.shape[1:])
-        params += int(np.prod(kernel)) + (out[-1] if layer.use_bias else 0)
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            macs += int(np.prod(out)) * kernel[0] * kernel[1]
-        elif isinstance(layer, keras.layers.Conv2D):
-            macs += int(np.prod(out)) * int(np.prod(kernel[:-1]))
-        else:
-            macs += int(np.prod(kernel))
-    return params, macs

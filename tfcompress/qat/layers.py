@@ -23,10 +23,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-PACKAGE = "tfcompress"
+from tfcompress.keras.registry import register
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="FakeQuant")
+
+@register("FakeQuant")
 class FakeQuant(keras.layers.Layer):
     """8-bit per-tensor fake quantization of activations with an EMA range."""
 
@@ -101,7 +102,7 @@ class _QuantKernel:
         return self.activation(outputs) if self.activation is not None else outputs
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="QuantConv2D")
+@register("QuantConv2D")
 class QuantConv2D(_QuantKernel, keras.layers.Conv2D):
     def build(self, input_shape):
         super().build(input_shape)
@@ -111,7 +112,7 @@ class QuantConv2D(_QuantKernel, keras.layers.Conv2D):
         return self._finish(self.convolution_op(inputs, self.quantized_kernel(training)))
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="QuantDepthwiseConv2D")
+@register("QuantDepthwiseConv2D")
 class QuantDepthwiseConv2D(_QuantKernel, keras.layers.DepthwiseConv2D):
     def build(self, input_shape):
         super().build(input_shape)
@@ -124,7 +125,7 @@ class QuantDepthwiseConv2D(_QuantKernel, keras.layers.DepthwiseConv2D):
         return self._finish(outputs)
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE, name="QuantDense")
+@register("QuantDense")
 class QuantDense(_QuantKernel, keras.layers.Dense):
     def build(self, input_shape):
         super().build(input_shape)

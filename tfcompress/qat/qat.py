@@ -25,8 +25,8 @@ import numpy as np
 
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
-from tfcompress.qat.fold import fold_batch_norm
+from tfcompress.keras.graph import call_layer, layer_graph, rebuild
+from tfcompress.keras.fold import fold_batch_norm
 from tfcompress.qat.layers import QUANT_FORMS, FakeQuant
 
 SAME_SCALE = ("MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Dropout",
@@ -49,7 +49,7 @@ def prepare_qat(model) -> keras.Model:
       TfcError: a BatchNormalization that cannot be folded.
     """
     folded, _ = fold_batch_norm(model)
-    nodes = layer_graph(folded, check_known=False)
+    nodes = layer_graph(folded)
     left = [n for n, node in nodes.items() if node.kind == "BatchNormalization"]
     if left:
         raise TfcError(f"batch norm {left[0]} does not follow a conv or dense layer with a linear activation, so it "

@@ -4,9 +4,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from tfcompress.calibrate.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing, iter_batches
 from tfcompress.errors import TfcError
-from tfcompress.calibrate.dataset import read_image_set
+from tfcompress.data.folders import read_image_set
 
 
 def load_training_images(folder: str, prep: Preprocessing, *, labels_file: Optional[str] = None,

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from tfcompress.calibrate.images import EXTENSIONS, list_images
+from tfcompress.data.images import EXTENSIONS, list_images
 from tfcompress.errors import TfcError
 
 

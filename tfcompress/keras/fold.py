@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tfcompress.io.keras_models import copy_model
-from tfcompress.prune.thinning import call_layer, layer_graph, rebuild
+from tfcompress.keras.graph import call_layer, layer_graph, rebuild
 
 FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
@@ -59,7 +59,7 @@ def fold_batch_norm(model) -> Tuple[keras.Model, Dict[str, str]]:
     nonlinear activation) is kept.  The copy computes the same function as
     `model` in inference mode.
     """
-    nodes = layer_graph(model, check_known=False)
+    nodes = layer_graph(model)
     pairs = _foldable_pairs(model, nodes)
     if not pairs:
         return copy_model(model), {}

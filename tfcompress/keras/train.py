@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.registry import register
 
 # Probabilities are clipped here before the log, so a zero never becomes -inf.
 _EPS = 1e-7
@@ -88,7 +89,7 @@ def logits(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.log(np.clip(out, _EPS, 1.0)) if outputs_probabilities(model) else out
 
 
-@keras.saving.register_keras_serializable(package="tfcompress", name="DistillationLoss")
+@register("DistillationLoss")
 class DistillationLoss(keras.losses.Loss):
     """The loss above over packed targets [one-hot labels | teacher logits | has-label | has-teacher].
 
