@@ -161,10 +161,13 @@ def test_builder_encodings_against_numpy():
     calibrated = (-1.5, 3.0)  # Inputs above 3.0 are beyond the calibrated range.
     for enc in (U7, S8):
         builder = Builder(graph, {"x:0": calibrated})
-        builder.copy_float(graph.node("x"))
-        q = builder.quantized_input("x:0", (enc,))
-        builder.quantized["codes:0"] = q  # A tensor known only in quantized form: float_input dequantizes it.
-        builder.float_input("codes:0")
+        builder.commit(builder.emission().copy_float(graph.node("x")))
+        emission = builder.emission()
+        q = emission.quantized_input("x:0", (enc,))
+        emission.quantized["codes:0"] = q  # A tensor known only in quantized form: float_input dequantizes it.
+        emission.float_input("codes:0")
+        assert [n.op for n in emission.nodes][-1] in ("Dequantize", "Mul") and not builder.is_quantized("x:0")
+        builder.commit(emission)  # Nothing reaches the builder before this.
         out = builder.graph_def(graph.versions, ["codes", q.tensor])
         codes, restored = run_graph(out, {"x:0": x}, [q.tensor + ":0", "codes:0"])
         scale = calibrated[1] / 127

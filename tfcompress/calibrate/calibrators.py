@@ -6,8 +6,10 @@ contains zero (so zero is exactly representable, as the quantized kernels and
 padding require).
 """
 
+import collections.abc
 import dataclasses
-from typing import AbstractSet, Callable, Dict, Tuple
+import math
+from typing import AbstractSet, Callable, Dict, Iterator, Mapping, Tuple
 
 import numpy as np
 
@@ -175,8 +177,39 @@ CALIBRATORS: Dict[str, Callable[[TensorStats, CalibratorConfig], Tuple[float, fl
 }
 
 
+class TensorRanges(collections.abc.Mapping):
+    """Calibrated (min, max) per tensor name, validated when made and read-only after.
+
+    Raises (at construction):
+      TfcError: a range with NaN or Inf, or with min > max.
+    """
+
+    def __init__(self, ranges: Mapping[str, Tuple[float, float]]):
+        checked = {}
+        for name, pair in ranges.items():
+            lo, hi = (float(v) for v in pair)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise TfcError(f"calibration range of {name} is NaN or Inf")
+            if lo > hi:
+                raise TfcError(f"calibration range of {name} has min {lo:g} > max {hi:g}")
+            checked[name] = (lo, hi)
+        self._ranges = checked
+
+    def __getitem__(self, name: str) -> Tuple[float, float]:
+        return self._ranges[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ranges)
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def __repr__(self) -> str:
+        return f"TensorRanges({len(self)} tensors)"
+
+
 def compute_ranges(stats: Dict[str, TensorStats], config: CalibratorConfig,
-                   full_range: AbstractSet[str] = frozenset()) -> Dict[str, Tuple[float, float]]:
+                   full_range: AbstractSet[str] = frozenset()) -> TensorRanges:
     """Range per tensor name.
 
     Args:
@@ -187,4 +220,5 @@ def compute_ranges(stats: Dict[str, TensorStats], config: CalibratorConfig,
         flatten exactly the values that decide the prediction.
     """
     fn = CALIBRATORS[config.method]
-    return {name: (minmax if name in full_range else fn)(s, config) for name, s in sorted(stats.items())}
+    return TensorRanges({name: (minmax if name in full_range else fn)(s, config)
+                         for name, s in sorted(stats.items())})

@@ -79,7 +79,11 @@ class QuantReport:
 
 
 class Builder:
-    """State of one eightbit conversion.  Quantizers call its helpers and return the nodes they create.
+    """State of one eightbit conversion, read by quantizers and changed only by `commit`.
+
+    Quantizers never add to it: each returns an `Emission` holding the nodes
+    it made and the quantized or float forms those give its tensors, and the
+    walk in `build_eightbit` commits it.
 
     Args:
       graph: the optimized float graph (read only).
@@ -105,7 +109,6 @@ class Builder:
             self._shapes = {t.name: t.shape.rank for op in g.get_operations() for t in op.outputs}
         return self._shapes.get(tensor_name(tensor))
 
-    # -- tensors ----------------------------------------------------------
     def range(self, tensor: str) -> Tuple[float, float]:
         t = tensor_name(tensor)
         if t not in self.ranges:
@@ -116,14 +119,68 @@ class Builder:
     def is_quantized(self, tensor: str) -> bool:
         return tensor_name(tensor) in self.quantized
 
+    def encoding_of(self, tensor: str) -> Optional[Encoding]:
+        q = self.quantized.get(tensor_name(tensor))
+        return q.encoding if q else None
+
+    def emission(self) -> "Emission":
+        """An empty emission for one quantizer call."""
+        return Emission(self)
+
+    def commit(self, emission: "Emission") -> None:
+        """Adds an emission's nodes and records the forms and report entries it made."""
+        for node in emission.nodes:
+            if node.name in self.nodes:
+                raise AssertionError(f"duplicate node {node.name}")
+            self.nodes[node.name] = node
+        self.quantized.update(emission.quantized)
+        self.converted.update(emission.converted)
+        self.float_names.update(emission.float_names)
+        self.report.quantized.update(emission.report_quantized)
+        self.report.kept_float.update(emission.report_kept)
+
+    def graph_def(self, versions, outputs: List[str]):
+        g = Graph(tf.compat.v1.GraphDef(), outputs=outputs)
+        g.versions = versions
+        for node in self.nodes.values():
+            g.add(node)
+        return g.to_graph_def()
+
+
+class Emission:
+    """What one quantizer makes: its nodes, and the quantized or float forms they give tensors.
+
+    Helpers look tensors up in the emission first, then in the committed
+    builder, so a form made earlier in the same call is reused.  Nothing
+    reaches the builder until `Builder.commit`.
+    """
+
+    def __init__(self, builder: Builder):
+        self.builder = builder
+        self.nodes: List[tf.compat.v1.NodeDef] = []
+        self.quantized: Dict[str, QTensor] = {}
+        self.converted: Dict[Tuple[str, Encoding], QTensor] = {}
+        self.float_names: Dict[str, str] = {}
+        self.report_quantized: Dict[str, str] = {}
+        self.report_kept: Dict[str, str] = {}
+
+    @property
+    def output(self) -> Optional[QTensor]:
+        """The quantized form this emission gave its node's output, if any."""
+        return next(reversed(self.quantized.values()), None)
+
     def add(self, node) -> str:
-        if node.name in self.nodes:
-            raise AssertionError(f"duplicate node {node.name}")
-        self.nodes[node.name] = node
+        self.nodes.append(node)
         return node.name
 
     def const(self, name: str, value, dtype=None) -> str:
         return self.add(make_const(name, value, dtype))
+
+    def _quantized(self, t: str) -> Optional[QTensor]:
+        return self.quantized.get(t) or self.builder.quantized.get(t)
+
+    def _converted(self, key) -> Optional[QTensor]:
+        return self.converted.get(key) or self.builder.converted.get(key)
 
     def quantized_input(self, tensor: str, encodings: Sequence[Encoding] = (U8,)) -> QTensor:
         """A quantized form of `tensor` in one of `encodings` (first choice first).
@@ -132,13 +189,14 @@ class Builder:
         QuantizeV2 with the calibrated range makes one in `encodings[0]`.
         """
         t = tensor_name(tensor)
-        if t in self.quantized and self.quantized[t].encoding in encodings:
-            return self.quantized[t]
+        first = self._quantized(t)
+        if first is not None and first.encoding in encodings:
+            return first
         for enc in encodings:
-            if (t, enc) in self.converted:
-                return self.converted[(t, enc)]
+            if self._converted((t, enc)) is not None:
+                return self._converted((t, enc))
         enc = encodings[0]
-        lo, hi = encoded_range(enc, *self.range(t))
+        lo, hi = encoded_range(enc, *self.builder.range(t))
         suffix = "" if enc is U8 else "_" + enc.dtype.name + "_" + enc.mode.lower()
         base = node_name(t) + ("" if t.endswith(":0") else "_" + t.split(":")[1]) + "/eightbit/quantize" + suffix
         self.const(base + "/min", lo, tf.float32)
@@ -146,24 +204,21 @@ class Builder:
         self.add(make_node("QuantizeV2", base, [self.float_input(t), base + "/min", base + "/max"],
                            T=enc.dtype, mode=enc.mode))
         q = QTensor(base, base + ":1", base + ":2", enc)
-        if t in self.quantized:
+        if first is not None:
             self.converted[(t, enc)] = q
         else:
             self.quantized[t] = q
         return q
 
-    def encoding_of(self, tensor: str) -> Optional[Encoding]:
-        q = self.quantized.get(tensor_name(tensor))
-        return q.encoding if q else None
-
     def float_input(self, tensor: str) -> str:
         """The float form of a tensor, adding a Dequantize (named as the original node) if needed."""
         t = tensor_name(tensor)
-        if t in self.float_names:
-            return self.float_names[t]
-        if t not in self.quantized:
+        name = self.float_names.get(t) or self.builder.float_names.get(t)
+        if name is not None:
+            return name
+        q = self._quantized(t)
+        if q is None:
             raise AssertionError(f"tensor {t} has neither a float nor a quantized form")
-        q = self.quantized[t]
         name = node_name(t) if t.endswith(":0") else node_name(t) + "_" + t.split(":")[1]
         if q.encoding is S8:
             # q * max / 127 in three cheap element-wise ops: TF's oneDNN rewrite
@@ -182,17 +237,9 @@ class Builder:
         self.float_names[t] = name
         return name
 
-    def set_quantized_output(self, node, q: QTensor, op_type: str) -> None:
-        self.quantized[node.name + ":0"] = q
-        self.report.quantized[node.name] = op_type
-
-    def set_float_output(self, node, name: str) -> None:
-        """Records that float tensor `node:0` is computed, in float, by node `name`."""
-        self.float_names[node.name + ":0"] = name
-
     def requantize(self, base: str, acc: Tuple[str, str, str], tensor: str) -> QTensor:
         """qint32 accumulator -> quint8 in the calibrated range of `tensor` (no RequantizationRange)."""
-        lo, hi = self.range(tensor)
+        lo, hi = self.builder.range(tensor)
         self.const(base + "/requant_min", lo, tf.float32)
         self.const(base + "/requant_max", hi, tf.float32)
         self.add(make_node("Requantize", base + "/requantize",
@@ -201,7 +248,7 @@ class Builder:
         r = base + "/requantize"
         return QTensor(r, r + ":1", r + ":2", U8)
 
-    def copy_float(self, node) -> None:
+    def copy_float(self, node) -> "Emission":
         """Emits a float op unchanged except that its inputs are float forms."""
         copy = tf.compat.v1.NodeDef()
         copy.CopyFrom(node)
@@ -214,25 +261,34 @@ class Builder:
         self.add(copy)
         self.float_names[node.name + ":0"] = node.name
         if node.op not in ("Placeholder", "Const", "Identity", "NoOp"):
-            self.report.kept_float[node.name] = node.op
+            self.report_kept[node.name] = node.op
+        return self
 
     def _float_ref(self, inp: str) -> str:
         t = tensor_name(inp)
-        if t in self.float_names or t in self.quantized:
+        if (t in self.float_names or t in self.builder.float_names or self._quantized(t) is not None):
             return self.float_input(t)
         return inp  # Output k > 0 of a float node copied under its own name.
 
-    def graph_def(self, versions, outputs: List[str]):
-        g = Graph(tf.compat.v1.GraphDef(), outputs=outputs)
-        g.versions = versions
-        for node in self.nodes.values():
-            g.add(node)
-        return g.to_graph_def()
+    def quantized_output(self, node, q: QTensor, op_type: str, reported_as=None) -> "Emission":
+        """Records `q` as the quantized form of `node:0`, reported under `reported_as` (default: node)."""
+        self.quantized[node.name + ":0"] = q
+        self.report_quantized[(reported_as or node).name] = op_type
+        return self
+
+    def float_output(self, node, name: str, reported_as=None, op_type: Optional[str] = None) -> "Emission":
+        """Records that float tensor `node:0` is computed, in float, by node `name` (a fused quantized op)."""
+        self.float_names[node.name + ":0"] = name
+        if op_type:
+            self.report_quantized[(reported_as or node).name] = op_type
+        return self
 
 
 def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
     """Converts the float `graph` with `quantizers` (op type -> quantizer); `fallback` keeps the rest float.
 
+    Each quantizer's `emit(builder, node)` returns an `Emission` (the nodes it
+    made and the forms they give its tensors), which the walk commits.
     A quantizer may fuse a chain of nodes (conv → bias → activation): its
     `plan(builder, node)` returns the chain's node names, and the chain is
     emitted, by `emit_chain`, when the walk reaches its last node, by which
@@ -251,18 +307,20 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compa
     for node in order:
         if node.name in chains:
             quantizer, members = chains[node.name]
-            quantizer.emit_chain(builder, [graph.node(m) for m in members])
+            builder.commit(quantizer.emit_chain(builder, [graph.node(m) for m in members]))
             continue
         if node.name in absorbed:
             continue
         quantizer = quantizers.get(node.op)
         if quantizer is None or not quantizer.should_quantize(builder, node):
-            fallback.emit(builder, node)
+            builder.commit(fallback.emit(builder, node))
         else:
-            quantizer.emit(builder, node)
+            builder.commit(quantizer.emit(builder, node))
     # Graph outputs keep their float names.
     for out in graph.outputs:
-        builder.float_input(out + ":0")
+        emission = builder.emission()
+        emission.float_input(out + ":0")
+        builder.commit(emission)
     return builder.graph_def(graph.versions, graph.outputs), builder.report
 
 

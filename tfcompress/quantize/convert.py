@@ -2,6 +2,7 @@
 
 from typing import Dict, Optional, Tuple
 
+from tfcompress.calibrate.calibrators import TensorRanges
 from tfcompress.errors import TfcError
 from tfcompress.graph.graph import Graph
 from tfcompress.io.frozen import FrozenModel, check_finite_weights
@@ -47,9 +48,7 @@ def quantize_model(model: FrozenModel, config: QuantConfig,
         return model.replace_graph(graph.to_graph_def()), report
     if ranges is None:
         raise TfcError("eightbit mode needs calibration ranges")
-    for name, (lo, hi) in ranges.items():
-        if not (lo == lo and hi == hi) or abs(lo) == float("inf") or abs(hi) == float("inf"):
-            raise TfcError(f"calibration range of {name} is NaN or Inf")
+    ranges = TensorRanges(ranges)  # NaN, Inf and min > max are refused here, whatever made them.
     quantizers, fallback = _kernel_set(config.kernels)
     graph_def, report = build_eightbit(graph, ranges, quantizers, fallback)
     out = model.replace_graph(graph_def)

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from tfcompress.graph.graph import make_node, node_name
 from tfcompress.quantize import reference
-from tfcompress.quantize.builder import S8, U7, Builder, QTensor, attr_dtype, data_inputs, encoded_range
+from tfcompress.quantize.builder import S8, U7, Builder, Emission, QTensor, attr_dtype, data_inputs, encoded_range
 from tfcompress.quantize.weights import quantize_symmetric_per_channel
 
 ACTIVATIONS = ("Relu", "Relu6")
@@ -126,7 +126,8 @@ class FusedQuantizer:
         return True
 
     # -- emission ---------------------------------------------------------
-    def emit_chain(self, builder: Builder, nodes) -> None:
+    def emit_chain(self, builder: Builder, nodes) -> Emission:
+        e = builder.emission()
         pad = nodes[0] if nodes[0].op == "Pad" else None
         nodes = nodes[1:] if pad is not None else nodes
         head, last = nodes[0], nodes[-1]
@@ -139,18 +140,18 @@ class FusedQuantizer:
         act = last.op if last.op in ACTIVATIONS else None
 
         lo, _ = builder.range(ins[0])
-        x = builder.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
+        x = e.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
         w = builder.src.const_value(ins[1])
-        filt, wmin, wmax = self._weights(builder, base, w)
+        filt, wmin, wmax = self._weights(e, base, w)
         channels = w.shape[-1] if self.kind != "depthwise" else w.shape[2]
         bias = (builder.src.const_value(data_inputs(bias_node)[1]) if bias_node is not None
                 else np.zeros([channels], np.float32))
-        bias = builder.const(base + "/bias", bias.astype(np.float32), tf.float32)
+        bias = e.const(base + "/bias", bias.astype(np.float32), tf.float32)
 
         out_enc = U7 if act else S8
         out_lo, out_hi = encoded_range(out_enc, *builder.range(last.name + ":0"))
-        omin = builder.const(base + "/output_min", out_lo, tf.float32)
-        omax = builder.const(base + "/output_max", out_hi, tf.float32)
+        omin = e.const(base + "/output_min", out_lo, tf.float32)
+        omax = e.const(base + "/output_max", out_hi, tf.float32)
 
         if self.kind == "matmul":
             attrs = dict(T1=tf.quint8, T2=tf.qint8, Tbias=tf.float32, transpose_a=False,
@@ -158,13 +159,12 @@ class FusedQuantizer:
             inputs = [x.tensor, filt, bias, x.min, x.max, wmin, wmax, omin, omax]
             if act is None:
                 # Float output under the last node's name: float consumers read it unchanged.
-                builder.add(make_node("QuantizedMatMulWithBiasAndDequantize", last.name, inputs,
-                                      Toutput=tf.float32, **attrs))
-                builder.set_float_output(last, last.name)
-                builder.report.quantized[head.name] = "QuantizedMatMulWithBiasAndDequantize"
-                return
+                e.add(make_node("QuantizedMatMulWithBiasAndDequantize", last.name, inputs,
+                                Toutput=tf.float32, **attrs))
+                return e.float_output(last, last.name, reported_as=head,
+                                      op_type="QuantizedMatMulWithBiasAndDequantize")
             op = "QuantizedMatMulWithBiasAndReluAndRequantize"
-            builder.add(make_node(op, base, inputs, Toutput=tf.quint8, **attrs))
+            e.add(make_node(op, base, inputs, Toutput=tf.quint8, **attrs))
         else:
             attrs = dict(Tinput=x.encoding.dtype, Tfilter=tf.qint8, Tbias=tf.float32,
                          out_type=out_enc.dtype, **reference.conv_attrs(head))
@@ -175,7 +175,7 @@ class FusedQuantizer:
                 op = "QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize"
             elif add_node is not None:
                 summand_t = next(i for i in data_inputs(add_node) if node_name(i) != nodes[-3].name)
-                s = builder.quantized_input(summand_t, (U7, S8))
+                s = e.quantized_input(summand_t, (U7, S8))
                 signed = s.encoding is S8
                 op = ("QuantizedConv2DWithBiasSignedSumAndReluAndRequantize" if signed
                       else "QuantizedConv2DWithBiasSumAndReluAndRequantize")
@@ -185,17 +185,15 @@ class FusedQuantizer:
                 op = "QuantizedConv2DWithBiasAndReluAndRequantize"
             else:
                 op = "QuantizedConv2DWithBiasAndRequantize"
-            builder.add(make_node(op, base, inputs, **attrs))
+            e.add(make_node(op, base, inputs, **attrs))
         out = QTensor(base, base + ":1", base + ":2", out_enc)
         if act == "Relu6":
             clamp = base + "/relu6"
-            builder.add(make_node("QuantizedRelu6", clamp, list(out.triple), Tinput=tf.quint8, out_type=tf.quint8))
+            e.add(make_node("QuantizedRelu6", clamp, list(out.triple), Tinput=tf.quint8, out_type=tf.quint8))
             out = QTensor(clamp, clamp + ":1", clamp + ":2", U7)
-        builder.set_quantized_output(last, out, op)
-        if last is not head:
-            builder.report.quantized[head.name] = builder.report.quantized.pop(last.name)
+        return e.quantized_output(last, out, op, reported_as=head)
 
-    def _weights(self, builder: Builder, base: str, w: np.ndarray):
+    def _weights(self, e: Emission, base: str, w: np.ndarray):
         if self.kind == "matmul":
             amax = float(max(np.abs(w).max(), 1e-8))
             q = np.clip(np.round(w.astype(np.float64) / amax * 127), -127, 127).astype(np.int8)
@@ -203,8 +201,8 @@ class FusedQuantizer:
         else:
             q, amax = quantize_symmetric_per_channel(w, axis=3 if self.kind == "conv" else 2)
             lo, hi = -amax, amax
-        return (builder.const(base + "/weights", q, tf.qint8), builder.const(base + "/weights_min", lo, tf.float32),
-                builder.const(base + "/weights_max", hi, tf.float32))
+        return (e.const(base + "/weights", q, tf.qint8), e.const(base + "/weights_min", lo, tf.float32),
+                e.const(base + "/weights_max", hi, tf.float32))
 
 
 QUANTIZERS = {

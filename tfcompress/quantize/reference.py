@@ -7,8 +7,9 @@ per-channel ones).  Accumulators are qint32 and go back to quint8 through
 Requantize with a calibrated constant range.
 
 Each quantizer has `should_quantize(builder, node)` (it may decline; the
-fallback then keeps the op float) and `emit(builder, node)`, which adds nodes
-through the builder's helpers and records the output triple.
+fallback then keeps the op float) and `emit(builder, node)`, which returns an
+`Emission`: the nodes it made and the quantized form of its output.  The
+builder is only read here; `build_eightbit` commits what is returned.
 
 References:
   Warden, "How to Quantize Neural Networks with TensorFlow" (2016), the
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.graph.graph import make_node
-from tfcompress.quantize.builder import U7, U8, Builder, QTensor, attr_dtype, data_inputs
+from tfcompress.quantize.builder import U7, U8, Builder, Emission, QTensor, attr_dtype, data_inputs
 from tfcompress.quantize.weights import quantize_affine
 
 
@@ -43,8 +44,8 @@ def _unit(values) -> bool:
 class FloatFallback:
     """Keeps the op float; its quantized inputs are dequantized once."""
 
-    def emit(self, builder: Builder, node) -> None:
-        builder.copy_float(node)
+    def emit(self, builder: Builder, node) -> Emission:
+        return builder.emission().copy_float(node)
 
 
 class _WeightedQuantizer:
@@ -60,21 +61,22 @@ class _WeightedQuantizer:
     def _supported(self, node) -> bool:
         return True
 
-    def _weights(self, builder: Builder, node, w):
+    def _weights(self, e: Emission, node, w):
         """quint8 per-tensor filter: the only filter type every reference kernel takes."""
         base = node.name + "/eightbit"
         q, lo, hi = quantize_affine(w)
-        return (builder.const(base + "/weights", q, tf.quint8), builder.const(base + "/weights_min", lo, tf.float32),
-                builder.const(base + "/weights_max", hi, tf.float32))
+        return (e.const(base + "/weights", q, tf.quint8), e.const(base + "/weights_min", lo, tf.float32),
+                e.const(base + "/weights_max", hi, tf.float32))
 
-    def emit(self, builder: Builder, node) -> None:
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
         ins = data_inputs(node)
-        x = builder.quantized_input(ins[0])
-        w = self._weights(builder, node, _const(builder, ins[1]))
+        x = e.quantized_input(ins[0])
+        w = self._weights(e, node, _const(builder, ins[1]))
         base = node.name + "/eightbit"
-        builder.add(self._op(base, node, x, w))
+        e.add(self._op(base, node, x, w))
         acc = (base, base + ":1", base + ":2")
-        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), self.op)
+        return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), self.op)
 
 
 def conv_attrs(node):
@@ -124,17 +126,18 @@ class BiasAddQuantizer:
         return (_float32(node) and fmt == "NHWC" and builder.is_quantized(ins[0])
                 and _const(builder, ins[1]) is not None)
 
-    def emit(self, builder: Builder, node) -> None:
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
         ins = data_inputs(node)
-        x = builder.quantized_input(ins[0])
+        x = e.quantized_input(ins[0])
         q, lo, hi = quantize_affine(_const(builder, ins[1]))
         base = node.name + "/eightbit"
-        b = (builder.const(base + "/bias", q, tf.quint8), builder.const(base + "/bias_min", lo, tf.float32),
-             builder.const(base + "/bias_max", hi, tf.float32))
-        builder.add(make_node("QuantizedBiasAdd", base, [x[0], b[0], x[1], x[2], b[1], b[2]], T1=tf.quint8,
-                              T2=tf.quint8, out_type=tf.qint32))
+        b = (e.const(base + "/bias", q, tf.quint8), e.const(base + "/bias_min", lo, tf.float32),
+             e.const(base + "/bias_max", hi, tf.float32))
+        e.add(make_node("QuantizedBiasAdd", base, [x[0], b[0], x[1], x[2], b[1], b[2]], T1=tf.quint8,
+                        T2=tf.quint8, out_type=tf.qint32))
         acc = (base, base + ":1", base + ":2")
-        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), "QuantizedBiasAdd")
+        return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), "QuantizedBiasAdd")
 
 
 class _PassRangeQuantizer:
@@ -152,17 +155,18 @@ class _PassRangeQuantizer:
     def _supported(self, builder, node) -> bool:
         return True
 
-    def emit(self, builder: Builder, node) -> None:
-        x = builder.quantized_input(data_inputs(node)[0], UNSIGNED)
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
+        x = e.quantized_input(data_inputs(node)[0], UNSIGNED)
         base = node.name + "/eightbit"
-        builder.add(self._op(builder, base, node, x))
-        builder.set_quantized_output(node, QTensor(base, base + ":1", base + ":2", x.encoding), self.op)
+        e.add(self._op(e, base, node, x))
+        return e.quantized_output(node, QTensor(base, base + ":1", base + ":2", x.encoding), self.op)
 
 
 class ReluQuantizer(_PassRangeQuantizer):
     op = "QuantizedRelu"
 
-    def _op(self, builder, base, node, x):
+    def _op(self, e: Emission, base, node, x):
         return make_node(self.op, base, list(x.triple), Tinput=tf.quint8, out_type=tf.quint8)
 
 
@@ -177,7 +181,7 @@ class PoolQuantizer(_PassRangeQuantizer):
     def _supported(self, builder, node) -> bool:
         return (node.attr["data_format"].s.decode() or "NHWC") == "NHWC"
 
-    def _op(self, builder, base, node, x):
+    def _op(self, e: Emission, base, node, x):
         return make_node(self.op, base, list(x.triple), T=tf.quint8, ksize=list(node.attr["ksize"].list.i),
                          strides=list(node.attr["strides"].list.i), padding=node.attr["padding"].s.decode())
 
@@ -188,8 +192,8 @@ class ReshapeQuantizer(_PassRangeQuantizer):
     def _supported(self, builder, node) -> bool:
         return _const(builder, data_inputs(node)[1]) is not None
 
-    def _op(self, builder, base, node, x):
-        shape = builder.const(base + "/shape", _const(builder, data_inputs(node)[1]))
+    def _op(self, e: Emission, base, node, x):
+        shape = e.const(base + "/shape", _const(e.builder, data_inputs(node)[1]))
         return make_node(self.op, base, [x[0], shape, x[1], x[2]], T=tf.quint8, Tshape=attr_dtype(node, "Tshape"))
 
 
@@ -202,16 +206,17 @@ class ConcatQuantizer:
         return (_float32(node) and axis is not None and builder.rank(node.name) is not None
                 and any(builder.is_quantized(i) for i in ins[:-1]))
 
-    def emit(self, builder: Builder, node) -> None:
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
         ins = data_inputs(node)
-        triples = [builder.quantized_input(i) for i in ins[:-1]]
+        triples = [e.quantized_input(i) for i in ins[:-1]]
         base = node.name + "/eightbit"
         axis = int(_const(builder, ins[-1])) % builder.rank(node.name)  # The kernel wants axis >= 0.
-        axis = builder.const(base + "/axis", np.int32(axis))
-        builder.add(make_node("QuantizedConcat", base,
-                              [axis] + [t.tensor for t in triples] + [t.min for t in triples] + [t.max for t in triples],
-                              N=len(triples), T=tf.quint8))
-        builder.set_quantized_output(node, QTensor(base, base + ":1", base + ":2"), "QuantizedConcat")
+        axis = e.const(base + "/axis", np.int32(axis))
+        e.add(make_node("QuantizedConcat", base,
+                        [axis] + [t.tensor for t in triples] + [t.min for t in triples] + [t.max for t in triples],
+                        N=len(triples), T=tf.quint8))
+        return e.quantized_output(node, QTensor(base, base + ":1", base + ":2"), "QuantizedConcat")
 
 
 class AddQuantizer:
@@ -223,14 +228,15 @@ class AddQuantizer:
             return False
         return any(builder.is_quantized(i) for i in ins)
 
-    def emit(self, builder: Builder, node) -> None:
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
         ins = data_inputs(node)
-        x, y = builder.quantized_input(ins[0]), builder.quantized_input(ins[1])
+        x, y = e.quantized_input(ins[0]), e.quantized_input(ins[1])
         base = node.name + "/eightbit"
-        builder.add(make_node("QuantizedAdd", base, [x[0], y[0], x[1], x[2], y[1], y[2]], T1=tf.quint8,
-                              T2=tf.quint8, Toutput=tf.qint32))
+        e.add(make_node("QuantizedAdd", base, [x[0], y[0], x[1], x[2], y[1], y[2]], T1=tf.quint8,
+                        T2=tf.quint8, Toutput=tf.qint32))
         acc = (base, base + ":1", base + ":2")
-        builder.set_quantized_output(node, builder.requantize(base, acc, node.name + ":0"), "QuantizedAdd")
+        return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), "QuantizedAdd")
 
 
 QUANTIZERS = {
