@@ -8,9 +8,11 @@ Schema:
       - convert: {quantize: int8, per_tensor: true}
       - pack: {}
 
-Each step is a one-key mapping from a command to its flags (the same names
-as on the command line, without dashes; `true`/`false` for booleans).  The
-input and output flags are set by the recipe runner and may not be given.
+Each step is a one-key mapping from a command to its options: the job
+function's keyword arguments and options fields (`api.compress.known_options`
+lists them; the command line's names, without dashes, where they differ;
+`true`/`false` for booleans).  The input and output are set by the recipe
+runner and may not be given.
 A `.keras` model flows through the Keras commands, `convert` turns it into a
 `.tflite`, and `pack` turns that into a `.tfc`; a step that cannot take what
 the previous step produced is out of order.
@@ -22,7 +24,7 @@ prune -> share -> code pipeline a recipe reproduces).
 import dataclasses
 import hashlib
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from tfcompress.errors import TfcError
 
@@ -43,7 +45,7 @@ STEP_KINDS: Dict[str, Tuple[str, str]] = {
 }
 
 # Flags the runner sets itself, per command.
-RESERVED = {"input", "output", "student", "overwrite"}
+RESERVED = {"input", "output", "student", "overwrite", "progress"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +60,6 @@ class Step:
     @property
     def output_name(self) -> str:
         return f"{self.index:02d}_{self.command}{self.writes}"
-
-    def argv(self) -> List[str]:
-        """The step's own flags on the command line (`--name=value`, `--name`/`--noname` for booleans)."""
-        out = []
-        for name, value in sorted(self.flags.items()):
-            if isinstance(value, bool):
-                out.append(f"--{name}" if value else f"--no{name}")
-            elif isinstance(value, (list, tuple)):
-                out.append(f"--{name}={','.join(str(v) for v in value)}")
-            else:
-                out.append(f"--{name}={value}")
-        return out
 
 
 def kind_of(path: str) -> str:
@@ -123,14 +113,6 @@ def parse_recipe(text: str, source: str, input_kind: str = KERAS) -> List[Step]:
         steps.append(Step(i, command, dict(flags), reads, writes))
         kind, previous = writes, f"step {i} ({command})"
     return steps
-
-
-def check_flags(steps: Sequence[Step], known: Dict[str, Sequence[str]], source: str) -> None:
-    """Raises TfcError for a step flag its command does not define (`known`: command -> flag names)."""
-    for step in steps:
-        for name in step.flags:
-            if name not in known[step.command]:
-                raise TfcError(f"{source}: step {step.index} ({step.command}): unknown flag {name!r}")
 
 
 def file_sha256(path: str) -> str:

@@ -35,23 +35,13 @@ _FIRST_LAST = flags.DEFINE_boolean("binarize_first_last", False, "Binarize the f
 
 
 def main() -> None:
-    from tfcompress.binary import binarize
-    from tfcompress.keras.train import batches, fit, set_bn_statistics
-    job = common.KerasJob(_JOB)
-    names = binarize.choose_layers(job.original, _LAYERS.value, _FIRST_LAST.value)
-    model = binarize.binarize(job.original, _MODE.value, names, seed=_JOB["seed"].value)
-    if job.config.epochs:
-        fit(model, job.x, job.labels, job.config, teacher=job.teacher)
-    set_bn_statistics(model, batches(job.x, job.config.batch_size))
-    before, after = binarize.storage(job.original), binarize.storage(model)
-    print(f"\nbinarize: {job.input_path} -> {_JOB['output'].value} ({_MODE.value}, {len(names)} layers: "
-          f"{', '.join(names)}; {job.training_note()})")
-    common.print_table([
-        ["storage", "binary weights", "scales", "float params", "bits", "bytes"],
-        ["float", 0, 0, before.float_params, before.bits, before.bits // 8],
-        ["binary", after.binary_weights, after.scales, after.float_params, after.bits, -(-after.bits // 8)],
-        ["ratio", "", "", "", f"{after.bits / before.bits:.3f}", ""]])
-    job.save_and_report(model)
+    from tfcompress.api.keras_jobs import binarize
+
+    input_path, default_run, kwargs = common.keras_job(_JOB)
+    result = binarize(input_path, mode=_MODE.value, layers=_LAYERS.value,
+                      binarize_first_last=_FIRST_LAST.value, **kwargs)
+    common.print_job("binarize", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

@@ -20,25 +20,17 @@ _CAL = common.define_calibration_flags()
 
 
 def main() -> None:
-    from tfcompress.data.images import Preprocessing
-    from tfcompress.calibrate.run import calibrate
+    from tfcompress.api.graph_jobs import calibrate
     from tfcompress.errors import TfcError
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.atomic import check_no_overlap
 
     cache_path = _CAL["calibration_cache"].value
     if not cache_path:
         raise TfcError("--calibration_cache is required")
-    default_run = _MODEL["input"].value is None
-    images = _CAL["calibration_images"].value or (common.DEFAULT_CALIBRATION if default_run else None)
-    check_no_overlap(cache_path, [_MODEL["input"].value or common.DEFAULT_MODEL, images],
-                     what="--calibration_cache")
-    float_model, _ = optimize(common.load_model_from_flags(_MODEL))
-    prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
-                                   std=_CAL["input_std"].value)
-    calibrator = common.calibrator_from_flags(_CAL)
-    result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images, cache_path=cache_path,
-                       recalibrate=_CAL["recalibrate"].value, batch_size=_CAL["batch_size"].value)
+    input_path, images, _ = common.default_inputs(_MODEL, _CAL)
+    options = common.calibration_options(_CAL)
+    result = calibrate(input_path, images, cache=cache_path, recalibrate=_CAL["recalibrate"].value,
+                       options=options, load=common.load_options(_MODEL), progress=True)
+    calibrator = options.calibrator_config()
     ranges = result.cache.ranges(calibrator)
     print(f"calibration cache {cache_path}: {len(ranges)} tensors, "
           + ("reused (0 images read)" if result.reused else f"{result.images_read} images read"))

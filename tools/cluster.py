@@ -32,21 +32,13 @@ _EXCLUDE = flags.DEFINE_list("exclude", [], "Layers left float.")
 
 
 def main() -> None:
-    from tfcompress.cluster import kmeans
-    config = kmeans.ClusterConfig(clusters=_CLUSTERS.value, init=_INIT.value, iterations=_ITERATIONS.value,
-                                  layers=tuple(_LAYERS.value), exclude=tuple(_EXCLUDE.value), seed=_JOB["seed"].value)
-    job = common.KerasJob(_JOB)
-    result, clustered = kmeans.cluster_and_finetune(job.original, config, job.x, job.labels, job.config,
-                                                    teacher=job.teacher)
-    rows = [["layer", "weights", "zeros kept", "codewords", "bits", "vs float32"]]
-    for k in clustered:
-        rows.append([f"{k.layer}/{k.variable}", k.size, k.zeros, k.codewords, k.bits, f"{k.bits / (32 * k.size):.3f}"])
-    bits, size = sum(k.bits for k in clustered), sum(k.size for k in clustered)
-    rows.append(["total", size, sum(k.zeros for k in clustered), "", bits, f"{bits / (32 * size):.3f}"])
-    print(f"\ncluster: {job.input_path} -> {_JOB['output'].value} ({config.clusters} clusters, {config.init} init, "
-          f"{job.training_note()})")
-    common.print_table(rows)
-    job.save_and_report(result)
+    from tfcompress.api.keras_jobs import cluster
+
+    input_path, default_run, kwargs = common.keras_job(_JOB)
+    result = cluster(input_path, clusters=_CLUSTERS.value, init=_INIT.value, iterations=_ITERATIONS.value,
+                     layers=_LAYERS.value, exclude=_EXCLUDE.value, **kwargs)
+    common.print_job("cluster", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

@@ -46,19 +46,57 @@ def define_calibration_flags():
     )
 
 
-def define_normalization_flags(mean=None, std=None):
-    """--input_mean/--input_std, input normalization (pixel - mean) / std.
+class NormParser(flags.ArgumentParser):
+    """A number, or comma-separated numbers (one per channel): a float, or a tuple of floats."""
+    syntactic_help = "a number, or one per channel: 123.68,116.78,103.94"
 
-    With no defaults (tools that run finished models) they come from the
-    .tflite metadata when not given, else 0 and 255 (see `normalization`).
+    def parse(self, argument):
+        values = argument if isinstance(argument, (list, tuple)) else str(argument).split(",")
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError as e:
+            raise ValueError(f"not a number or comma-separated numbers: {argument!r}") from e
+        return numbers[0] if len(numbers) == 1 else tuple(numbers)
+
+    def flag_type(self):
+        return "float or float list"
+
+
+def define_normalization_flags(mean=None, std=None):
+    """--input_mean/--input_std, input normalization (pixel - mean) / std, and --channel_order.
+
+    Each of mean and std is one number, or one per channel in the model's
+    order (for example --input_mean=103.939,116.779,123.68 --input_std=1
+    --channel_order=bgr for Caffe-style keras.applications models).  With no
+    defaults (tools that run finished models) they come from the .tflite
+    metadata when not given, else 0 and 255 (see `normalization`).
     """
     later = "  Default: the .tflite metadata's, else {}."
     return dict(
-        input_mean=flags.DEFINE_float("input_mean", mean, "Input normalization: (pixel - mean) / std."
-                                      + (later.format(0) if mean is None else "")),
-        input_std=flags.DEFINE_float("input_std", std, "Input normalization: (pixel - mean) / std."
-                                     + (later.format(255) if std is None else "")),
+        input_mean=flags.DEFINE(NormParser(), "input_mean", mean, "Input normalization: (pixel - mean) / std; "
+                                "one value or one per channel." + (later.format(0) if mean is None else "")),
+        input_std=flags.DEFINE(NormParser(), "input_std", std, "Input normalization: (pixel - mean) / std; "
+                               "one value or one per channel." + (later.format(255) if std is None else "")),
+        channel_order=flags.DEFINE_enum("channel_order", "rgb" if mean is not None else None, ["rgb", "bgr"],
+                                        "Channel order the model takes (bgr: Caffe-style models); images are read "
+                                        "as RGB." + (later.format("rgb") if mean is None else "")),
     )
+
+
+def calibration_options(cal_flags):
+    """The API's CalibrationOptions from define_calibration_flags() holders."""
+    from tfcompress.api.graph_jobs import CalibrationOptions
+    return CalibrationOptions(calibrator=cal_flags["calibrator"].value, percentile=cal_flags["percentile"].value,
+                              batch_size=cal_flags["batch_size"].value, input_mean=cal_flags["input_mean"].value,
+                              input_std=cal_flags["input_std"].value, channel_order=cal_flags["channel_order"].value)
+
+
+def load_options(model_flags):
+    """The API's LoadOptions from define_model_flags() holders."""
+    from tfcompress.api.models import LoadOptions
+    return LoadOptions(signature=model_flags["signature"].value, input_names=model_flags["input_names"].value,
+                       output_names=model_flags["output_names"].value,
+                       allow_unsafe_ops=model_flags["allow_unsafe_ops"].value)
 
 
 def define_runtime_flags():
@@ -75,34 +113,21 @@ def define_runtime_flags():
     )
 
 
-def normalization(norm_flags, model_path: str):
-    """(mean, std): the flags if given, else the .tflite metadata's, else (0, 255)."""
-    from tfcompress.errors import TfcError
-    mean, std = norm_flags["input_mean"].value, norm_flags["input_std"].value
-    if model_path.lower().endswith(".tflite") and (mean is None or std is None) and os.path.isfile(model_path):
-        from tfcompress.export.flatbuffer import read_metadata
-        with open(model_path, "rb") as f:
-            meta = read_metadata(f.read())
-        if meta is not None:
-            norm = meta["input_normalization"]
-            if len(set(norm["mean"])) != 1 or len(set(norm["std"])) != 1:
-                raise TfcError(f"{model_path}: per-channel normalization in the metadata is not supported here; "
-                               "pass --input_mean and --input_std")
-            mean = norm["mean"][0] if mean is None else mean
-            std = norm["std"][0] if std is None else std
-    return (0.0 if mean is None else mean), (255.0 if std is None else std)
+def runtime_options(norm_flags, run_flags, xnnpack=None):
+    """The API's RuntimeOptions from the normalization and runtime flags."""
+    from tfcompress.api.evaluate import RuntimeOptions
+    return RuntimeOptions(
+        input_mean=norm_flags["input_mean"].value, input_std=norm_flags["input_std"].value,
+        channel_order=norm_flags["channel_order"].value, threads=run_flags["threads"].value,
+        quantized_io=run_flags["quantized_io"].value,
+        xnnpack=run_flags["xnnpack"].value if xnnpack is None else xnnpack,
+        allow_unsafe_ops=run_flags["allow_unsafe_ops"].value)
 
 
 def open_artifact_from_flags(path: str, norm_flags, run_flags, xnnpack=None):
     """(artifact, preprocessing) for a finished model, from the normalization and runtime flags."""
-    from tfcompress.data.images import Preprocessing
-    from tfcompress.evaluate.artifacts import QuantizedIO, open_artifact
-    mean, std = normalization(norm_flags, path)
-    artifact = open_artifact(path, threads=run_flags["threads"].value,
-                             quantized_io=QuantizedIO(run_flags["quantized_io"].value),
-                             xnnpack=run_flags["xnnpack"].value if xnnpack is None else xnnpack,
-                             allow_unsafe_ops=run_flags["allow_unsafe_ops"].value, mean=mean, std=std)
-    return artifact, Preprocessing.for_input(artifact.input_shape, mean=mean, std=std)
+    from tfcompress.api.evaluate import open_model
+    return open_model(path, runtime_options(norm_flags, run_flags, xnnpack))
 
 
 def define_overwrite_flag():
@@ -110,33 +135,15 @@ def define_overwrite_flag():
                                 "(atomically).  A folder tfcompress did not create is never replaced.")
 
 
-def resolve_paths(model_flags, cal_flags, output: str, overwrite: bool, directory=None, extra_inputs=()):
-    """(input model, calibration images, whether this is the default run) for a tool writing `output`.
+def default_inputs(model_flags, cal_flags):
+    """(input model, calibration images, whether this is the default run).
 
     With no --input the shipped model and its calibration images are used.
-
-    Raises:
-      TfcError: no --output; an --output that overlaps the model, the images or
-        the cache, or exists without --overwrite; a cache path inside the model
-        or the images.
     """
-    from tfcompress.io.atomic import check_no_overlap, check_output
     default_run = model_flags["input"].value is None
     input_path = model_flags["input"].value or DEFAULT_MODEL
     images = cal_flags["calibration_images"].value or (DEFAULT_CALIBRATION if default_run else None)
-    cache = cal_flags["calibration_cache"].value
-    check_output(output, [input_path, images, cache, *extra_inputs], overwrite=overwrite, directory=directory)
-    if cache:
-        check_no_overlap(cache, [input_path, images], what="--calibration_cache")
     return input_path, images, default_run
-
-
-def calibrator_from_flags(cal_flags):
-    from tfcompress.calibrate.calibrators import CalibratorConfig
-    from tfcompress.errors import TfcError
-    if cal_flags["calibrator"].value == "auto":
-        raise TfcError("--calibrator=auto is only for convert (it compares quantized TFLite outputs)")
-    return CalibratorConfig(method=cal_flags["calibrator"].value, percentile=cal_flags["percentile"].value)
 
 
 def load_model_from_flags(f):
@@ -177,99 +184,69 @@ def define_training_flags(epochs: int, model_flag: str = "input"):
     )
 
 
-class KerasJob:
-    """What a Keras-transforming command starts from, read from define_training_flags() holders.
+def keras_job(f, extra_inputs=()):
+    """(input model, whether it is the shipped default, API keyword arguments) for a Keras-transforming command.
 
-    Attributes:
-      input_path, default_run: the model file, and whether it is the shipped default.
-      tf_keras: the input is a .h5 written by tf_keras (Keras 2).
-      original: the loaded Keras 3 model (safe mode, uncompiled).
-      prep: image preprocessing for its input.
-      x, labels: training images (float NHWC) and labels (None when unlabelled).
-      teacher: the original model when distilling, else None.
-      config: the TrainConfig.
+    The output is checked first, so a bad --output fails before any training.
     """
+    from tfcompress.api.keras_jobs import TrainOptions
+    from tfcompress.io.atomic import check_output
+    default_run = f["input"].value is None
+    input_path = f["input"].value or DEFAULT_MODEL
+    check_output(f["output"].value, [input_path, f["train_images"].value, f["labels"].value,
+                                     f["eval_images"].value, *extra_inputs],
+                 overwrite=f["overwrite"].value, directory=False)
+    options = TrainOptions(epochs=f["epochs"].value, batch_size=f["batch_size"].value,
+                           learning_rate=f["learning_rate"].value, temperature=f["temperature"].value,
+                           alpha=f["alpha"].value, seed=f["seed"].value, input_mean=f["input_mean"].value,
+                           input_std=f["input_std"].value, channel_order=f["channel_order"].value,
+                           progress=f["progress"].value)
+    kwargs = dict(train_images=f["train_images"].value or DEFAULT_CALIBRATION, labels=f["labels"].value,
+                  options=options)
+    if "distill_from" in f:
+        kwargs["distill_from"] = f["distill_from"].value
+    return input_path, default_run, kwargs
 
-    def __init__(self, f, extra_inputs=()):
-        import keras
-        import tensorflow as tf
-        from tfcompress.data.images import Preprocessing
-        from tfcompress.data.training import load_training_images
-        from tfcompress.keras.train import TrainConfig
-        from tfcompress.errors import TfcError
-        from tfcompress.io.atomic import check_output
-        from tfcompress.io.keras_models import is_tf_keras_h5, load_keras
-        from tfcompress.io.loaders import detect_format
-        self.flags = f
-        self.default_run = f["input"].value is None
-        self.input_path = f["input"].value or DEFAULT_MODEL
-        check_output(f["output"].value, [self.input_path, f["train_images"].value, f["labels"].value,
-                                         f["eval_images"].value, *extra_inputs],
-                     overwrite=f["overwrite"].value, directory=False)
-        fmt = detect_format(self.input_path)
-        if fmt not in ("keras", "h5"):
-            raise TfcError(f"this command takes a Keras model (.keras, or .h5); {self.input_path} is {fmt}")
-        keras.utils.set_random_seed(f["seed"].value)
-        tf.config.experimental.enable_op_determinism()
-        self.original = load_keras(self.input_path)
-        # A tf_keras .h5 is read by Keras 3 above too; magnitude pruning sends it through tfmot instead.
-        self.tf_keras = fmt == "h5" and is_tf_keras_h5(self.input_path)
-        _, h, w, c = self.original.input_shape
-        self.prep = Preprocessing(height=int(h), width=int(w), channels=int(c), mean=f["input_mean"].value,
-                                  std=f["input_std"].value)
-        self.distill = (f["distill_from"].value or "original") == "original"
-        self.x, self.labels, _ = load_training_images(
-            f["train_images"].value or DEFAULT_CALIBRATION, self.prep, labels_file=f["labels"].value,
-            require_labels=not self.distill, num_classes=int(self.original.output_shape[-1]))
-        self.teacher = self.original if self.distill else None
-        self.config = TrainConfig(epochs=f["epochs"].value, batch_size=f["batch_size"].value,
-                                  learning_rate=f["learning_rate"].value, temperature=f["temperature"].value,
-                                  alpha=f["alpha"].value, seed=f["seed"].value,
-                                  verbose=1 if f["progress"].value else 0)
 
-    @property
-    def batches(self):
-        from tfcompress.keras.train import batches
-        return batches(self.x, self.config.batch_size)
+def print_job(command: str, input_path: str, f, result) -> None:
+    """The first lines of a Keras command's report: what was done, then the method's table and notes."""
+    print(f"\n{command}: {input_path} -> {f['output'].value} ({result.summary}, {result.training})")
+    print_table(result.rows)
+    for note in result.notes:
+        print(note)
 
-    def training_note(self) -> str:
-        how = "distilled from the original" if self.distill else "labels only"
-        if self.distill and self.labels is not None:
-            how += " and labels"
-        return f"{how}, {len(self.x)} images"
 
-    def save_and_report(self, result) -> None:
-        """Saves `result` atomically, then prints params/MACs, .keras sizes and agreement."""
-        import os
-        import tempfile
-        import numpy as np
-        from tfcompress.data.folders import read_image_set
-        from tfcompress.data.images import iter_batches
-        from tfcompress.evaluate.measure import path_size
-        from tfcompress.io.atomic import save_keras
-        from tfcompress.keras.cost import count
-        output = self.flags["output"].value
-        save_keras(result, output, overwrite=self.flags["overwrite"].value)
-        before_cost, after_cost = count(self.original), count(result)
-        print_table([["model", "params", "MACs"], ["original", *before_cost], ["result", *after_cost],
-                     ["ratio", f"{after_cost[0] / before_cost[0]:.2f}", f"{after_cost[1] / before_cost[1]:.2f}"]])
-        # The input file may carry optimizer state; the original is re-saved the way the output is.
-        with tempfile.TemporaryDirectory() as tmp:
-            save_keras(self.original, os.path.join(tmp, "original.keras"))
-            before = path_size(os.path.join(tmp, "original.keras"))
-        after = path_size(output)
-        print_table([["size (.keras)", "raw bytes", "gzip -9 bytes"], ["original", before.raw, before.gzip],
-                     ["result", after.raw, after.gzip]])
-        eval_dir = self.flags["eval_images"].value or (DEFAULT_EVAL if self.default_run else None)
-        if eval_dir:
-            images = read_image_set(eval_dir)
-            xe = np.concatenate(list(iter_batches(images.paths, self.prep, 64)))
-            a, b = self.original.predict(xe, verbose=0), result.predict(xe, verbose=0)
-            line = f"top-1 agreement with the original on {len(xe)} images: {np.mean(a.argmax(1) == b.argmax(1)):.2%}"
-            if images.labelled:
-                line += (f"; accuracy {np.mean(a.argmax(1) == images.labels):.2%} -> "
-                         f"{np.mean(b.argmax(1) == images.labels):.2%}")
-            print(line)
+def save_and_report(result, f, default_run: bool) -> None:
+    """Saves `result.model` atomically, then prints params/MACs, .keras sizes and agreement with the original."""
+    import tempfile
+    import numpy as np
+    from tfcompress.data.source import FolderSource
+    from tfcompress.evaluate.measure import path_size
+    from tfcompress.io.atomic import save_keras
+    from tfcompress.keras.cost import count
+    output = f["output"].value
+    save_keras(result.model, output, overwrite=f["overwrite"].value)
+    before_cost, after_cost = count(result.original), count(result.model)
+    print_table([["model", "params", "MACs"], ["original", *before_cost], ["result", *after_cost],
+                 ["ratio", f"{after_cost[0] / before_cost[0]:.2f}", f"{after_cost[1] / before_cost[1]:.2f}"]])
+    # The input file may carry optimizer state; the original is re-saved the way the output is.
+    with tempfile.TemporaryDirectory() as tmp:
+        save_keras(result.original, os.path.join(tmp, "original.keras"))
+        before = path_size(os.path.join(tmp, "original.keras"))
+    after = path_size(output)
+    print_table([["size (.keras)", "raw bytes", "gzip -9 bytes"], ["original", before.raw, before.gzip],
+                 ["result", after.raw, after.gzip]])
+    eval_dir = f["eval_images"].value or (DEFAULT_EVAL if default_run else None)
+    if eval_dir:
+        images = FolderSource(eval_dir)
+        xe = images.array(result.prep)
+        a = result.original.predict(xe, verbose=0)
+        b = result.model.predict(xe, verbose=0)
+        line = f"top-1 agreement with the original on {len(xe)} images: {np.mean(a.argmax(1) == b.argmax(1)):.2%}"
+        if images.labelled:
+            line += (f"; accuracy {np.mean(a.argmax(1) == images.labels):.2%} -> "
+                     f"{np.mean(b.argmax(1) == images.labels):.2%}")
+        print(line)
 
 
 BENCHMARK_MODELS = ("digits", "digits_outliers", "mobilenet_v2")

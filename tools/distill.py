@@ -31,52 +31,29 @@ _FEATURES = flags.DEFINE_list("features", [], "Feature distillation pairs studen
 _FEATURE_WEIGHT = flags.DEFINE_float("feature_weight", 1.0, "Weight of each feature MSE term.")
 
 
-def _pairs():
-    from tfcompress.keras.train import FeaturePair
-    from tfcompress.errors import TfcError
-    pairs = []
-    for item in _FEATURES.value:
-        student, sep, teacher = item.partition(":")
-        if not sep or not student or not teacher:
-            raise TfcError(f"--features entry {item!r} is not student_layer:teacher_layer")
-        pairs.append(FeaturePair(student, teacher))
-    return pairs
-
-
 def main() -> None:
     import numpy as np
-    from tfcompress.data.folders import read_image_set
-    from tfcompress.data.images import iter_batches
-    from tfcompress.keras.train import fit
+    from tfcompress.api.keras_jobs import distill
+    from tfcompress.data.source import FolderSource
     from tfcompress.errors import TfcError
-    from tfcompress.io.keras_models import copy_model, load_keras
     if not _JOB["input"].value:
         raise TfcError("--student is required (the model to train)")
     if _JOB["distill_from"].value == "none":
         raise TfcError("distill always learns from --teacher; use --alpha=1 to weigh the labels alone")
     teacher_path = _TEACHER.value or common.DEFAULT_MODEL
-    pairs = _pairs()
-    job = common.KerasJob(_JOB, extra_inputs=[teacher_path])
-    teacher = load_keras(teacher_path)
-    if tuple(teacher.input_shape[1:]) != tuple(job.original.input_shape[1:]):
-        raise TfcError(f"teacher input {tuple(teacher.input_shape[1:])} differs from the student's "
-                       f"{tuple(job.original.input_shape[1:])}")
-    if teacher.output_shape[-1] != job.original.output_shape[-1]:
-        raise TfcError(f"teacher outputs {teacher.output_shape[-1]} classes, the student "
-                       f"{job.original.output_shape[-1]}")
-    student = copy_model(job.original)
-    fit(student, job.x, job.labels, job.config, teacher=teacher, features=pairs,
-        feature_weight=_FEATURE_WEIGHT.value)
-    how = "teacher's soft targets only (no labels)" if job.labels is None else f"labels and teacher, alpha {job.config.alpha:g}"
-    print(f"\ndistill: {teacher_path} -> {job.input_path} -> {_JOB['output'].value} ({how}, T={job.config.temperature:g}, "
-          f"{len(job.x)} images" + (f", features {', '.join(_FEATURES.value)}" if pairs else "") + ")")
-    rows = [["model", "params"], ["teacher", teacher.count_params()], ["student", student.count_params()]]
-    eval_dir = _JOB["eval_images"].value or (common.DEFAULT_EVAL if job.default_run else None)
+    student_path, default_run, kwargs = common.keras_job(_JOB, extra_inputs=[teacher_path])
+    del kwargs["distill_from"]
+    result = distill(student_path, teacher_path, features=_FEATURES.value, feature_weight=_FEATURE_WEIGHT.value,
+                     **kwargs)
+    teacher = result.details
+    print(f"\ndistill: {teacher_path} -> {student_path} -> {_JOB['output'].value} ({result.summary})")
+    rows = result.rows
+    eval_dir = _JOB["eval_images"].value or (common.DEFAULT_EVAL if default_run else None)
     if eval_dir:
-        images = read_image_set(eval_dir)
-        xe = np.concatenate(list(iter_batches(images.paths, job.prep, 64)))
+        images = FolderSource(eval_dir)
+        xe = images.array(result.prep)
         preds = {name: m.predict(xe, verbose=0).argmax(1)
-                 for name, m in (("teacher", teacher), ("before", job.original), ("after", student))}
+                 for name, m in (("teacher", teacher), ("before", result.original), ("after", result.model))}
         rows[0] += ["top-1 agreement with teacher"] + (["accuracy"] if images.labelled else [])
         for row, name in ((rows[1], "teacher"), (rows[2], "after")):
             row.append(f"{np.mean(preds[name] == preds['teacher']):.2%}")
@@ -87,7 +64,7 @@ def main() -> None:
                   f"{np.mean(preds['after'] == images.labels):.2%} after")
     common.print_table(rows)
     from tfcompress.io.atomic import save_keras
-    save_keras(student, _JOB["output"].value, overwrite=_JOB["overwrite"].value)
+    save_keras(result.model, _JOB["output"].value, overwrite=_JOB["overwrite"].value)
 
 
 def run() -> None:

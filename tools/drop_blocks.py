@@ -39,44 +39,20 @@ _FEATURE = flags.DEFINE_string("feature_layer", None, "Layer whose output is mim
 _RUNS = flags.DEFINE_integer("runs", 60, "Timed LiteRT invokes per model.", lower_bound=10)
 _THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads for the latency measurements.", lower_bound=1)
 
-# A folded model must reproduce the adapted one to this absolute error (float32 rounding only).
-FOLD_TOLERANCE = 1e-4
-
-
 def main() -> None:
-    from tfcompress.errors import TfcError
-    from tfcompress.evaluate.artifacts import KerasLatency
-    from tfcompress.keras.train import set_bn_statistics
-    from tfcompress.prune import blocks
+    from tfcompress.api.keras_jobs import drop_blocks
 
-    config = blocks.DropConfig(drop_blocks=_DROP.value, latency_target=_TARGET.value,
-                               adapter_epochs=_ADAPTER_EPOCHS.value)
-    job = common.KerasJob(_JOB)
+    input_path, default_run, kwargs = common.keras_job(_JOB)
 
     def progress(block, recoverability):
-        if job.config.verbose:
+        if _JOB["progress"].value:
             print(f"scored block {block.add}: recoverability {recoverability:.4f}", flush=True)
 
-    latency = KerasLatency(job.x, runs=_RUNS.value, threads=_THREADS.value)
-    result = blocks.drop_blocks(job.original, job.x, config, job.config, latency=latency, feature=_FEATURE.value,
-                                labels=None if job.distill else job.labels, progress=progress)
-    if result.fold_error > FOLD_TOLERANCE:
-        raise TfcError(f"folding the adapters changed the outputs by {result.fold_error:.2e} "
-                       f"(> {FOLD_TOLERANCE:g}); nothing written")
-    set_bn_statistics(result.model, job.batches)
-    dropped = {b.add for b in result.dropped}
-    rows = [["block (Add)", "layers", "recoverability", "LiteRT saving", "score", "dropped"]]
-    before, after = result.latency
-    for s in sorted(result.scores, key=lambda s: s.score):
-        rows.append([s.block.add, len(s.block.layers), f"{s.recoverability:.4f}",
-                     f"{s.saving * 1e6:.0f} us ({s.saving / before:.1%})", f"{s.score:.4g}",
-                     "yes" if s.block.add in dropped else ""])
-    print(f"\ndrop_blocks: {job.input_path} -> {_JOB['output'].value} ({len(dropped)} of {len(result.scores)} "
-          f"blocks dropped; {job.training_note()})")
-    common.print_table(rows)
-    print(f"LiteRT float32 latency per image: {before * 1e6:.0f} us -> {after * 1e6:.0f} us "
-          f"({after / before:.2f}x, a {1 - after / before:.1%} cut); adapter fold max error {result.fold_error:.1e}")
-    job.save_and_report(result.model)
+    result = drop_blocks(input_path, drop=_DROP.value, latency_target=_TARGET.value,
+                         adapter_epochs=_ADAPTER_EPOCHS.value, feature_layer=_FEATURE.value, latency_runs=_RUNS.value,
+                         threads=_THREADS.value, progress=progress, **kwargs)
+    common.print_job("drop_blocks", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

@@ -33,15 +33,11 @@ _JSON = flags.DEFINE_boolean("json", False, "Print one JSON object instead of a 
 
 
 def main() -> None:
-    from tfcompress.data.folders import read_image_set
-    from tfcompress.evaluate.run import evaluate
+    from tfcompress.api.evaluate import evaluate
 
-    model_path = _MODEL.value or common.DEFAULT_MODEL
-    images = read_image_set(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
-    artifact, prep = common.open_artifact_from_flags(model_path, _NORM, _RUN)
-    reference = common.open_artifact_from_flags(_REFERENCE.value, _NORM, _RUN)[0] if _REFERENCE.value else None
-    result = evaluate(artifact, images, prep, reference=reference, runs=_RUNS.value, warmup=_WARMUP.value,
-                      threads=_RUN["threads"].value)
+    result = evaluate(_MODEL.value or common.DEFAULT_MODEL, _IMAGES.value or common.DEFAULT_EVAL,
+                      reference=_REFERENCE.value, labels=_LABELS.value, runs=_RUNS.value, warmup=_WARMUP.value,
+                      options=common.runtime_options(_NORM, _RUN))
     if _JSON.value:
         print(json.dumps(result.as_dict(), sort_keys=True))
         return

@@ -33,22 +33,13 @@ _LAYERS = flags.DEFINE_list("layers", [], "Only these layers (default: every den
 
 
 def main() -> None:
-    from tfcompress.keras.train import fit, set_bn_statistics
-    from tfcompress.lowrank.svd import LowRankConfig, factorize
+    from tfcompress.api.keras_jobs import lowrank
 
-    config = LowRankConfig(energy=_ENERGY.value, param_ratio=_PARAM_RATIO.value, rank=_RANK.value,
-                           conv_mode=_CONV_MODE.value, layers=tuple(_LAYERS.value))
-    job = common.KerasJob(_JOB)
-    result = factorize(job.original, config)
-    model = result.model
-    if job.config.epochs:
-        fit(model, job.x, job.labels, job.config, teacher=job.teacher)
-        set_bn_statistics(model, job.batches)
-    print(f"\nlowrank: {job.input_path} -> {_JOB['output'].value} ({config.conv_mode} SVD for convs"
-          + (f", fine-tuned: {job.training_note()}" if job.config.epochs else ", not fine-tuned") + ")")
-    common.print_table([["layer", "rank", "full rank"]] + [[n, r, f] for n, (r, f) in result.ranks.items()]
-                       + [[n, "-", f"left whole: {why}"] for n, why in result.skipped.items()])
-    job.save_and_report(model)
+    input_path, default_run, kwargs = common.keras_job(_JOB)
+    result = lowrank(input_path, energy=_ENERGY.value, param_ratio=_PARAM_RATIO.value, rank=_RANK.value,
+                     conv_mode=_CONV_MODE.value, layers=_LAYERS.value, **kwargs)
+    common.print_job("lowrank", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

@@ -37,6 +37,7 @@ def main() -> None:
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.parity import check_parity, describe
     from tfcompress.export.flatbuffer import layer_label
+    from tfcompress.api.evaluate import normalization
     from tfcompress.export.litert import LiteRTRunner
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import load_model
@@ -52,9 +53,10 @@ def main() -> None:
     reference = None
     if reference_path:
         reference, _ = optimize(load_model(reference_path, allow_unsafe_ops=_ALLOW_UNSAFE.value))
-    mean, std = common.normalization(_NORM, _MODEL.value or "")
+    mean, std, order = normalization(_MODEL.value or "", _NORM["input_mean"].value, _NORM["input_std"].value,
+                                     _NORM["channel_order"].value)
     shape = LiteRTRunner(flatbuffer, source=_MODEL.value or "model").input_shape
-    prep = Preprocessing.for_input(shape, mean=mean, std=std)
+    prep = Preprocessing.for_input(shape, mean=mean, std=std, channel_order=order)
     paths = list_images(_IMAGES.value or common.DEFAULT_CALIBRATION)[:_COUNT.value]
     images = np.concatenate(list(iter_batches(paths, prep, 32)))
     report = check_parity(flatbuffer, reference, images)
@@ -88,7 +90,7 @@ def _default_int8() -> bytes:
     from tfcompress.io.loaders import load_model
     model, _ = optimize(load_model(common.DEFAULT_MODEL))
     prep = Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0)
-    result = calibrate(model, prep=prep, calibrator=CalibratorConfig(), images_dir=common.DEFAULT_CALIBRATION,
+    result = calibrate(model, prep=prep, calibrator=CalibratorConfig(), images=common.DEFAULT_CALIBRATION,
                        progress=False)
     return convert_tflite(model, TfliteConfig(quantize="int8"), result.cache.ranges()).flatbuffer
 

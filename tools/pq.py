@@ -38,29 +38,20 @@ _EXCLUDE = flags.DEFINE_list("exclude", [], "Layers left float.")
 
 
 def main() -> None:
-    from tfcompress.cluster import pq
-    config = pq.PQConfig(block_size=_BLOCK.value, centroids=_CENTROIDS.value, iterations=_ITERATIONS.value,
-                         max_rows=_MAX_ROWS.value, layers=tuple(_LAYERS.value), exclude=tuple(_EXCLUDE.value),
-                         seed=_JOB["seed"].value)
-    job = common.KerasJob(_JOB)
+    from tfcompress.api.keras_jobs import pq
+
+    input_path, default_run, kwargs = common.keras_job(_JOB)
 
     def progress(q):
-        if job.config.verbose:
+        if _JOB["progress"].value:
             print(f"  {q.name}: {len(q.codebook)} codewords of {q.d}, relative output error {q.error:.4f}",
                   flush=True)
 
-    result = pq.product_quantize(job.original, config, job.x, job.labels, job.config, teacher=job.teacher,
-                                 layer_epochs=_LAYER_EPOCHS.value, progress=progress)
-    rows = [["layer", "subvector", "codewords", "indices", "index bits", "codebook bits", "output error (EM)"]]
-    for q in result.layers:
-        rows.append([q.name, q.d, len(q.codebook), q.assignment.size, q.index_bits, q.codebook_bits,
-                     f"{q.error:.4f}"])
-    rows += [[name, "-", f"left float: {why}", "", "", "", ""] for name, why in result.skipped.items()]
-    print(f"\npq: {job.input_path} -> {_JOB['output'].value} ({job.training_note()})")
-    common.print_table(rows)
-    print(f"storage: {result.float_bits // 8} bytes float32 -> {-(-result.compressed_bits // 8)} bytes "
-          f"(indices + codebooks + every uncompressed parameter): {result.float_bits / result.compressed_bits:.1f}x")
-    job.save_and_report(result.model)
+    result = pq(input_path, block_size=_BLOCK.value, centroids=_CENTROIDS.value, iterations=_ITERATIONS.value,
+                layer_epochs=_LAYER_EPOCHS.value, max_rows=_MAX_ROWS.value, layers=_LAYERS.value,
+                exclude=_EXCLUDE.value, progress=progress, **kwargs)
+    common.print_job("pq", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

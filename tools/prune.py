@@ -46,79 +46,16 @@ _EXCLUDE = flags.DEFINE_list("exclude", [], "Layers left unpruned.")
 _M_BY_N = flags.DEFINE_string("m_by_n", None, "Structured N:M sparsity, e.g. 2:4 (keep 2 of every 4 inputs).")
 
 
-def _parse_map(items):
-    from tfcompress.errors import TfcError
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError as e:
-            raise TfcError(f"--sparsity_map entry {item!r} is not name=fraction") from e
-    return out
-
-
-def _parse_m_by_n(text):
-    from tfcompress.errors import TfcError
-    if not text:
-        return None
-    try:
-        keep, group = (int(v) for v in text.split(":"))
-    except ValueError as e:
-        raise TfcError(f"--m_by_n must look like 2:4, got {text!r}") from e
-    if not 0 < keep < group:
-        raise TfcError(f"--m_by_n {text}: need 0 < N < M")
-    return keep, group
-
-
 def main() -> None:
-    from tfcompress.keras.train import set_bn_statistics
-    from tfcompress.errors import TfcError
-    from tfcompress.prune import filters, magnitude
+    from tfcompress.api.keras_jobs import prune
 
-    if _METHOD.value == "magnitude" and not 0.0 <= _SPARSITY.value < 1.0:
-        raise TfcError(f"--sparsity must be in [0, 1), got {_SPARSITY.value}")
-    if _METHOD.value != "magnitude" and not 0.0 < _RATIO.value < 1.0:
-        raise TfcError(f"--ratio must be in (0, 1), got {_RATIO.value}")
-    if _METHOD.value == "magnitude" and _JOB["epochs"].value < 1:
-        raise TfcError("magnitude pruning needs --epochs >= 1 (the masks are set while training)")
-    job = common.KerasJob(_JOB)
-    if _METHOD.value == "magnitude":
-        steps = job.config.steps(len(job.x))
-        options = dict(sparsity_map=_parse_map(_SPARSITY_MAP.value), exclude=_EXCLUDE.value,
-                       m_by_n=_parse_m_by_n(_M_BY_N.value))
-        if job.tf_keras:
-            from tfcompress.prune.tfmot_prune import prune_tf_keras  # Switches tf.keras to tf_keras: only here.
-            result = prune_tf_keras(job.input_path, schedule=_SCHEDULE.value, sparsity=_SPARSITY.value,
-                                    ramp=_RAMP.value, frequency=_FREQUENCY.value, x=job.x, labels=job.labels,
-                                    config=job.config, teacher=job.teacher, **options)
-        else:
-            schedule = magnitude.schedule_for(_SCHEDULE.value, _SPARSITY.value, steps, _RAMP.value, _FREQUENCY.value)
-            result = magnitude.prune_and_train(job.original, schedule, job.x, job.labels, job.config,
-                                               teacher=job.teacher, **options)
-        set_bn_statistics(result, job.batches)
-        rows = [["layer", "zero weights", "kernel size", "sparsity"]]
-        zeros = total = 0
-        for name, (z, n) in magnitude.sparsity_of(result).items():
-            rows.append([name, z, n, f"{z / n:.1%}"])
-            zeros, total = zeros + z, total + n
-        rows.append(["total", zeros, total, f"{zeros / total:.1%}"])
-        what = f"magnitude, {_SCHEDULE.value} to {_SPARSITY.value:g}, {steps} steps"
-        if job.tf_keras:
-            what += ", tf_keras model through tensorflow-model-optimization"
-    else:
-        filter_config = filters.FilterConfig(criterion=_METHOD.value, ratio=_RATIO.value, layers=tuple(_LAYERS.value),
-                                             seed=_JOB["seed"].value)
-        thinned = filters.prune_and_finetune(job.original, filter_config, job.x, job.labels, job.config,
-                                             teacher=job.teacher, layer_epochs=_LAYER_EPOCHS.value)
-        result = thinned.model
-        rows = [["layer", "channels before", "channels after"]]
-        rows += [[name, a, b] for name, (a, b) in thinned.pruned.items()]
-        rows += [[name, "-", f"left whole: {why}"] for name, why in thinned.skipped.items()]
-        what = f"{_METHOD.value} filters, ratio {_RATIO.value:g}"
-    print(f"\nprune: {job.input_path} -> {_JOB['output'].value} ({what}, {job.training_note()})")
-    common.print_table(rows)
-    job.save_and_report(result)
+    input_path, default_run, kwargs = common.keras_job(_JOB)
+    result = prune(input_path, method=_METHOD.value, sparsity=_SPARSITY.value, ratio=_RATIO.value,
+                   schedule=_SCHEDULE.value, ramp=_RAMP.value, frequency=_FREQUENCY.value,
+                   sparsity_map=_SPARSITY_MAP.value, exclude=_EXCLUDE.value, m_by_n=_M_BY_N.value,
+                   layers=_LAYERS.value, layer_epochs=_LAYER_EPOCHS.value, **kwargs)
+    common.print_job("prune", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

@@ -26,21 +26,12 @@ _JOB = common.define_training_flags(epochs=5)
 
 
 def main() -> None:
-    from tfcompress.keras.train import fit
-    from tfcompress.qat import qat
-    job = common.KerasJob(_JOB)
-    model = qat.prepare_qat(job.original)
-    qat.calibrate_ranges(model, job.x, job.config.batch_size)
-    if job.config.epochs:
-        fit(model, job.x, job.labels, job.config, teacher=job.teacher)
-    result = qat.finish(model)
-    fq = [l.name for l in result.layers if type(l).__name__ == "FakeQuant"]
-    print(f"\nqat: {job.input_path} -> {_JOB['output'].value} ({len(qat.quant_layers(result))} layers with per-channel "
-          f"fake-quantized weights, {len(fq)} activation ranges, {job.training_note()})")
-    common.print_table([["activation range", "min", "max"]] + [
-        [name, f"{float(result.get_layer(name).range_min.numpy()):.4g}",
-         f"{float(result.get_layer(name).range_max.numpy()):.4g}"] for name in fq])
-    job.save_and_report(result)
+    from tfcompress.api.keras_jobs import qat
+
+    input_path, default_run, kwargs = common.keras_job(_JOB)
+    result = qat(input_path, **kwargs)
+    common.print_job("qat", input_path, _JOB, result)
+    common.save_and_report(result, _JOB, default_run)
 
 
 def run() -> None:

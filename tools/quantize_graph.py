@@ -34,68 +34,43 @@ _OVERWRITE = common.define_overwrite_flag()
 
 
 def main() -> None:
-    from tfcompress.data.images import Preprocessing, list_images
-    from tfcompress.calibrate.run import calibrate
+    from tfcompress.api.graph_jobs import quantize_graph
     from tfcompress.evaluate import measure
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.writers import write_model
-    from tfcompress.quantize.config import QuantConfig
-    from tfcompress.quantize.convert import quantize_model
 
-    input_path, images, default_run = common.resolve_paths(
-        _MODEL, _CAL, _OUTPUT.value, _OVERWRITE.value, directory=_OUTPUT_FORMAT.value == "saved_model",
-        extra_inputs=[_EVAL_IMAGES.value])
+    input_path, images, default_run = common.default_inputs(_MODEL, _CAL)
     eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run else images)
-    config = QuantConfig(mode=_MODE.value, bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
-                         kernels=_KERNELS.value)
-    calibrator = common.calibrator_from_flags(_CAL)
+    result = quantize_graph(input_path, _OUTPUT.value, images=images, cache=_CAL["calibration_cache"].value,
+                            recalibrate=_CAL["recalibrate"].value, mode=_MODE.value, kernels=_KERNELS.value,
+                            bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
+                            output_format=_OUTPUT_FORMAT.value, eval_images=eval_images,
+                            options=common.calibration_options(_CAL), load=common.load_options(_MODEL),
+                            overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
 
-    loaded = common.load_model_from_flags(_MODEL)
-    float_model, passes = optimize(loaded)
-    prep = None
-    ranges = None
-    cal_note = "not needed"
-    if config.mode == "eightbit":
-        prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
-                                       std=_CAL["input_std"].value)
-        result = calibrate(float_model, prep=prep, calibrator=calibrator, images_dir=images,
-                           cache_path=_CAL["calibration_cache"].value, recalibrate=_CAL["recalibrate"].value,
-                           batch_size=_CAL["batch_size"].value, progress=_PROGRESS.value)
-        ranges = result.cache.ranges(calibrator)
-        cal_note = ("reused cache, 0 images read" if result.reused
-                    else f"{result.images_read} images read" + (
-                        f", cache written to {_CAL['calibration_cache'].value}"
-                        if _CAL["calibration_cache"].value else ""))
-    quantized, report = quantize_model(float_model, config, ranges)
-    write_model(quantized, _OUTPUT.value, _OUTPUT_FORMAT.value, overwrite=_OVERWRITE.value)
-
-    before, after = measure.op_census(float_model.graph_def), measure.op_census(quantized.graph_def)
+    before = measure.op_census(result.float_model.graph_def)
+    after = measure.op_census(result.quantized.graph_def)
     rows = [["", "float", "quantized"]]
     for op in sorted(set(before) | set(after)):
         rows.append([op, before.get(op, 0), after.get(op, 0)])
-    print(f"\nquantize_graph: {input_path} -> {_OUTPUT.value} (mode={config.mode}, kernels={config.kernels})")
-    print("rewrites: " + ", ".join(f"{p.name}={p.rewrites}" for p in passes))
-    print(f"calibration: {cal_note}")
+    print(f"\nquantize_graph: {input_path} -> {_OUTPUT.value} (mode={result.mode}, kernels={result.kernels})")
+    print("rewrites: " + ", ".join(f"{p.name}={p.rewrites}" for p in result.passes))
+    print(f"calibration: {result.calibration}")
     print("\nop census")
     common.print_table(rows)
     share = measure.linear_quantized_share(before, after)
     print(f"\nconv/matmul ops quantized: {share:.0%}")
-    if report.kept_float:
-        kept = sorted(set(report.kept_float.values()))
+    if result.report.kept_float:
+        kept = sorted(set(result.report.kept_float.values()))
         print(f"ops kept float (no quantized kernel or declined): {', '.join(kept)}")
     in_size = measure.path_size(input_path)
-    float_size = measure.graph_size(float_model.graph_def)
+    float_size = measure.graph_size(result.float_model.graph_def)
     out_size = measure.path_size(_OUTPUT.value)
     print()
     common.print_table([["size", "raw bytes", "gzip -9 bytes"],
                         ["input model file", in_size.raw, in_size.gzip],
                         ["float graph (frozen, folded)", float_size.raw, float_size.gzip],
                         ["output", out_size.raw, out_size.gzip]])
-    if eval_images:
-        if prep is None:
-            prep = Preprocessing.for_input(float_model.image_input().shape, mean=_CAL["input_mean"].value,
-                                           std=_CAL["input_std"].value)
-        agree = measure.agreement(float_model, quantized, list_images(eval_images), prep)
+    if result.agreement is not None:
+        agree = result.agreement
         top1 = f"{agree.top1:.2%}" if agree.top1 is not None else "n/a (not a class vector)"
         print(f"\nagreement with float on {agree.images} images ({eval_images}): top-1 {top1}, "
               f"max abs error {agree.max_abs_error:.4g}")

@@ -34,7 +34,7 @@ _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs for each latency median.", 
 
 def main() -> None:
     from tfcompress.errors import TfcError
-    from tfcompress.data.folders import read_image_set
+    from tfcompress.data.source import FolderSource
     from tfcompress.evaluate.report import markdown, write_report
     from tfcompress.evaluate.run import evaluate
 
@@ -43,7 +43,7 @@ def main() -> None:
     from tfcompress.io.atomic import check_output
     check_output(_OUTPUT.value, [*_MODELS.value, _REFERENCE.value, _IMAGES.value, _LABELS.value],
                  overwrite=_OVERWRITE.value, directory=True)
-    images = read_image_set(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
+    images = FolderSource(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
     reference = common.open_artifact_from_flags(_REFERENCE.value or _MODELS.value[0], _NORM, _RUN)[0]
     results = []
     for path in _MODELS.value:

@@ -7,7 +7,6 @@ import pytest
 
 from tests.binary.int8_check import ALPHA_RTOL, check_int8_export
 from tests.conftest import CALIBRATION, HELDOUT, error_lines, run_tool
-from tfcompress.binary import binarize as bz
 from tfcompress.binary.layers import BinaryActivation, BinaryConv2D, BinaryDense, ste_sign, stochastic_sign
 
 FLOAT_TOL = 1e-5

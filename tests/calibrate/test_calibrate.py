@@ -104,6 +104,18 @@ def _stats(data):
     return s
 
 
+@pytest.mark.parametrize("pair, message", [((float("nan"), 1.0), "NaN or Inf"), ((0.0, float("inf")), "NaN or Inf"),
+                                           ((2.0, 1.0), "min 2 > max 1")])
+def test_tensor_ranges_refuse_bad_ranges_when_made(pair, message):
+    from tfcompress.calibrate.calibrators import TensorRanges
+    with pytest.raises(TfcError, match=message):
+        TensorRanges({"good:0": (-1.0, 1.0), "bad:0": pair})
+    ranges = TensorRanges({"a:0": (np.float32(-1.5), 2)})
+    assert dict(ranges) == {"a:0": (-1.5, 2.0)} and "a:0" in ranges and len(ranges) == 1
+    with pytest.raises(TypeError):
+        ranges["a:0"] = (0.0, 1.0)  # Read-only once made.
+
+
 def test_bad_calibrator_settings():
     with pytest.raises(TfcError, match="unknown calibrator"):
         CalibratorConfig(method="nope")
@@ -147,7 +159,7 @@ def test_image_errors(tmp_path):
 def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
     path = str(tmp_path / "ranges.json")
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=0.0, std=255.0)
-    first = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), images_dir=CALIBRATION,
+    first = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), images=CALIBRATION,
                       cache_path=path, progress=False)
     assert not first.reused and first.images_read == 100
     doc = json.load(open(path))
@@ -155,7 +167,7 @@ def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
     assert doc["fingerprint"]["model"] == float_model.fingerprint()
     # Reuse: no images needed at all (the folder is not even given).
     second = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(method="percentile", percentile=99.0),
-                       images_dir=None, cache_path=path, progress=False)
+                       images=None, cache_path=path, progress=False)
     assert second.reused and second.images_read == 0
     assert second.cache.ranges(CalibratorConfig()) == first.cache.ranges()
     # Another percentile is re-derived from histograms: ranges shrink or stay.
@@ -165,9 +177,9 @@ def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
     # Stale: different preprocessing.
     other = Preprocessing.for_input(float_model.image_input().shape, mean=127.5, std=127.5)
     with pytest.raises(TfcError, match="stale.*preprocessing differs \\(mean, std\\)"):
-        calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images_dir=CALIBRATION, cache_path=path)
+        calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images=CALIBRATION, cache_path=path)
     # ... unless recalibrating, which rewrites the cache.
-    third = calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images_dir=CALIBRATION,
+    third = calibrate(float_model, prep=other, calibrator=CalibratorConfig(), images=CALIBRATION,
                       cache_path=path, recalibrate=True, progress=False)
     assert not third.reused and json.load(open(path))["fingerprint"]["preprocessing"]["mean"] == 127.5
     # Stale: different model.

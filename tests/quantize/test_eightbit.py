@@ -26,7 +26,7 @@ MIN_TOP1_AGREEMENT = 0.98
 @pytest.fixture(scope="module")
 def calibrated(float_model):
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=0.0, std=255.0)
-    result = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), images_dir=CALIBRATION,
+    result = calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), images=CALIBRATION,
                        progress=False)
     return prep, result.cache
 

@@ -1,5 +1,7 @@
 """Recipes: schema checks, and `compress` end to end (every artifact, the manifest, the same bytes twice)."""
 
+import dataclasses
+import hashlib
 import json
 import os
 
@@ -7,17 +9,37 @@ import pytest
 
 from tests.conftest import CALIBRATION, HELDOUT, ROOT, error_lines, run_tool
 from tfcompress import recipe
+from tfcompress.api.compress import check_recipe, known_options
 from tfcompress.errors import TfcError
 
 
-def test_steps_and_their_command_lines():
+def test_steps_and_their_options():
     steps = recipe.parse_recipe("steps: [{prune: {method: magnitude, sparsity: 0.9, m_by_n: ''}}, {cluster: {}},"
                                 " {convert: {quantize: int8, per_tensor: true, float_layers: [a, b]}}, {pack: null}]",
                                 "r.yaml")
     assert [s.command for s in steps] == ["prune", "cluster", "convert", "pack"]
     assert [s.output_name for s in steps] == ["01_prune.keras", "02_cluster.keras", "03_convert.tflite", "04_pack.tfc"]
-    assert steps[0].argv() == ["--m_by_n=", "--method=magnitude", "--sparsity=0.9"]
-    assert steps[2].argv() == ["--float_layers=a,b", "--per_tensor", "--quantize=int8"]
+    assert steps[0].flags == {"method": "magnitude", "sparsity": 0.9, "m_by_n": ""}
+    assert steps[2].flags == {"quantize": "int8", "per_tensor": True, "float_layers": ["a", "b"]}
+    check_recipe(steps)
+
+
+def test_recipe_options_come_from_the_api_signatures():
+    """Every keyword of a job and of its options dataclass is a recipe option; nothing else is."""
+    import inspect
+    from tfcompress.api import graph_jobs, keras_jobs
+    prune = set(known_options("prune"))
+    assert {"method", "sparsity", "ratio", "m_by_n", "layer_epochs", "epochs", "alpha", "seed"} <= prune
+    assert {"model", "output", "options", "progress", "overwrite"}.isdisjoint(prune)
+    convert = set(known_options("convert"))
+    assert {"quantize", "per_tensor", "per_channel", "calibrator", "float_layers", "calibration_images"} <= convert
+    signature = {p.name for p in inspect.signature(keras_jobs.cluster).parameters.values()
+                 if p.kind == p.KEYWORD_ONLY} - {"options"}
+    assert signature <= set(known_options("cluster"))
+    assert "teacher" in known_options("distill") and "teacher" not in prune
+    assert known_options("pack") == []
+    fields = {f.name for f in dataclasses.fields(graph_jobs.CalibrationOptions)}
+    assert fields <= convert
 
 
 @pytest.mark.parametrize("text, message", [
@@ -38,11 +60,10 @@ def test_bad_recipes(text, message):
 
 @pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "recipes")) if n.endswith(".yaml")))
 def test_shipped_recipes_are_valid(name):
-    from tools import compress
     path = os.path.join(ROOT, "recipes", name)
     with open(path, encoding="utf-8") as f:
         steps = recipe.parse_recipe(f.read(), path)
-    recipe.check_flags(steps, {c: compress._known_flags(c) for c in {s.command for s in steps}}, path)
+    check_recipe(steps)
 
 
 def test_unknown_flag_is_caught_before_any_step_runs(tmp_path):
@@ -72,34 +93,49 @@ SHORT = """steps:
 """
 
 
-def test_compress_is_measured_and_reproducible(tmp_path):
+def test_compress_in_process_gives_the_bytes_of_the_commands_run_one_by_one(tmp_path):
+    """compress runs its steps through the API in one process; each command in its own process must give the same
+    bytes for every artifact (same inputs, same output bytes, whichever way the job is run)."""
     path = tmp_path / "short.yaml"
     path.write_text(SHORT)
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        proc = run_tool("compress", f"--recipe={path}", f"--output={out}", f"--train_images={CALIBRATION}",
-                        f"--eval_images={HELDOUT}", "--noprogress", "--runs=50")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs.append(out)
-    names = sorted(os.listdir(runs[0]))
+    out = tmp_path / "a"
+    proc = run_tool("compress", f"--recipe={path}", f"--output={out}", f"--train_images={CALIBRATION}",
+                    f"--eval_images={HELDOUT}", "--noprogress", "--runs=50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = tmp_path / "one_by_one"
+    one.mkdir()
+    model = os.path.join(ROOT, "testdata", "models", "digits_resnet.keras")
+    for args in (["cluster", f"--input={model}", f"--output={one / '01_cluster.keras'}", "--clusters=8",
+                  "--epochs=1", f"--train_images={CALIBRATION}", "--noprogress"],
+                 ["convert", f"--input={one / '01_cluster.keras'}", f"--output={one / '02_convert.tflite'}",
+                  "--quantize=int8", "--per_tensor", f"--calibration_images={CALIBRATION}", "--noprogress"],
+                 ["pack", f"--input={one / '02_convert.tflite'}", f"--output={one / '03_pack.tfc'}"]):
+        step = run_tool(*args)
+        assert step.returncode == 0, step.stderr[-3000:]
+    runs = [out, one]
+    names = sorted(n for n in os.listdir(runs[0]) if n != ".tfcompress-output")  # The folder's marker aside.
     assert names == ["01_cluster.keras", "02_convert.tflite", "03_pack.tfc", "manifest.json"]
     for name in names[:-1]:  # Same inputs, same bytes: every artifact.
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["versions"]["tensorflow-cpu"] == "2.21.0"
-    assert manifest["input"]["sha256"] == recipe.file_sha256(os.path.join(ROOT, "testdata", "models",
-                                                                          "digits_resnet.keras"))
+    assert manifest["input"]["sha256"] == _sha256(os.path.join(ROOT, "testdata", "models", "digits_resnet.keras"))
     assert manifest["data"]["eval_images"]["files"] == 300
     steps = manifest["steps"]
     assert [s["command"] for s in steps] == ["input", "cluster", "convert", "pack"]
     for s in steps[1:]:
-        assert s["sha256"] == recipe.file_sha256(str(runs[0] / s["output"]))
+        assert s["sha256"] == _sha256(runs[0] / s["output"])
         assert 0.0 <= s["accuracy"] <= 1.0 and s["latency_ms"] > 0
     # The pack step deploys the convert step's .tflite: same flatbuffer, so the same accuracy.
     assert steps[3]["tflite_bytes"] == steps[2]["tflite_bytes"] and steps[3]["accuracy"] == steps[2]["accuracy"]
     assert steps[3]["packed_bytes"] == os.path.getsize(runs[0] / "03_pack.tfc") < steps[2]["tflite_gzip_bytes"]
     assert steps[3]["ratio_vs_float_tflite"] == pytest.approx(steps[0]["tflite_bytes"] / steps[3]["packed_bytes"])
+
+
+def _sha256(path):
+    """Computed here with hashlib, independently of the manifest writer's own helper."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ batch by batch -> compute ranges with a calibrator.  Memory stays bounded by
 the batch size and the histogram size, not by the number of images.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfcompress.data.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing
+from tfcompress.data.source import as_source
 from tfcompress.calibrate.stats import TensorStats
 from tfcompress.graph.graph import Graph
 from tfcompress.graph.runner import GraphRunner
@@ -59,15 +60,24 @@ def full_range_tensors(model: FrozenModel) -> frozenset:
     return frozenset(keep)
 
 
-def collect_stats(model: FrozenModel, image_paths: Sequence[str], prep: Preprocessing, *,
+def collect_stats(model: FrozenModel, images, prep: Preprocessing, *,
                   batch_size: int = 32, progress: bool = True) -> Dict[str, TensorStats]:
-    """Streams the images through the model; returns statistics per tensor."""
+    """Streams the images through the model; returns statistics per tensor.
+
+    Args:
+      model: the optimized float model.
+      images: anything `data.source.as_source` takes (a folder, file paths, a pixel array, a dataset).
+      prep: how pixels become input.
+      batch_size: images per graph run (memory grows with it, not with the image count).
+      progress: show a progress bar.
+    """
+    source = as_source(images)
     tensors = calibration_tensors(model)
     stats = {t: TensorStats() for t in tensors}
     feed = model.image_input().tensor
     with GraphRunner(model.graph_def, [feed], tensors) as runner:
-        bar = tqdm(total=len(image_paths), desc="calibrating", unit="img", disable=not progress, leave=False)
-        for batch in iter_batches(image_paths, prep, batch_size):
+        bar = tqdm(total=len(source), desc="calibrating", unit="img", disable=not progress, leave=False)
+        for batch in source.batches(prep, batch_size):
             for name, value in zip(tensors, runner.run(batch)):
                 stats[name].update(value)
             bar.update(len(batch))

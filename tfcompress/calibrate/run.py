@@ -7,7 +7,8 @@ from typing import Optional
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig
 from tfcompress.calibrate.collect import collect_stats, full_range_tensors
-from tfcompress.data.images import Preprocessing, fingerprint_files, list_images
+from tfcompress.data.images import Preprocessing
+from tfcompress.data.source import as_source
 from tfcompress.errors import TfcError
 from tfcompress.io.frozen import FrozenModel
 
@@ -20,14 +21,25 @@ class CalibrationResult:
 
 
 def calibrate(model: FrozenModel, *, prep: Preprocessing, calibrator: CalibratorConfig,
-              images_dir: Optional[str] = None, cache_path: Optional[str] = None,
+              images=None, cache_path: Optional[str] = None,
               recalibrate: bool = False, batch_size: int = 32, progress: bool = True) -> CalibrationResult:
     """Returns calibration statistics for the (optimized, float) `model`.
 
     A cache at `cache_path` that matches the model and preprocessing is reused
     without reading any image; a stale one is an error unless `recalibrate`.
-    Otherwise images are read from `images_dir` and the cache (if a path is
-    given) is written atomically.
+    Otherwise `images` are read and the cache (if a path is given) is written
+    atomically.  A cache read from disk is not changed: the result holds a
+    copy set to `calibrator`.
+
+    Args:
+      model: the optimized float model.
+      prep: how pixels become input; part of the cache's fingerprint.
+      calibrator: how ranges are derived from the statistics.
+      images: anything `data.source.as_source` takes; not read when the cache is reused.
+      cache_path: the cache file to reuse or write (None: no cache).
+      recalibrate: ignore an existing cache and replace it.
+      batch_size: images per graph run.
+      progress: show a progress bar.
 
     Raises:
       TfcError: stale or corrupt cache, missing/empty image folder, bad images.
@@ -36,21 +48,20 @@ def calibrate(model: FrozenModel, *, prep: Preprocessing, calibrator: Calibrator
     if cache_lib.exists(cache_path) and not recalibrate:
         cached = cache_lib.load(cache_path)
         cache_lib.check_fresh(cached, cache_path, fingerprint, prep.as_dict())
-        cached.calibrator = calibrator
-        cached.full_range = full_range_tensors(model)
+        cached = dataclasses.replace(cached, calibrator=calibrator, full_range=full_range_tensors(model))
         return CalibrationResult(cache=cached, reused=True, images_read=0)
-    if not images_dir:
+    if images is None or (isinstance(images, str) and not images):
         if cache_path:
             raise TfcError(f"calibration cache {cache_path} does not exist and no --calibration_images given")
         raise TfcError("eightbit mode needs --calibration_images (or an existing --calibration_cache)")
-    paths = list_images(images_dir)
-    stats = collect_stats(model, paths, prep, batch_size=batch_size, progress=progress)
+    source = as_source(images)
+    stats = collect_stats(model, source, prep, batch_size=batch_size, progress=progress)
     result = cache_lib.CalibrationCache(model_fingerprint=fingerprint, preprocessing=prep.as_dict(), stats=stats,
-                                        calibrator=calibrator, image_count=len(paths),
-                                        image_sha256=fingerprint_files(paths, images_dir),
+                                        calibrator=calibrator, image_count=len(source),
+                                        image_sha256=source.fingerprint(),
                                         full_range=full_range_tensors(model))
     if cache_path:
         if os.path.isdir(cache_path):
             raise TfcError(f"--calibration_cache {cache_path} is a directory; name a .json file")
         cache_lib.save(result, cache_path)
-    return CalibrationResult(cache=result, reused=False, images_read=len(paths))
+    return CalibrationResult(cache=result, reused=False, images_read=len(source))

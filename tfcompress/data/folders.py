@@ -87,5 +87,5 @@ def read_image_set(folder: str, labels_file: Optional[str] = None, require_label
 
 def check_output_size(images: ImageSet, outputs: int, source: str = "the labels") -> None:
     """Raises TfcError if a labelled set's class count does not match the model's output size."""
-    if images.labelled and len(images.class_names) != outputs:
+    if images.labelled and images.class_names is not None and len(images.class_names) != outputs:
         raise TfcError(f"{source} name {len(images.class_names)} classes but the model outputs {outputs} values")

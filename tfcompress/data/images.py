@@ -1,14 +1,16 @@
-"""Reading a folder of images into normalized NHWC float batches.
+"""Decoding image files into normalized NHWC float batches.
 
 Every image is decoded with Pillow, mapped to the model's channel count,
-resized to the model's H×W (bilinear, deterministic) and normalized as
-`(pixel - mean) / std`.  The defaults (mean 0, std 255) give [0, 1].
+resized to the model's H×W (bilinear, deterministic), put in the model's
+channel order and normalized as `(pixel - mean) / std`, with one mean and std
+for all channels or one per channel.  The defaults (mean 0, std 255) give
+[0, 1]; keras.applications' Caffe-style models take BGR with mean
+(103.939, 116.779, 123.68) and std 1.
 """
 
 import dataclasses
-import hashlib
 import os
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,37 +20,85 @@ from tfcompress.errors import TfcError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
+Norm = Union[float, Tuple[float, ...]]
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def _norm_value(value, channels: int, name: str) -> Norm:
+    """One float, or a tuple of one float per channel (a 1-element sequence is one float)."""
+    values = [value] if np.ndim(value) == 0 else list(value)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError) as e:
+        raise TfcError(f"--{name} must be numbers, got {value!r}") from e
+    if len(values) == 1:
+        return values[0]
+    if len(values) != channels:
+        raise TfcError(f"--{name} has {len(values)} values but the model input has {channels} channels")
+    return tuple(values)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Preprocessing:
     """How pixels become model input.
 
     Attributes:
       height, width, channels: the model's input H, W, C (C in 1, 3, 4).
-      mean, std: per-pixel normalization, (pixel - mean) / std.
+      mean, std: normalization (pixel - mean) / std: one float, or one per channel in the model's order.
       resize: Pillow resampling filter name.
+      channel_order: "rgb", or "bgr" for 3-channel models trained on BGR (Caffe-style).
     """
     height: int
     width: int
     channels: int
-    mean: float = 0.0
-    std: float = 255.0
+    mean: Norm = 0.0
+    std: Norm = 255.0
     resize: str = "bilinear"
+    channel_order: str = "rgb"
 
     def __post_init__(self):
         if self.channels not in (1, 3, 4):
             raise TfcError(f"model input has {self.channels} channels; images map only to 1, 3 or 4")
-        if not np.isfinite(self.std) or self.std == 0 or not np.isfinite(self.mean):
-            raise TfcError(f"--input_std must be a finite non-zero number (got {self.std}); "
+        object.__setattr__(self, "mean", _norm_value(self.mean, self.channels, "input_mean"))
+        object.__setattr__(self, "std", _norm_value(self.std, self.channels, "input_std"))
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        if not np.all(np.isfinite(std)) or np.any(std == 0) or not np.all(np.isfinite(mean)):
+            raise TfcError(f"--input_std must be finite non-zero numbers (got {self.std}); "
                            f"--input_mean finite (got {self.mean})")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise TfcError(f"--channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channel_order!r}")
+        if self.channel_order == "bgr" and self.channels != 3:
+            raise TfcError(f"--channel_order=bgr needs a 3-channel model; this one has {self.channels}")
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """A JSON-ready form (the calibration cache's fingerprint); RGB order is left implicit."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
+        if self.channel_order == "rgb":
+            del out["channel_order"]
+        return out
+
+    @property
+    def means(self) -> List[float]:
+        """The mean per channel (one value repeated for a scalar mean), for metadata."""
+        return list(self.mean) if isinstance(self.mean, tuple) else [self.mean]
+
+    @property
+    def stds(self) -> List[float]:
+        return list(self.std) if isinstance(self.std, tuple) else [self.std]
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """[..., H, W, C] pixels in the model's channel order -> float32 (pixel - mean) / std."""
+        return ((pixels.astype(np.float32) - np.asarray(self.mean, np.float32))
+                / np.asarray(self.std, np.float32)).astype(np.float32)
 
     @classmethod
-    def for_input(cls, shape, *, mean: float, std: float) -> "Preprocessing":
+    def for_input(cls, shape, *, mean: Norm, std: Norm, channel_order: str = "rgb") -> "Preprocessing":
         """From an NHWC input shape (batch dim ignored)."""
         _, h, w, c = shape
-        return cls(height=int(h), width=int(w), channels=int(c), mean=float(mean), std=float(std))
+        return cls(height=int(h), width=int(w), channels=int(c), mean=mean, std=std, channel_order=channel_order)
 
 
 def list_images(folder: str) -> List[str]:
@@ -106,8 +156,17 @@ _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.N
             "bicubic": Image.Resampling.BICUBIC}
 
 
-def load_image(path: str, prep: Preprocessing) -> np.ndarray:
-    """One image as float32 [H, W, C], normalized.
+def resize_pixels(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 [h, w, C] pixels resized to the model's H×W, channel by channel (a no-op at that size)."""
+    if pixels.shape[:2] == (prep.height, prep.width):
+        return pixels
+    resized = [np.asarray(Image.fromarray(pixels[..., c]).resize(
+        (prep.width, prep.height), _FILTERS[prep.resize])) for c in range(pixels.shape[-1])]
+    return np.stack(resized, axis=-1)
+
+
+def load_pixels(path: str, prep: Preprocessing) -> np.ndarray:
+    """One image file as uint8 [H, W, C] pixels at the model's size, in the model's channel order.
 
     Raises:
       TfcError: unreadable file, or channels that cannot be mapped to the model.
@@ -120,24 +179,16 @@ def load_image(path: str, prep: Preprocessing) -> np.ndarray:
             pixels = _to_channels(img, prep.channels, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TfcError(f"cannot read image {path}: {type(e).__name__}") from e
-    if pixels.shape[:2] != (prep.height, prep.width):
-        resized = [np.asarray(Image.fromarray(pixels[..., c]).resize(
-            (prep.width, prep.height), _FILTERS[prep.resize])) for c in range(pixels.shape[-1])]
-        pixels = np.stack(resized, axis=-1)
-    return ((pixels.astype(np.float32) - np.float32(prep.mean)) / np.float32(prep.std)).astype(np.float32)
+    pixels = resize_pixels(pixels, prep)
+    return pixels[..., ::-1] if prep.channel_order == "bgr" else pixels
+
+
+def load_image(path: str, prep: Preprocessing) -> np.ndarray:
+    """One image file as float32 [H, W, C], normalized (see `load_pixels`)."""
+    return prep.normalize(load_pixels(path, prep))
 
 
 def iter_batches(paths: Sequence[str], prep: Preprocessing, batch_size: int = 32) -> Iterator[np.ndarray]:
     """Yields [B, H, W, C] float32 batches; only one batch is in memory at a time."""
     for start in range(0, len(paths), batch_size):
         yield np.stack([load_image(p, prep) for p in paths[start:start + batch_size]])
-
-
-def fingerprint_files(paths: Sequence[str], root: str) -> str:
-    """sha256 over relative names and contents: identifies an image set."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(os.path.relpath(p, root).encode() + b"\0")
-        with open(p, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
-    return h.hexdigest()

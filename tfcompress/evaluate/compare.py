@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tfcompress.data.folders import ImageSet
+from tfcompress.data.source import ImageSource
 from tfcompress.data.images import Preprocessing
 from tfcompress.evaluate.artifacts import TfliteArtifact, interleaved_latency
 from tfcompress.evaluate.measure import bytes_size
@@ -50,7 +50,7 @@ def deployable_flatbuffer(path: str) -> bytes:
     return unpack(data, path) if lower.endswith(".tfc") else data
 
 
-def measure(paths: Sequence[str], images: ImageSet, *, mean: float, std: float, latency_runs: int = 100,
+def measure(paths: Sequence[str], images: ImageSource, *, mean: float, std: float, latency_runs: int = 100,
             reference: int = 0) -> List[Measured]:
     """Measures each artifact; agreement is top-1 against `paths[reference]`; latency ratios come from one run.
 
@@ -60,7 +60,7 @@ def measure(paths: Sequence[str], images: ImageSet, *, mean: float, std: float, 
     flatbuffers = [deployable_flatbuffer(p) for p in paths]
     artifacts = [TfliteArtifact(path, flatbuffer=fb, mean=mean, std=std) for path, fb in zip(paths, flatbuffers)]
     prep = Preprocessing.for_input(artifacts[0].input_shape, mean=mean, std=std)
-    outputs = [predict_all(artifact, images.paths, prep) for artifact in artifacts]
+    outputs = [predict_all(artifact, images, prep) for artifact in artifacts]
     rows = []
     for path, fb, out in zip(paths, flatbuffers, outputs):
         size = bytes_size(fb)
@@ -71,8 +71,7 @@ def measure(paths: Sequence[str], images: ImageSet, *, mean: float, std: float, 
             accuracy=top_k_accuracy(out, images.labels, 1) if images.labelled else None,
             agreement=float(np.mean(out.argmax(1) == outputs[reference].argmax(1)))))
     if latency_runs:
-        from tfcompress.data.images import iter_batches  # pylint: disable=import-outside-toplevel
-        sample = next(iter_batches(images.paths[:1], prep, 1))
+        sample = next(images.batches(prep, 1))
         for row, seconds in zip(rows, interleaved_latency(flatbuffers, sample, latency_runs)):
             row.latency_ms = seconds * 1e3
     return rows

@@ -4,11 +4,12 @@ import collections
 import dataclasses
 import gzip
 import os
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
 
-from tfcompress.data.images import Preprocessing, iter_batches
+from tfcompress.data.images import Preprocessing
+from tfcompress.data.source import as_source
 from tfcompress.graph.runner import GraphRunner
 from tfcompress.io.frozen import FrozenModel
 
@@ -76,9 +77,9 @@ class Agreement:
         return self.max_abs_error / self.reference_span if self.reference_span else float("inf")
 
 
-def agreement(reference: FrozenModel, candidate: FrozenModel, image_paths: Sequence[str],
-              prep: Preprocessing, batch_size: int = 32) -> Agreement:
-    """Runs both models on the images; compares their first outputs."""
+def agreement(reference: FrozenModel, candidate: FrozenModel, images, prep: Preprocessing,
+              batch_size: int = 32) -> Agreement:
+    """Runs both models on the images (anything `data.source.as_source` takes); compares their first outputs."""
     feed_r, feed_c = reference.image_input().tensor, candidate.image_input().tensor
     out_r, out_c = reference.outputs[0].tensor, candidate.outputs[0].tensor
     same = total = 0
@@ -87,7 +88,7 @@ def agreement(reference: FrozenModel, candidate: FrozenModel, image_paths: Seque
     classes = True
     with GraphRunner(reference.graph_def, [feed_r], [out_r]) as rr, \
             GraphRunner(candidate.graph_def, [feed_c], [out_c]) as rc:
-        for batch in iter_batches(image_paths, prep, batch_size):
+        for batch in as_source(images).batches(prep, batch_size):
             a, b = rr.run(batch)[0], rc.run(batch)[0]
             max_err = max(max_err, float(np.max(np.abs(a.astype(np.float64) - b))))
             lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))

@@ -5,10 +5,11 @@ from typing import Optional
 
 import numpy as np
 
-from tfcompress.data.images import Preprocessing, iter_batches
+from tfcompress.data.folders import check_output_size
+from tfcompress.data.images import Preprocessing
+from tfcompress.data.source import ImageSource, as_source
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.artifacts import Artifact, median_ms
-from tfcompress.data.folders import ImageSet, check_output_size
 from tfcompress.evaluate.measure import path_size
 
 
@@ -38,10 +39,11 @@ class EvalResult:
         return dataclasses.asdict(self)
 
 
-def predict_all(artifact: Artifact, paths, prep: Preprocessing, batch_size: int = 32) -> np.ndarray:
-    """Float outputs for every image, in order, flattened to [N, K]."""
-    outputs = [artifact.predict(b) for b in iter_batches(paths, prep, batch_size)]
-    result = np.concatenate(outputs).reshape(len(paths), -1)
+def predict_all(artifact: Artifact, images, prep: Preprocessing, batch_size: int = 32) -> np.ndarray:
+    """Float outputs for every image (anything `data.source.as_source` takes), in order, flattened to [N, K]."""
+    source = as_source(images)
+    outputs = [artifact.predict(b) for b in source.batches(prep, batch_size)]
+    result = np.concatenate(outputs).reshape(len(source), -1)
     if not np.all(np.isfinite(result)):
         raise TfcError(f"{artifact.path} produced NaN or Inf outputs")
     return result
@@ -54,9 +56,9 @@ def top_k_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(order == labels[:, None], axis=1)))
 
 
-def evaluate(artifact: Artifact, images: ImageSet, prep: Preprocessing, *, reference: Optional[Artifact] = None,
-             runs: int = 50, warmup: int = 5, threads: int = 1) -> EvalResult:
-    """Runs `artifact` (and `reference`) on the images and times it.
+def evaluate(artifact: Artifact, images: ImageSource, prep: Preprocessing, *,
+             reference: Optional[Artifact] = None, runs: int = 50, warmup: int = 5, threads: int = 1) -> EvalResult:
+    """Runs `artifact` (and `reference`) on the images (an ImageSource, with labels or not) and times it.
 
     Raises:
       TfcError: the image size does not match the model's input, labels do not
@@ -68,24 +70,24 @@ def evaluate(artifact: Artifact, images: ImageSet, prep: Preprocessing, *, refer
     if (h, w, c) != (prep.height, prep.width, prep.channels):
         raise TfcError(f"{artifact.path} takes {h}x{w}x{c} inputs but the preprocessing gives "
                        f"{prep.height}x{prep.width}x{prep.channels}")
-    outputs = predict_all(artifact, images.paths, prep)
+    outputs = predict_all(artifact, images, prep)
     check_output_size(images, outputs.shape[1])
     top1 = top5 = agree = max_err = None
     if images.labelled:
         top1 = top_k_accuracy(outputs, images.labels, 1)
         top5 = top_k_accuracy(outputs, images.labels, 5)
     if reference is not None:
-        ref = predict_all(reference, images.paths, prep)
+        ref = predict_all(reference, images, prep)
         if ref.shape != outputs.shape:
             raise TfcError(f"reference {reference.path} outputs {ref.shape[1]} values, {artifact.path} "
                            f"{outputs.shape[1]}")
         agree = float(np.mean(np.argmax(ref, 1) == np.argmax(outputs, 1)))
         max_err = float(np.max(np.abs(ref.astype(np.float64) - outputs)))
-    sample = next(iter_batches(images.paths[:1], prep, 1))
+    sample = next(images.batches(prep, 1))
     times = artifact.latency(sample, runs=runs, warmup=warmup)
     size = path_size(artifact.path)
     cost = artifact.cost()
-    return EvalResult(model=artifact.path, runtime=artifact.kind, images=len(images.paths), top1=top1, top5=top5,
+    return EvalResult(model=artifact.path, runtime=artifact.kind, images=len(images), top1=top1, top5=top5,
                       agreement_top1=agree, max_abs_error=max_err, latency_ms=median_ms(times), latency_runs=runs,
                       threads=threads, size_bytes=size.raw, size_gzip_bytes=size.gzip, params=cost.params,
                       macs=cost.macs)

@@ -154,13 +154,18 @@ METADATA_FORMAT_VERSION = 1
 
 
 def with_metadata(flatbuffer: bytes, *, mean: Sequence[float], std: Sequence[float],
-                  labels: Optional[Sequence[str]] = None) -> bytes:
-    """Embeds input normalization and labels as the `tfcompress.metadata` buffer (replacing an old one)."""
+                  labels: Optional[Sequence[str]] = None, channel_order: str = "rgb") -> bytes:
+    """Embeds input normalization (and a BGR channel order) and labels as the `tfcompress.metadata` buffer.
+
+    An old buffer of that name is replaced.  RGB, the default, is not written.
+    """
     model = parse(flatbuffer)
     schema = schema_module()
     doc = {"format": METADATA_NAME, "version": METADATA_FORMAT_VERSION,
            "input_normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
                                    "formula": "(pixel - mean) / std"}}
+    if channel_order != "rgb":
+        doc["input_normalization"]["channel_order"] = channel_order
     if labels is not None:
         doc["labels"] = list(labels)
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -26,6 +26,14 @@ def load_keras(path: str):
                        f"({type(e).__name__}: {first[:200]})") from e
 
 
+def check_finite_keras(model, source: str) -> None:
+    """Raises TfcError naming the first weight of `model` that holds NaN or Inf."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight.numpy(), np.float64))):
+            raise TfcError(f"model {source}: weight {weight.path} contains NaN or Inf")
+
+
 def copy_model(model):
     """A functional or sequential model rebuilt from its config with the same weights.
 

@@ -21,7 +21,7 @@ saved model really has fewer parameters and MACs.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import numpy as np

@@ -1,0 +1,399 @@
+"""The graph-side jobs: calibrate, quantize_graph (eightbit TF graph) and convert (TFLite).
+
+Each takes a model (a path in any supported format, or a keras.Model), images
+in any form `data.source.as_source` takes (a folder, a pixel array, a
+tf.data.Dataset), and keyword options with the command line's defaults; each
+returns a typed result holding everything the command prints.  Outputs are
+written atomically and never over an input (see `io.atomic`).
+"""
+
+import dataclasses
+from typing import List, Optional, Sequence, Union
+
+from tfcompress.api.models import LoadOptions, load_frozen, model_path
+from tfcompress.errors import TfcError
+
+CALIBRATORS = ("minmax", "percentile", "kl", "mse")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrationOptions:
+    """How activation ranges are found.
+
+    Attributes:
+      calibrator: minmax, percentile, kl or mse (convert also takes auto).
+      percentile: kept by the percentile calibrator.
+      batch_size: images per calibration batch.
+      input_mean, input_std: normalization (pixel - mean) / std, one value or one per channel.
+      channel_order: "rgb", or "bgr" for Caffe-style 3-channel models.
+    """
+    calibrator: str = "minmax"
+    percentile: float = 99.99
+    batch_size: int = 32
+    input_mean: Union[float, Sequence[float]] = 0.0
+    input_std: Union[float, Sequence[float]] = 255.0
+    channel_order: str = "rgb"
+
+    def calibrator_config(self):
+        from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
+        if self.calibrator == "auto":
+            raise TfcError("--calibrator=auto is only for convert (it compares quantized TFLite outputs)")
+        return CalibratorConfig(method=self.calibrator, percentile=self.percentile)
+
+    def preprocessing(self, model):
+        from tfcompress.data.images import Preprocessing  # pylint: disable=import-outside-toplevel
+        return Preprocessing.for_input(model.image_input().shape, mean=self.input_mean, std=self.input_std,
+                                       channel_order=self.channel_order)
+
+
+def _cache_inputs(model, images, cache) -> None:
+    """A cache path must not lie in or over the model or an image folder."""
+    from tfcompress.io.atomic import check_no_overlap  # pylint: disable=import-outside-toplevel
+    if cache:
+        check_no_overlap(cache, [model_path(model), images if isinstance(images, str) else None],
+                         what="--calibration_cache")
+
+
+def _folder(images) -> Optional[str]:
+    return images if isinstance(images, str) else None
+
+
+@dataclasses.dataclass
+class CalibrateResult:
+    """Attributes:
+      cache: the `CalibrationCache` (statistics, ranges by `cache.ranges()`).
+      reused: True when an existing cache was valid and no image was read.
+      images_read: how many images were run.
+      cache_path: where it was read or written (None: kept in memory only).
+    """
+    cache: object
+    reused: bool
+    images_read: int
+    cache_path: Optional[str]
+
+
+def calibrate(model, images=None, *, cache: Optional[str] = None, recalibrate: bool = False,
+              options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
+              progress: bool = False) -> CalibrateResult:
+    """Collects activation statistics of `model` on `images`, reusing or writing the cache at `cache`.
+
+    Args:
+      model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
+      images: a folder, image paths, an (N, H, W, C) pixel array or a tf.data.Dataset; not read when a valid
+        cache exists.
+      cache: the JSON cache to reuse or write; a stale one is an error unless `recalibrate`.
+      recalibrate: ignore an existing cache and replace it (only a tfcompress cache is ever replaced).
+      options: calibrator and preprocessing.
+      load: how the model file is read.
+      progress: show a progress bar.
+
+    Returns:
+      A CalibrateResult.
+
+    Raises:
+      TfcError: bad model, images or cache, or a cache path over an input.
+    """
+    from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
+    _cache_inputs(model, images, cache)
+    float_model, _ = optimize(load_frozen(model, load))
+    result = run_calibration(float_model, prep=options.preprocessing(float_model),
+                             calibrator=options.calibrator_config(), images=images, cache_path=cache,
+                             recalibrate=recalibrate, batch_size=options.batch_size, progress=progress)
+    return CalibrateResult(cache=result.cache, reused=result.reused, images_read=result.images_read,
+                           cache_path=cache)
+
+
+def _calibration_note(result, cache: Optional[str], mention_cache: bool) -> str:
+    if result.reused:
+        return "reused cache, 0 images read"
+    return f"{result.images_read} images read" + (f", cache written to {cache}" if cache and mention_cache else "")
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """Attributes:
+      output: the written SavedModel directory or .pb.
+      float_model, quantized: the optimized float graph and the quantized one (FrozenModels).
+      passes: the rewrites run on the float graph, with their counts.
+      report: the quantizer's report (ops kept float and why).
+      calibration: how ranges were found.
+      agreement: against the float graph on `eval_images` (None when not measured).
+    """
+    output: str
+    mode: str
+    kernels: str
+    float_model: object
+    quantized: object
+    passes: list
+    report: object
+    calibration: str
+    agreement: Optional[object] = None
+
+
+def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = None, recalibrate: bool = False,
+                   mode: str = "eightbit", kernels: str = "reference", bitdepth: int = 8,
+                   min_weight_size: int = 1024, output_format: str = "saved_model", eval_images=None,
+                   options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
+                   overwrite: bool = False, progress: bool = False) -> QuantizeResult:
+    """Writes the eightbit (or weights-only) TF graph of `model` to `output`.
+
+    Args:
+      model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
+      output: a new SavedModel directory, or a .pb with output_format="frozen_pb".
+      images: calibration images (eightbit only), as for `calibrate`.
+      cache: a calibration cache to reuse or write.
+      recalibrate: replace an existing cache.
+      mode: eightbit, weights or weights_rounded.
+      kernels: reference (portable) or onednn (fused; needs oneDNN ops on).
+      bitdepth, min_weight_size: for the weights modes.
+      output_format: saved_model or frozen_pb.
+      eval_images: images to measure top-1 agreement with the float graph on (None: not measured).
+      options: calibrator and preprocessing.
+      load: how the model file is read.
+      overwrite: replace an earlier output of tfcompress's.
+      progress: show a progress bar.
+
+    Raises:
+      TfcError: bad model, images or cache; an output over an input, or existing without `overwrite`.
+    """
+    from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
+    from tfcompress.evaluate import measure  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.atomic import check_output  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.writers import write_model  # pylint: disable=import-outside-toplevel
+    from tfcompress.quantize.config import QuantConfig  # pylint: disable=import-outside-toplevel
+    from tfcompress.quantize.convert import quantize_model  # pylint: disable=import-outside-toplevel
+    check_output(output, [model_path(model), _folder(images), cache, _folder(eval_images)], overwrite=overwrite,
+                 directory=output_format == "saved_model")
+    _cache_inputs(model, images, cache)
+    config = QuantConfig(mode=mode, bitdepth=bitdepth, min_weight_size=min_weight_size, kernels=kernels)
+    calibrator = options.calibrator_config()
+    float_model, passes = optimize(load_frozen(model, load))
+    ranges, note = None, "not needed"
+    if config.mode == "eightbit":
+        result = run_calibration(float_model, prep=options.preprocessing(float_model), calibrator=calibrator,
+                                 images=images, cache_path=cache, recalibrate=recalibrate,
+                                 batch_size=options.batch_size, progress=progress)
+        ranges = result.cache.ranges(calibrator)
+        note = _calibration_note(result, cache, mention_cache=True)
+    quantized, report = quantize_model(float_model, config, ranges)
+    write_model(quantized, output, output_format, overwrite=overwrite)
+    agreement = None
+    if eval_images is not None:
+        agreement = measure.agreement(float_model, quantized, eval_images, options.preprocessing(float_model))
+    return QuantizeResult(output=output, mode=config.mode, kernels=config.kernels, float_model=float_model,
+                          quantized=quantized, passes=passes, report=report, calibration=note, agreement=agreement)
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """Attributes:
+      output: the written .tflite.
+      flatbuffer: its bytes.
+      quantize, per_channel: the mode and weight granularity.
+      calibration: how ranges were found; ranges_applied: activation ranges set from the cache.
+      calibrator: the calibrator whose ranges were used (None when no range was needed).
+      auto: with calibrator="auto", every candidate tried (`export.autocal` results); auto_best: the chosen one.
+      layer_errors: with layer_report, the per-layer error ranking shown.
+      agreement_count: images in the agreement set (0: none was read).
+      notes: float-fallback outcomes.
+      preflight: the target check (`export.targets.Preflight`).
+      mean, std, labels: what the metadata records.
+    """
+    output: str
+    flatbuffer: bytes
+    quantize: str
+    per_channel: bool
+    calibration: str
+    ranges_applied: int
+    calibrator: Optional[str]
+    auto: list
+    auto_best: Optional[object]
+    layer_errors: list
+    agreement_count: int
+    notes: List[str]
+    preflight: object
+    mean: List[float]
+    std: List[float]
+    labels: Optional[List[str]]
+
+
+def _labels(labels, labels_from, output_size: int) -> Optional[List[str]]:
+    from tfcompress.data.folders import check_output_size, read_image_set, read_labels_file  # pylint: disable=import-outside-toplevel
+    if labels is not None and labels_from is not None:
+        raise TfcError("give --labels or --labels_from, not both")
+    if isinstance(labels, str):
+        names = read_labels_file(labels)
+        if len(names) != output_size:
+            raise TfcError(f"labels file {labels} names {len(names)} classes but the model outputs "
+                           f"{output_size} values")
+        return names
+    if labels is not None:
+        names = [str(n) for n in labels]
+        if len(names) != output_size or len(set(names)) != len(names) or not all(n.strip() for n in names):
+            raise TfcError(f"labels must be {output_size} distinct non-empty names, got {len(names)}")
+        return names
+    if labels_from is not None:
+        images = read_image_set(labels_from, require_labels=True)
+        check_output_size(images, output_size, f"labelled folder {labels_from}")
+        return images.class_names
+    return None
+
+
+def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
+            recalibrate: bool = False, per_channel: bool = True, bias_correction: bool = True,
+            labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
+            target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
+            min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
+            options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
+            overwrite: bool = False, progress: bool = False) -> ConvertResult:
+    """Converts `model` to a TFLite flatbuffer at `output`, int8/uint8 ranges from our calibration.
+
+    Args:
+      model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
+      output: the .tflite to write.
+      quantize: none, float16, dynamic, int8, uint8 or int16x8.
+      images: calibration images, as for `calibrate` (int8/uint8/int16x8).
+      cache: a calibration cache to reuse or write.
+      recalibrate: replace an existing cache.
+      per_channel: per-channel weights (False: per-tensor).
+      bias_correction: subtract each layer's expected weight-rounding shift from its bias.
+      labels: a labels file path, or the names in output order, for the metadata.
+      labels_from: a labelled folder DIR/<label>/ whose class names become the labels.
+      target: arm-cpu, hexagon-dsp, edgetpu, gpu or generic: the preflight to run.
+      strict: write nothing if the preflight finds a problem.
+      float_layers: layers kept float (int8/uint8).
+      min_agreement: keep the worst layers float until top-1 agreement reaches this fraction.
+      agreement_images: images for min_agreement, layer_report and calibrator="auto" (default: `images`).
+      layer_report: how many per-layer error rows to return (-1: all).
+      options: calibrator (minmax, percentile, kl, mse or auto) and preprocessing.
+      load: how the model file is read.
+      overwrite: replace an earlier output of tfcompress's.
+      progress: show a progress bar.
+
+    Raises:
+      TfcError: bad model, images, labels or cache; an impossible option combination; a strict preflight
+        failure; an output over an input, or existing without `overwrite`.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
+    from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
+    from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
+    from tfcompress.export import autocal, fallback  # pylint: disable=import-outside-toplevel
+    from tfcompress.export.flatbuffer import with_metadata  # pylint: disable=import-outside-toplevel
+    from tfcompress.export.targets import get_target, preflight  # pylint: disable=import-outside-toplevel
+    from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat,  # pylint: disable=import-outside-toplevel
+                                          convert_tflite, is_qat, quantize_calibrated)
+    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.runner import run_model  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.atomic import check_output, write_bytes  # pylint: disable=import-outside-toplevel
+    from tfcompress.quantize.bias_correction import correct_biases  # pylint: disable=import-outside-toplevel
+
+    check_output(output, [model_path(model), _folder(images), cache, labels if isinstance(labels, str) else None,
+                          labels_from, _folder(agreement_images)], overwrite=overwrite, directory=False)
+    _cache_inputs(model, images, cache)
+    config = TfliteConfig(quantize=quantize, per_channel=per_channel)
+    auto = options.calibrator == "auto"
+    calibrator = CalibratorConfig() if auto else options.calibrator_config()
+    get_target(target)
+    wants_layers = bool(float_layers or min_agreement is not None or layer_report)
+    if wants_layers and not config.needs_ranges:
+        raise TfcError("--float_layers, --min_agreement and --layer_report apply to --quantize=int8 and uint8 only")
+    if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
+        raise TfcError(f"--min_agreement must be in (0, 1], got {min_agreement}")
+
+    float_model, _ = optimize(load_frozen(model, load))
+    qat = is_qat(float_model)
+    if qat and (config.quantize != "int8" or wants_layers or auto):
+        raise TfcError("a quantization-aware-trained model converts with --quantize=int8 only, without "
+                       "--calibrator=auto or float layers: its ranges come from training")
+    prep = options.preprocessing(float_model)
+    memo = []
+
+    def agreement_set():
+        """(float NHWC images, float-graph outputs) for calibrator=auto, the fallback search and the report."""
+        if not memo:
+            source = agreement_images if agreement_images is not None else images
+            if source is None:
+                raise TfcError("--calibrator=auto, --min_agreement and --layer_report need --agreement_images or "
+                               "--calibration_images")
+            x = np.concatenate(list(as_source(source).batches(prep, 32)))
+            memo.append((x, run_model(float_model, x)))
+        return memo[0]
+
+    names = _labels(labels, labels_from,
+                    int(float_model.outputs[0].shape[-1]) if float_model.outputs[0].shape else -1)
+    # What is converted: the float model, or (int8/uint8) the float model with corrected biases.
+    # Agreement is always measured against the float model itself.
+    export_model = float_model
+    ranges, dataset, note, tried, best = None, None, "not needed", [], None
+    if qat:
+        note = "quantization-aware model: ranges learned in training, no image read"
+    elif config.needs_ranges:
+        result = run_calibration(float_model, prep=prep, calibrator=calibrator, images=images, cache_path=cache,
+                                 recalibrate=recalibrate, batch_size=options.batch_size, progress=progress)
+        note = _calibration_note(result, cache, mention_cache=False)
+        if bias_correction:
+            export_model, corrected = correct_biases(float_model, result.cache.stats, config.per_channel)
+            note += f"; bias correction on {corrected} layers"
+        if auto:
+            x, reference = agreement_set()
+            best, tried = autocal.choose_calibrator(export_model, result.cache.ranges, config, x, reference,
+                                                    autocal.candidates(options.percentile))
+            calibrator = best.calibrator
+        ranges = result.cache.ranges(calibrator)
+    elif config.quantize == "int16x8":
+        if images is None:
+            raise TfcError("--quantize=int16x8 needs --calibration_images (its quantizer runs the images itself)")
+        source = as_source(images)
+        note = f"{len(source)} images run by the converter's int16x8 quantizer"
+        dataset = lambda: ([b] for b in source.batches(prep, 1))  # noqa: E731
+
+    notes, ranking = [], []
+    if wants_layers:
+        calibrated, applied = calibrated_flatbuffer(export_model, ranges, config.per_channel)
+        flatbuffer = quantize_calibrated(calibrated, config.quantize, config.per_channel)
+        all_int8_size = len(flatbuffer)
+        requested = fallback.resolve_float_layers(list(float_layers), flatbuffer)
+        if layer_report or min_agreement is not None:
+            x, reference = agreement_set()
+            float_fb = convert_tflite(float_model, TfliteConfig(quantize="none")).flatbuffer
+            ranking = fallback.layer_errors(float_fb, flatbuffer, x)
+        if min_agreement is not None:
+            x, reference = agreement_set()
+            found = fallback.search_min_agreement(calibrated, config.quantize, config.per_channel, ranking, x,
+                                                  reference, min_agreement, start=requested)
+            flatbuffer = found.flatbuffer
+            notes.append(f"min_agreement {min_agreement:g}: top-1 agreement {100 * found.agreement:.2f}% on "
+                         f"{len(x)} images with {len(found.float_layers)} layer(s) float"
+                         + ("" if found.reached else " (target NOT reached: every ranked layer tried)"))
+        elif requested:
+            flatbuffer = quantize_calibrated(calibrated, config.quantize, config.per_channel, requested)
+        kept = fallback.float_outputs(flatbuffer)
+        if kept:
+            notes.append(f"float layers: {', '.join(fallback.layer_label(k) for k in kept)}; size cost "
+                         f"{len(flatbuffer) - all_int8_size:+d} bytes over all-int8 ({all_int8_size} bytes)")
+        missing = [r for r in requested if r not in kept]
+        if missing:
+            notes.append("kept int8 by the quantizer (a neighbouring op requires a quantized tensor): "
+                         + ", ".join(fallback.layer_label(r) for r in missing))
+    elif qat:
+        flatbuffer, applied = convert_qat(export_model), []
+    else:
+        converted = convert_tflite(export_model, config, ranges, dataset)
+        flatbuffer, applied = converted.flatbuffer, converted.ranges_applied
+    flatbuffer = with_metadata(flatbuffer, mean=prep.means, std=prep.stds, labels=names,
+                               channel_order=prep.channel_order)
+
+    check = preflight(flatbuffer, target)
+    if strict and not check.ok:
+        raise TfcError(f"--strict: the {target} preflight found problems; {output} not written")
+    write_bytes(output, flatbuffer, overwrite=overwrite)
+    shown = ranking if layer_report < 0 else ranking[:layer_report]
+    return ConvertResult(output=output, flatbuffer=flatbuffer, quantize=config.quantize,
+                         per_channel=config.per_channel, calibration=note, ranges_applied=len(applied),
+                         calibrator=calibrator.method if config.needs_ranges and not qat else None, auto=tried,
+                         auto_best=best, layer_errors=shown, agreement_count=len(memo[0][0]) if memo else 0,
+                         notes=notes, preflight=check, mean=prep.means, std=prep.stds,
+                         labels=names)

@@ -1,0 +1,73 @@
+"""What the API accepts as a model: a path in any of the four formats, or an in-memory Keras model."""
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+from tfcompress.errors import TfcError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """How a model file is read.
+
+    Attributes:
+      signature: SavedModel signature key.
+      input_names, output_names: frozen .pb only: tensor or node names.
+      allow_unsafe_ops: accept graphs with file or exec ops.
+    """
+    signature: str = "serving_default"
+    input_names: Optional[Sequence[str]] = None
+    output_names: Optional[Sequence[str]] = None
+    allow_unsafe_ops: bool = False
+
+
+def model_path(model) -> Optional[str]:
+    """The file a model argument names, or None for an in-memory model."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+
+
+def describe(model) -> str:
+    """How a model argument is named in reports."""
+    path = model_path(model)
+    return path if path is not None else f"<keras model {getattr(model, 'name', '?')}>"
+
+
+def load_frozen(model, options: LoadOptions = LoadOptions()):
+    """A FrozenModel from a path (SavedModel, .keras, .h5, frozen .pb) or a Keras model.
+
+    Raises:
+      TfcError: a missing, corrupt or unsafe model, or an argument that is neither.
+    """
+    from tfcompress.io.loaders import freeze_keras_model, load_model  # pylint: disable=import-outside-toplevel
+    path = model_path(model)
+    if path is not None:
+        return load_model(path, signature=options.signature, input_names=options.input_names,
+                          output_names=options.output_names, allow_unsafe_ops=options.allow_unsafe_ops)
+    if _is_keras_model(model):
+        return freeze_keras_model(model, source=describe(model))
+    raise TfcError(f"model must be a path or a keras.Model, not {type(model).__name__}")
+
+
+def load_keras_model(model):
+    """(keras.Model, path or None): a .keras/.h5 path loaded in safe mode, or the Keras model itself.
+
+    Raises:
+      TfcError: not a Keras model file, or neither a path nor a Keras model.
+    """
+    from tfcompress.io.keras_models import load_keras  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.loaders import detect_format  # pylint: disable=import-outside-toplevel
+    path = model_path(model)
+    if path is not None:
+        fmt = detect_format(path)
+        if fmt not in ("keras", "h5"):
+            raise TfcError(f"this command takes a Keras model (.keras, or .h5); {path} is {fmt}")
+        return load_keras(path), path
+    if _is_keras_model(model):
+        return model, None
+    raise TfcError(f"model must be a .keras/.h5 path or a keras.Model, not {type(model).__name__}")
+
+
+def _is_keras_model(model) -> bool:
+    import keras  # pylint: disable=import-outside-toplevel
+    return isinstance(model, keras.Model)
