@@ -200,6 +200,17 @@ def test_failed_write_leaves_nothing_and_maps_os_errors(tmp_path):
             atomic.write_bytes(str(ro / "x.bin"), b"x")
 
 
+def test_outputs_get_the_modes_the_umask_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic.write_bytes(str(tmp_path / "f.bin"), b"x")
+        owned = _owned_dir(tmp_path / "d")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o640
+    assert owned.stat().st_mode & 0o777 == 0o750
+
+
 def test_stale_staging_of_live_processes_is_kept(tmp_path):
     live = tmp_path / f".out.bin.tfcompress-{os.getppid()}.zz.tmp"
     live.write_bytes(b"another writer, still running")

@@ -134,6 +134,17 @@ def _prefix(dest: str) -> str:
     return "." + _base(dest) + _STAGING + f"{os.getpid()}."
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: str, directory: bool) -> None:
+    """mkstemp/mkdtemp make 0600/0700 entries; an output gets the modes the user's umask gives new files."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _os_error(e: OSError, dest: str) -> TfcError:
     reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the filesystem is read-only",
               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
@@ -161,6 +172,7 @@ def atomic_file(dest: str, mode: str = "wb", *, overwrite: bool = False) -> Iter
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(tmp, directory=False)
         os.replace(tmp, dest)
     except OSError as e:
         with contextlib.suppress(FileNotFoundError):
@@ -199,6 +211,7 @@ def atomic_dir(dest: str, *, overwrite: bool = False) -> Iterator[str]:
         yield tmp
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             f.write(_MARKER_TEXT)
+        _publish_mode(tmp, directory=True)
         old = None
         if os.path.exists(dest):
             _check_replaceable(dest, overwrite=overwrite, directory=True)
@@ -241,6 +254,7 @@ def save_keras(model, dest: str, *, overwrite: bool = False) -> None:
     try:
         model.save(tmp)
         _reproducible_zip(tmp)
+        _publish_mode(tmp, directory=False)
         os.replace(tmp, dest)
     except OSError as e:
         with contextlib.suppress(FileNotFoundError):
