@@ -68,11 +68,12 @@ def load_model(path: str,
     if (input_names or output_names) and fmt != "frozen_pb":
         raise TfcError("--input_names/--output_names apply to frozen .pb graphs only")
     if fmt == "saved_model":
+        safety.check_saved_model(path, allow_unsafe_ops)  # Before TF loads it: loading runs its initializers.
         model = _load_saved_model(path, signature)
     elif fmt in ("keras", "h5"):
         model = _load_keras(path, fmt)
     else:
-        model = _load_frozen_pb(path, input_names, output_names)
+        model = _load_frozen_pb(path, input_names, output_names, allow_unsafe_ops)
     safety.check_safe(model.graph_def, path, allow_unsafe_ops)
     check_finite_weights(model.graph_def)
     return model
@@ -144,7 +145,7 @@ def _strip_port(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def _load_frozen_pb(path: str, input_names, output_names) -> FrozenModel:
+def _load_frozen_pb(path: str, input_names, output_names, allow_unsafe_ops: bool = False) -> FrozenModel:
     graph_def = tf.compat.v1.GraphDef()
     try:
         with open(path, "rb") as f:
@@ -158,6 +159,7 @@ def _load_frozen_pb(path: str, input_names, output_names) -> FrozenModel:
         raise TfcError(f"cannot parse frozen graph {path}: corrupt or not a GraphDef") from e
     if not graph_def.node:
         raise TfcError(f"frozen graph {path} is empty or not a GraphDef")
+    safety.check_safe(graph_def, path, allow_unsafe_ops)  # Before TensorFlow imports anything.
     by_name = {n.name: n for n in graph_def.node}
     if any(n.op in ("VarHandleOp", "VariableV2", "Variable") for n in graph_def.node):
         raise TfcError(f"graph {path} still has variables; freeze it (or pass the SavedModel)")

@@ -1,0 +1,109 @@
+"""Nothing a model holds runs before the safety check: a SavedModel whose initializer writes a file, debug ops
+that write, dataset ops that graph optimizations execute."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import HELDOUT, ROOT
+from tfcompress.errors import TfcError
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory):
+    """(a SavedModel whose load-time initializer writes `marker`, the marker path); TF itself writes it on load."""
+    import tensorflow as tf
+    root = tmp_path_factory.mktemp("evil")
+    marker = str(root / "written_at_load.txt")
+
+    class Resource(tf.saved_model.experimental.TrackableResource):
+        def _create_resource(self):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="evil")
+
+        def _initialize(self):
+            tf.io.write_file(marker, "written at load")
+            tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=1.0)
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.resource = Resource()
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def serve(self, x):
+            return {"y": tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]))}
+
+    model = Model()
+    path = str(root / "savedmodel")
+    tf.saved_model.save(model, path, signatures={"serving_default": model.serve})
+    tf.saved_model.load(path)  # The danger is real: TensorFlow's own loader runs the initializer.
+    assert os.path.exists(marker)
+    os.remove(marker)
+    return path, marker
+
+
+def test_the_loader_refuses_before_loading(evil):
+    from tfcompress.io.loaders import load_model
+    path, marker = evil
+    with pytest.raises(TfcError, match=r"contains file or exec ops: WriteFile \(__inference__initializer"):
+        load_model(path)
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("quantize_graph", ["--output={tmp}/q8", "--mode=weights"]),
+    ("convert", ["--output={tmp}/m.tflite", "--quantize=none"]),
+    ("eval", ["--images=" + HELDOUT]),
+])
+def test_no_command_runs_the_initializer(evil, tool, args, tmp_path):
+    path, marker = evil
+    flag = "--model" if tool == "eval" else "--input"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), f"{flag}={path}",
+                           *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "WriteFile" in errors[0], proc.stderr[-2000:]
+    assert not os.path.exists(marker) and os.listdir(tmp_path) == []
+
+
+def _graph_with(make):
+    import tensorflow as tf
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 4), name="x")
+        make(x)
+    return graph.as_graph_def()
+
+
+@pytest.mark.parametrize("op", ["DebugNanCount", "CacheDatasetV2", "ReduceDataset", "TensorSliceDataset"])
+def test_debug_and_dataset_ops_are_refused(op, tmp_path):
+    """Ops that reach the filesystem during graph optimization are refused by name, before anything runs."""
+    import tensorflow as tf
+    from tfcompress.io.loaders import load_model
+    graph_def = _graph_with(lambda x: tf.identity(x, name="y"))
+    node = graph_def.node.add()
+    node.name, node.op = "bad", op
+    path = tmp_path / "bad.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    with pytest.raises(TfcError, match=f"contains file or exec ops: {op} \\(bad\\)"):
+        load_model(str(path), input_names=["x"], output_names=["y"])
+    assert os.listdir(tmp_path) == ["bad.pb"]
+
+
+def test_checkpoint_ops_are_allowed_only_in_the_savers_own_functions():
+    """A SavedModel's save/restore functions may write its variables; the same op elsewhere is refused."""
+    from tensorflow.core.framework import graph_pb2
+    from tfcompress.io import safety
+    graph_def = graph_pb2.GraphDef()
+    for fn_name in ("__inference__traced_save_1", "__inference_other_2"):
+        fn = graph_def.library.function.add()
+        fn.signature.name = fn_name
+        node = fn.node_def.add()
+        node.name, node.op = "SaveV2", "SaveV2"
+    found = safety.find_unsafe_ops(graph_def, checkpoint_functions={"__inference__traced_save_1"})
+    assert found == ["SaveV2 (__inference_other_2/SaveV2)"]
