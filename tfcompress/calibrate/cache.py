@@ -29,7 +29,6 @@ names (TFLite) map them through the graph's layer names.
 
 import dataclasses
 import json
-import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -105,31 +104,57 @@ def is_cache_file(path: str) -> bool:
     return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
+# A cache holds at most MAX_BINS counts per tensor: even a very large graph's cache is far below this.
+MAX_CACHE_BYTES = 256 << 20
+
+
 def load(path: str) -> CalibrationCache:
-    """Reads a cache file; raises TfcError if unreadable, of another version (stale) or not a cache."""
+    """Reads and validates a cache file (see `TensorStats.from_json` for what each tensor must satisfy).
+
+    Raises:
+      TfcError: unreadable, too large, not a cache, of another version or collector (stale), or any
+        field that fails validation (naming the tensor).
+    """
     try:
+        if os.path.getsize(path) > MAX_CACHE_BYTES:
+            raise TfcError(f"calibration cache {path} is larger than {MAX_CACHE_BYTES >> 20} MiB; not a cache")
         with open(path, "rb") as f:
             doc = json.loads(f.read().decode("utf-8"))
-        if doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError("not a tfcompress calibration cache")
         if doc.get("version") != VERSION:
             raise TfcError(f"calibration cache {path} is stale: format version {doc.get('version')}, this "
                            f"tfcompress writes version {VERSION}; pass --recalibrate")
-        fp = doc["fingerprint"]
-        cal = doc["calibrator"]
-        stats = {name: TensorStats.from_json(t) for name, t in doc["tensors"].items()}
-        for name, st in stats.items():
-            if not (math.isfinite(st.min) and math.isfinite(st.max)):
-                raise TfcError(f"calibration cache {path} has a NaN or Inf range for {name}; "
-                               "pass --recalibrate")
+        fp, cal, tensors, images = doc["fingerprint"], doc["calibrator"], doc["tensors"], doc["images"]
+        if not all(isinstance(v, dict) for v in (fp, cal, tensors, images)):
+            raise ValueError("fingerprint, calibrator, tensors and images must be mappings")
         if fp.get("collector") != COLLECTOR:
             raise TfcError(f"calibration cache {path} is stale: collected with {fp.get('collector')}; "
                            "pass --recalibrate")
+        if not isinstance(fp.get("model"), str) or not isinstance(fp.get("preprocessing"), dict):
+            raise ValueError("fingerprint: model and preprocessing")
+        stats = {}
+        for name, entry in tensors.items():
+            try:
+                stats[name] = TensorStats.from_json(entry)
+            except (ValueError, TypeError, KeyError, OverflowError) as e:
+                raise TfcError(f"calibration cache {path}: tensor {name}: {e}; pass --recalibrate") from e
+        count, digest = images.get("count"), images.get("sha256")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0 or not isinstance(digest, str):
+            raise ValueError("images: count and sha256")
         return CalibrationCache(model_fingerprint=fp["model"], preprocessing=fp["preprocessing"], stats=stats,
-                                calibrator=CalibratorConfig(**cal), image_count=doc["images"]["count"],
-                                image_sha256=doc["images"]["sha256"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                                calibrator=CalibratorConfig(**cal), image_count=count, image_sha256=digest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
+            OverflowError, RecursionError) as e:
         raise TfcError(f"calibration cache {path} is unreadable or corrupt ({type(e).__name__})") from e
+
+
+def check_complete(cache: CalibrationCache, path: str, tensors) -> None:
+    """Raises TfcError if the cache lacks statistics for a tensor the graph needs."""
+    missing = sorted(set(tensors) - set(cache.stats))
+    if missing:
+        raise TfcError(f"calibration cache {path} has no statistics for {len(missing)} tensor(s) of this graph "
+                       f"(first: {missing[0]}); pass --recalibrate")
 
 
 def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, preprocessing: dict) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.calibrate.collect import collect_stats, full_range_tensors
+from tfcompress.calibrate.collect import calibration_tensors, collect_stats, full_range_tensors
 from tfcompress.data.images import Preprocessing
 from tfcompress.data.source import as_source
 from tfcompress.errors import TfcError
@@ -48,6 +48,7 @@ def calibrate(model: FrozenModel, *, prep: Preprocessing, calibrator: Calibrator
     if cache_lib.exists(cache_path) and not recalibrate:
         cached = cache_lib.load(cache_path)
         cache_lib.check_fresh(cached, cache_path, fingerprint, prep.as_dict())
+        cache_lib.check_complete(cached, cache_path, calibration_tensors(model))
         cached = dataclasses.replace(cached, calibrator=calibrator, full_range=full_range_tensors(model))
         return CalibrationResult(cache=cached, reused=True, images_read=0)
     if images is None or (isinstance(images, str) and not images):

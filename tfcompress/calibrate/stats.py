@@ -102,8 +102,55 @@ class TensorStats:
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorStats":
+        """Statistics from their JSON form, validated: nothing a hand-edited or damaged file holds gets through.
+
+        Raises:
+          ValueError: a missing or mistyped field, a non-finite value, min > max, a bin width that is not
+            a positive power of two, negative counts or counts that do not sum to `count`, a histogram
+            longer than MAX_BINS or not covering [min, max], or a channel sum that is not finite.
+        """
+        required = {"min", "max", "count", "histogram", "channel_sum"}
+        if not isinstance(d, dict) or not required <= set(d) <= required | {"range"}:
+            raise ValueError("unexpected fields")
         h = d["histogram"]
-        return cls(min=float(d["min"]), max=float(d["max"]), count=int(d["count"]),
-                   bin_width=float(h["bin_width"]), first_bin=int(h["first_bin"]),
-                   counts=np.asarray(h["counts"], dtype=np.int64),
-                   channel_sum=np.asarray(d["channel_sum"], dtype=np.float64))
+        if not isinstance(h, dict) or set(h) != {"bin_width", "first_bin", "counts"}:
+            raise ValueError("histogram: unexpected fields")
+        count, first_bin, counts = _integer(d["count"], "count"), _integer(h["first_bin"], "first_bin"), h["counts"]
+        if count < 0 or abs(first_bin) > 2 ** 60:
+            raise ValueError("count or first_bin out of range")
+        if not isinstance(counts, list) or len(counts) > MAX_BINS:
+            raise ValueError(f"histogram: not a list of at most {MAX_BINS} counts")
+        values = [_integer(c, "histogram count") for c in counts]
+        if any(c < 0 for c in values) or sum(values) != count:
+            raise ValueError("histogram counts are negative or do not sum to count")
+        channel_sum = d["channel_sum"]
+        if not isinstance(channel_sum, list) or len(channel_sum) > 1 << 20:
+            raise ValueError("channel_sum: not a list")
+        channel_sum = np.asarray([_real(v, "channel_sum") for v in channel_sum], dtype=np.float64)
+        if not np.all(np.isfinite(channel_sum)):
+            raise ValueError("channel_sum is not finite")
+        if count == 0:
+            return cls()
+        lo, hi, width = _real(d["min"], "min"), _real(d["max"], "max"), _real(h["bin_width"], "bin_width")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"a NaN or Inf range (min {lo}, max {hi})")
+        if lo > hi:
+            raise ValueError(f"min {lo:g} > max {hi:g}")
+        if not (math.isfinite(width) and width > 0 and math.frexp(width)[0] == 0.5):
+            raise ValueError(f"bin_width {width} is not a positive power of two")
+        if first_bin * width > lo or (first_bin + len(values)) * width < hi:
+            raise ValueError("the histogram does not cover [min, max]")
+        return cls(min=lo, max=hi, count=count, bin_width=width, first_bin=first_bin,
+                   counts=np.asarray(values, dtype=np.int64), channel_sum=channel_sum)
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} is not an integer")
+    return value
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is not a number")
+    return float(value)
