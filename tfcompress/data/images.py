@@ -13,7 +13,7 @@ import os
 from typing import Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfcompress.errors import TfcError
 
@@ -118,13 +118,22 @@ def list_images(folder: str) -> List[str]:
     return paths
 
 
+# Decoded images larger than this are refused before their pixels are read (a decompression bomb is a few KB).
+MAX_PIXELS = 64_000_000
+
+
 def _to_channels(img: Image.Image, channels: int, path: str) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale (Pillow opens 16-bit PNGs as I;16 or I): the full 0..65535 range maps to 0..255.
         arr = np.asarray(img, dtype=np.float64)
-        arr = arr / (65535.0 if arr.max() > 255 else 1.0) * (255.0 if arr.max() > 255 else 1.0)
-        img = Image.fromarray(arr.astype(np.uint8), "L")
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise TfcError(f"image {path} has {mode} values outside 0..65535; only 8- and 16-bit images are read")
+        img = Image.fromarray(np.round(arr * (255.0 / 65535.0)).astype(np.uint8), "L")
         mode = "L"
+    if mode in ("F", "I;32", "RGBX", "RGBa", "La", "HSV", "LAB"):
+        raise TfcError(f"image {path} has mode {mode} (float, 32-bit or premultiplied pixels); convert it to "
+                       "8-bit RGB or grayscale first")
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
@@ -173,10 +182,16 @@ def load_pixels(path: str, prep: Preprocessing) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise TfcError(f"image {path} is {img.width}x{img.height}: more than {MAX_PIXELS:,} pixels; "
+                               "resize it first")
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
+            img = ImageOps.exif_transpose(img)  # As a viewer shows it: the camera's EXIF orientation applied.
             pixels = _to_channels(img, prep.channels, path)
+    except Image.DecompressionBombError as e:
+        raise TfcError(f"image {path} is larger than {MAX_PIXELS:,} pixels; resize it first") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TfcError(f"cannot read image {path}: {type(e).__name__}") from e
     pixels = resize_pixels(pixels, prep)
