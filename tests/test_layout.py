@@ -4,6 +4,8 @@ never on each other nor on export/ or evaluate/; and every serializable Keras ob
 import ast
 import os
 
+import pytest
+
 from tests.conftest import ROOT
 
 METHODS = ("prune", "cluster", "lowrank", "qat", "binary", "distill")
@@ -65,6 +67,24 @@ def test_the_import_check_sees_function_level_imports(tmp_path):
     assert _imports(str(probe)) == {"tfcompress.export.tflite", "tfcompress.evaluate.zoo"}
 
 
+def test_every_test_file_runs_its_tests_under_bazel():
+    """Bazel runs a py_test file as a script: without the pytest.main block it would pass having run nothing."""
+    missing, unlisted = [], []
+    for root, _, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in sorted(files):
+            if not (name.startswith("test_") and name.endswith(".py")):
+                continue
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                if "sys.exit(pytest.main([__file__" not in f.read():
+                    missing.append(name)
+            with open(os.path.join(root, "BUILD"), encoding="utf-8") as f:
+                text = f.read()
+                if f'"{name}"' not in text and f'"{name[:-3]}"' not in text:  # By file or by target name.
+                    unlisted.append(name)
+    assert not missing, missing
+    assert not unlisted, unlisted
+
+
 def test_every_registered_keras_object_is_declared_through_the_registry():
     import keras
     from tfcompress.keras import registry
@@ -83,3 +103,8 @@ def test_every_registered_keras_object_is_declared_through_the_registry():
                     declaring.add(rel)
     declaring.discard("tfcompress.keras.registry")
     assert declaring == set(registry.MODULES)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

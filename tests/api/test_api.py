@@ -169,3 +169,8 @@ def test_the_readme_python_examples_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "digits_int8.tflite").stat().st_size > 0
     assert "top-1" in proc.stdout
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

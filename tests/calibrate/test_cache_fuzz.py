@@ -130,3 +130,8 @@ def test_a_cache_missing_a_tensor_the_graph_needs_is_refused(float_model, cache_
     prep = Preprocessing.for_input(float_model.image_input().shape, mean=0.0, std=255.0)
     with pytest.raises(TfcError, match="has no statistics for 1 tensor"):
         calibrate(float_model, prep=prep, calibrator=CalibratorConfig(), cache_path=str(path))
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

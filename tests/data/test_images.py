@@ -74,3 +74,8 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, side,
     assert side * side > MAX_PIXELS
     with pytest.raises(TfcError, match=message):
         load_pixels(str(path), GRAY)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

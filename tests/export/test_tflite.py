@@ -109,7 +109,7 @@ def _relu_values(float_model, setup):
 
 def test_missing_range_is_an_error(float_model, setup):
     stats = setup[1]
-    ranges = compute_ranges(stats, CalibratorConfig())
+    ranges = dict(compute_ranges(stats, CalibratorConfig()))  # TensorRanges is read-only: edit a copy.
     ranges.pop(RELU + ":0")
     with pytest.raises(TfcError, match="no calibrated range for TFLite tensor"):
         convert_tflite(float_model, TfliteConfig(quantize="int8"), ranges)

@@ -235,3 +235,8 @@ def test_cache_save_replaces_only_a_cache(tmp_path):
         with pytest.raises(TfcError, match="not a tfcompress calibration cache"):
             cache_lib.save(cache, str(other))
         assert other.read_bytes() == content
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -107,3 +107,8 @@ def test_checkpoint_ops_are_allowed_only_in_the_savers_own_functions():
         node.name, node.op = "SaveV2", "SaveV2"
     found = safety.find_unsafe_ops(graph_def, checkpoint_functions={"__inference__traced_save_1"})
     assert found == ["SaveV2 (__inference_other_2/SaveV2)"]
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))
