@@ -55,6 +55,58 @@ def run_tool(tool: str, *args, timeout: int = 900):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+class ToolResult:
+    """What a command did: its exit status and output, as `subprocess.CompletedProcess` names them."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+_TOOL = {}
+
+
+def _tool_module(tool: str):
+    """tools/<tool>.py imported with its flags; another tool's flags are removed first (names overlap)."""
+    import importlib
+    import sys
+    from absl import flags
+    if _TOOL.get("name") != tool:
+        for name in list(flags.FLAGS):
+            defined_by = flags.FLAGS.find_module_defining_flag(name) or ""
+            if defined_by.startswith("tools."):
+                delattr(flags.FLAGS, name)
+        sys.modules.pop(f"tools.{tool}", None)
+        _TOOL.update(name=tool, module=importlib.import_module(f"tools.{tool}"))
+    return _TOOL["module"]
+
+
+def run_tool_in_process(tool: str, *args) -> ToolResult:
+    """Runs tools/<tool>.py's main in this process as its command line would: flags parsed, a TfcError printed
+    as one `error:` line with exit status 1.  For bad-input cases, where a process adds only TF's start-up.
+    Any other exception propagates, so a crash fails the test instead of passing as a non-zero exit."""
+    import contextlib
+    import io
+    import sys
+    from absl import flags
+    from tfcompress.errors import TfcError
+    module = _tool_module(tool)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS([f"tfcompress {tool}", *args])
+        except flags.Error as e:
+            print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+            return ToolResult(1, out.getvalue(), err.getvalue())
+        try:
+            module.main()
+            code = 0
+        except TfcError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 1
+    return ToolResult(code, out.getvalue(), err.getvalue())
+
+
 def write_digits(root, x, y) -> str:
     """Writes float images (NHWC in [0, 1], first channel) as DIR/<label>/NNNN.png; returns DIR."""
     import numpy as np

@@ -12,17 +12,16 @@ import time
 
 import pytest
 
-from tests.conftest import CALIBRATION, KERAS_MODEL, ROOT
+from tests.conftest import CALIBRATION, KERAS_MODEL, ROOT, run_tool_in_process
 from tfcompress.errors import TfcError
 from tfcompress.io import atomic
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _tool(name, *args, timeout=600):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"),
-                           *(() if name == "calibrate" else ("--noprogress",)), *args],
-                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+def _tool(name, *args):
+    """The command run in this process (see conftest.run_tool_in_process): the refusals come before any work."""
+    return run_tool_in_process(name, *(() if name == "calibrate" else ("--noprogress",)), *args)
 
 
 def _digest(path):
@@ -124,7 +123,7 @@ def test_killed_prune_leaves_no_output_and_the_next_run_cleans_its_staging(tmp_p
             "--sparsity=0.5", "--epochs=200"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
     try:
-        time.sleep(25)  # Past loading and into training; 200 epochs take far longer.
+        time.sleep(12)  # Past TF's start-up and loading; 200 epochs take far longer.
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -238,5 +237,4 @@ def test_cache_save_replaces_only_a_cache(tmp_path):
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(pytest.main([__file__, "-q"]))

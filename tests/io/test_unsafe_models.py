@@ -2,15 +2,12 @@
 that write, dataset ops that graph optimizations execute."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import HELDOUT, ROOT
+from tests.conftest import HELDOUT, run_tool_in_process
 from tfcompress.errors import TfcError
-
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +59,7 @@ def test_the_loader_refuses_before_loading(evil):
 def test_no_command_runs_the_initializer(evil, tool, args, tmp_path):
     path, marker = evil
     flag = "--model" if tool == "eval" else "--input"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), f"{flag}={path}",
-                           *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    proc = run_tool_in_process(tool, f"{flag}={path}", *[a.format(tmp=tmp_path) for a in args])
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "WriteFile" in errors[0], proc.stderr[-2000:]
@@ -110,5 +105,4 @@ def test_checkpoint_ops_are_allowed_only_in_the_savers_own_functions():
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(pytest.main([__file__, "-q"]))

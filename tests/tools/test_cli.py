@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import CALIBRATION, HELDOUT, MODELS, ROOT
+from tests.conftest import CALIBRATION, HELDOUT, MODELS, ROOT, run_tool_in_process
 
 TOOL = os.path.join(ROOT, "tools", "quantize_graph.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(args, message, tmp_pat
     if not any(a.startswith("--output=") for a in args):
         args.append(f"--output={output}")
     before = set(os.listdir(tmp_path)) | set(os.listdir(MODELS))
-    proc = _run(*args)
+    proc = run_tool_in_process("quantize_graph", "--progress=false", *args)
     assert proc.returncode == 1, proc.stderr[-1000:]  # A handled error; a crash exits otherwise.
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -161,7 +161,7 @@ def test_convert_bad_input_is_one_line_nonzero_and_writes_nothing(args, message,
     args = [a.format(tmp=tmp_path) for a in args]
     out = tmp_path / "out.tflite"
     before = set(os.listdir(tmp_path))
-    proc = _run(f"--output={out}", *args, tool=CONVERT)
+    proc = run_tool_in_process("convert", "--progress=false", f"--output={out}", *args)
     assert proc.returncode == 1, proc.stderr[-500:]
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-1000:]
