@@ -290,8 +290,30 @@ def print_table(rows, out=sys.stdout) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
+def print_help(argv0: str, out=sys.stdout) -> None:
+    """The command's own flags (those its module and this one define; not absl's), one block each."""
+    from absl.flags import FLAGS
+    print(f"usage: {argv0} [--flags]\n", file=out)
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and main_module.__doc__:
+        print(main_module.__doc__.strip() + "\n", file=out)
+    for module, holders in sorted(FLAGS.flags_by_module_dict().items()):
+        if module.startswith("absl") or not holders:
+            continue
+        for flag in sorted(holders, key=lambda f: f.name):
+            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+            print(f"  --{flag.name}: {flag.help}{default}", file=out)
+
+
 def run_main(main) -> None:
-    """absl's app.run, with TfcError turned into one line on stderr and exit status 1."""
+    """absl's app.run, with TfcError turned into one line on stderr and exit status 1.
+
+    `--help` (or -h) prints the command's own flags and exits 0; `--helpfull` also lists absl's.
+    """
+    if any(a in ("--help", "-h", "-?") for a in sys.argv[1:]):
+        print_help(sys.argv[0])
+        sys.exit(0)
+
     def wrapped(argv):
         # Under `bazel run`, relative paths mean the user's directory, not the runfiles tree.
         if os.environ.get("BUILD_WORKING_DIRECTORY"):

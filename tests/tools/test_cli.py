@@ -191,5 +191,25 @@ def test_auto_calibrator_is_for_convert_only(tmp_path):
     assert proc.returncode == 1 and "--calibrator=auto is only for convert" in proc.stderr
 
 
+def test_every_command_help_lists_its_own_flags():
+    """`tfcompress CMD --help` exits 0 and lists every flag the command's module defines (read from its source)."""
+    import re
+    from tools.main import COMMANDS
+    for command, module in sorted(COMMANDS.items()):
+        with open(os.path.join(ROOT, "tools", f"{module}.py"), encoding="utf-8") as f:
+            own = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read())
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{module}.py"), "--help"],
+                              capture_output=True, text=True, env=ENV, timeout=120)
+        assert proc.returncode == 0, (command, proc.stderr[-1000:])
+        listed = set(re.findall(r"^  --(\w+):", proc.stdout, re.M))
+        assert listed and set(own) <= listed, (command, sorted(set(own) - listed))
+        assert "--helpfull" not in listed and "--flagfile" not in listed  # absl's own stay out of the way.
+    listing = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['tfcompress']; "
+                              "from tools.main import run; run()"], capture_output=True, text=True, env=ENV,
+                             cwd=ROOT, timeout=120)
+    assert listing.returncode == 0
+    assert all(re.search(rf"^  {c} +\S", listing.stdout, re.M) for c in COMMANDS), listing.stdout
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
