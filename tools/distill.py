@@ -26,6 +26,7 @@ else:
 from absl import flags  # noqa: E402
 
 _JOB = common.define_training_flags(epochs=20, model_flag="student")
+flags.DEFINE_alias("input", "student")
 _TEACHER = flags.DEFINE_string("teacher", None, "Teacher model (.keras or .h5).  Default: the shipped digits model.")
 _FEATURES = flags.DEFINE_list("features", [], "Feature distillation pairs student_layer:teacher_layer (same H x W).")
 _FEATURE_WEIGHT = flags.DEFINE_float("feature_weight", 1.0, "Weight of each feature MSE term.")

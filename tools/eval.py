@@ -21,6 +21,7 @@ else:
 from absl import flags  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "Model to evaluate (default: the shipped digits model).")
+flags.DEFINE_alias("input", "model")
 _IMAGES = flags.DEFINE_string("images", None, "Labelled folder DIR/<label>/*.png, or a flat folder "
                               "(agreement and latency only).  Default: the shipped held-out digits.")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order.")

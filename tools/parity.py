@@ -21,6 +21,7 @@ else:
 from absl import flags  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "The .tflite model (default: the shipped model, converted to int8).")
+flags.DEFINE_alias("input", "model")
 _REFERENCE = flags.DEFINE_string("reference", None, "Float model it was converted from (SavedModel, .keras, "
                                  ".h5 or .pb); without it only the two kernel sets are compared.")
 _IMAGES = flags.DEFINE_string("images", None, "Sample images (default: the shipped calibration images).")

@@ -21,6 +21,7 @@ else:
 from absl import flags  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", None, "Comma-separated artifacts (any format eval takes).")
+flags.DEFINE_alias("input", "models")
 _REFERENCE = flags.DEFINE_string("reference", None, "Float reference for agreement (default: the first model).")
 _IMAGES = flags.DEFINE_string("images", None, "Evaluation folder (default: the shipped held-out digits).")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order.")

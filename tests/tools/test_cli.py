@@ -203,6 +203,7 @@ def test_every_command_help_lists_its_own_flags():
         assert proc.returncode == 0, (command, proc.stderr[-1000:])
         listed = set(re.findall(r"^  --(\w+):", proc.stdout, re.M))
         assert listed and set(own) <= listed, (command, sorted(set(own) - listed))
+        assert "input" in listed, command  # --input names the model everywhere (old names stay as aliases).
         assert "--helpfull" not in listed and "--flagfile" not in listed  # absl's own stay out of the way.
     listing = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['tfcompress']; "
                               "from tools.main import run; run()"], capture_output=True, text=True, env=ENV,
