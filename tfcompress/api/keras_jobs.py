@@ -10,6 +10,7 @@ trains on labels alone.
 """
 
 import dataclasses
+import sys
 from typing import Dict, List, Optional, Sequence, Union
 
 from tfcompress.api.models import describe, load_keras_model
@@ -29,7 +30,7 @@ class TrainOptions:
       temperature, alpha: distillation temperature, and the weight of hard labels when the images have them.
       seed: seeds shuffling, sampling and TF.
       input_mean, input_std, channel_order: how pixels become input.
-      progress: Keras progress bars.
+      progress: Keras progress: bars on a terminal, one line per epoch otherwise (logs, pipes).
     """
     epochs: Optional[int] = None
     batch_size: int = 32
@@ -107,7 +108,7 @@ class _Training:
         epochs = default_epochs if options.epochs is None else options.epochs
         self.config = TrainConfig(epochs=epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
                                   temperature=options.temperature, alpha=options.alpha, seed=options.seed,
-                                  verbose=1 if options.progress else 0)
+                                  verbose=(1 if sys.stdout.isatty() else 2) if options.progress else 0)
 
     @property
     def batches(self):
