@@ -28,28 +28,16 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # noqa: E402
+    from testdata_sources import PATCH_SOURCES, SIZE, digit_images, patch_sources, sample_patches  # noqa: E402
 else:
     from . import common  # noqa: E402
+    from .testdata_sources import PATCH_SOURCES, SIZE, digit_images, patch_sources, sample_patches  # noqa: E402
 
 from absl import flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output", common.TESTDATA, "testdata directory to (re)write.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs (digits).")
 _PARTS = flags.DEFINE_list("parts", ["digits", "patches"], "What to (re)build: digits and/or patches.")
-
-SIZE = 32
-
-
-def digit_images():
-    """(uint8 images [N, 32, 32], labels [N]) from sklearn's 8x8 digits, upscaled bilinearly."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-                    for im in small])
-    return big, digits.target.astype(np.int64)
 
 
 def build_model():
@@ -84,35 +72,6 @@ def build_model():
     x = layers.Dense(32, activation="relu")(x)
     out = layers.Dense(10, activation="softmax", name="probabilities")(x)
     return keras.Model(inp, out, name="digits_resnet")
-
-
-PATCH_SOURCES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
-PATCH_SHORT_SIDE = 128
-
-
-def patch_sources():
-    """{name: uint8 RGB photo, short side PATCH_SHORT_SIDE} from scikit-image's bundled samples."""
-    import numpy as np
-    from PIL import Image
-    import skimage.data
-    photos = {}
-    for name in PATCH_SOURCES:
-        img = getattr(skimage.data, name)()
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        h, w = img.shape[:2]
-        scale = PATCH_SHORT_SIDE / min(h, w)
-        photos[name] = np.asarray(Image.fromarray(img[..., :3]).resize(
-            (round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
-    return photos
-
-
-def sample_patches(photo, rows, cols, count, rng):
-    """`count` SIZE x SIZE patches whose top-left corners lie in rows x cols (half-open ranges)."""
-    import numpy as np
-    ys = rng.integers(rows[0], rows[1] - SIZE + 1, count)
-    xs = rng.integers(cols[0], cols[1] - SIZE + 1, count)
-    return np.stack([photo[y:y + SIZE, x:x + SIZE] for y, x in zip(ys, xs)])
 
 
 def build_patches_model(classes):
@@ -189,20 +148,16 @@ def make_digits(out) -> None:
     import keras
     import tensorflow as tf
     from tfcompress.io.atomic import write_bytes
+    from tfcompress.evaluate.zoo import shipped_digits
     from tfcompress.io.loaders import freeze_keras_model
 
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
     images, labels = digit_images()
-    order = np.random.default_rng(0).permutation(len(images))
-    images, labels = images[order], labels[order]
-    cal_idx, held_idx = [], []
-    for c in range(10):
-        idx = np.nonzero(labels == c)[0]
-        cal_idx.extend(idx[:10])
-        held_idx.extend(idx[10:40])
+    cal_idx, held_idx = shipped_digits(labels)
     used = set(cal_idx) | set(held_idx)
-    train_idx = np.array([i for i in range(len(images)) if i not in used])
+    # Training order: the seed-0 permutation the shipped model was trained in.
+    train_idx = np.array([i for i in np.random.default_rng(0).permutation(len(images)) if i not in used])
 
     cal_dir = os.path.join(out, "images", "calibration")
     formats = ["png"] * 7 + ["jpg", "bmp", "gif"]

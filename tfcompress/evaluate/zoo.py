@@ -1,14 +1,24 @@
-"""Reference architectures built offline, for benchmarks and tests.
+"""Reference architectures for benchmarks and tests: the trained zoo in testdata/zoo, and builders.
 
-No pretrained weights can be fetched here, so an architecture is built with
-seeded random weights and its batch-norm statistics are then set from real
-images by forward passes in training mode.  Without that step every BN layer
+The zoo (`ZOO`, made by tools/make_zoo.py) holds small trained models of the
+architectures users deploy: separable and residual (mini-Xception), inverted
+residual (MobileNetV2-style), projection-shortcut ResNet, plain VGG,
+PReLU/LeakyReLU/swish with squeeze-and-excitation, and a two-headed class +
+box regression net.  Each entry names its file, its images and how pixels
+are normalized, and which outputs are class vectors.
+
+For scale, keras.applications models are built here: no pretrained weights
+can be fetched, so an architecture is built with seeded random weights and
+its batch-norm statistics are then set from real images by forward passes in
+training mode.  Without that step every BN layer
 would keep mean 0 / variance 1, the activations would drift by orders of
 magnitude through the depth of the network, and quantization would be
 measured on a network no one trains.
 """
 
-from typing import Sequence
+import dataclasses
+import os
+from typing import Dict, Sequence, Tuple
 
 from tfcompress.data.images import Preprocessing, iter_batches
 from tfcompress.keras.train import set_bn_statistics
@@ -34,6 +44,36 @@ def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int =
 
 def mobilenet_preprocessing(size: int) -> Preprocessing:
     return Preprocessing.for_input((None, size, size, 3), mean=127.5, std=127.5)
+
+
+# keras.applications builders for scale, with the preprocessing each expects.
+APPLICATIONS = {
+    "MobileNetV2": ("MobileNetV2", dict(mean=127.5, std=127.5)),
+    "ResNet50": ("ResNet50", dict(mean=(123.68, 116.779, 103.939), std=1.0, channel_order="bgr")),
+    "EfficientNetB0": ("EfficientNetB0", dict(mean=0.0, std=1.0)),
+    "VGG16": ("VGG16", dict(mean=(123.68, 116.779, 103.939), std=1.0, channel_order="bgr")),
+}
+
+
+def application(name: str, image_paths: Sequence[str], *, size: int = 224, seed: int = 0, classes: int = 1000):
+    """(keras.applications `name` with seeded weights at size x size x 3, its Preprocessing).
+
+    Batch-norm statistics (where the model has batch norm) are set from
+    `image_paths`.  ResNet50 and VGG16 take Caffe-style BGR input with the
+    ImageNet channel means; EfficientNetB0 rescales inside the model (pixels
+    in [0, 255]); MobileNetV2 takes [-1, 1].
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    if name not in APPLICATIONS:
+        from tfcompress.errors import TfcError  # pylint: disable=import-outside-toplevel
+        raise TfcError(f"unknown application {name!r} (choose from {', '.join(APPLICATIONS)})")
+    builder, norm = APPLICATIONS[name]
+    keras.utils.set_random_seed(seed)
+    model = getattr(keras.applications, builder)(input_shape=(size, size, 3), weights=None, classes=classes)
+    prep = Preprocessing.for_input((None, size, size, 3), **norm)
+    if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
+        set_bn_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=16)))
+    return model, prep
 
 
 def with_outlier_channel(model, producer: str, consumer: str, channel: int, factor: float,
@@ -73,6 +113,23 @@ def digits_with_outliers(model, factor: float = 300.0):
     return with_outlier_channel(model, "conv2d_6", "conv2d_7", channel=0, factor=factor, consumer_offset=32)
 
 
+def shipped_digits(labels):
+    """(calibration indices, held-out indices) of the digits testdata/ ships, in the order they are written.
+
+    After a seed-0 permutation of sklearn's digits, the first 10 of each class
+    are calibration images and the next 30 held out.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    order = np.random.default_rng(0).permutation(len(labels))
+    shuffled = np.asarray(labels)[order]
+    calibration, heldout = [], []
+    for c in range(10):
+        members = order[np.nonzero(shuffled == c)[0]]
+        calibration.extend(members[:10].tolist())
+        heldout.extend(members[10:40].tolist())
+    return calibration, heldout
+
+
 def digits_training_set(count=None):
     """sklearn's bundled digits that are *not* shipped in testdata/images, as the shipped model sees them.
 
@@ -86,11 +143,8 @@ def digits_training_set(count=None):
     from PIL import Image  # pylint: disable=import-outside-toplevel
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
     digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.images))
-    labels = digits.target[order]
-    shipped = set()
-    for c in range(10):
-        shipped.update(order[np.nonzero(labels == c)[0][:40]].tolist())
+    calibration, heldout = shipped_digits(digits.target)
+    shipped = set(calibration) | set(heldout)
     keep = np.array([i for i in range(len(digits.images)) if i not in shipped])[:count]
     small = np.clip(digits.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
@@ -116,3 +170,55 @@ def lenet_300_100(input_shape=(32, 32, 1), classes: int = 10, name: str = "lenet
     return keras.Sequential([
         keras.Input(input_shape), layers.Flatten(), layers.Dense(300, activation="relu"),
         layers.Dense(100, activation="relu"), layers.Dense(classes, activation="softmax")], name=name)
+
+
+TESTDATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "testdata")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """One trained zoo model and the data it goes with.
+
+    Attributes:
+      name: the file stem in testdata/zoo.
+      architecture: what it exercises.
+      images: the image folders under testdata/images: (calibration, held-out labelled).
+      mean, std: input normalization, (pixel - mean) / std.
+      heads: output name -> "class" (a softmax over classes) or "regression".
+    """
+    name: str
+    architecture: str
+    images: Tuple[str, str]
+    mean: float
+    std: float
+    heads: Dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(TESTDATA, "zoo", f"{self.name}.keras")
+
+    @property
+    def calibration(self) -> str:
+        return os.path.join(TESTDATA, "images", self.images[0])
+
+    @property
+    def heldout(self) -> str:
+        return os.path.join(TESTDATA, "images", self.images[1])
+
+
+_DIGITS = ("calibration", "heldout")
+_PATCHES = ("patches/calibration", "patches/heldout")
+_BOXES = ("boxes/calibration", "boxes/heldout")
+
+ZOO: Dict[str, ZooModel] = {m.name: m for m in (
+    ZooModel("xception_digits", "mini-Xception: separable convs, batch norm, residual adds", _DIGITS, 0.0, 255.0,
+             {"probabilities": "class"}),
+    ZooModel("mobilenetv2_patches", "MobileNetV2-style inverted residuals, ReLU6, depthwise", _PATCHES, 127.5,
+             127.5, {"class": "class"}),
+    ZooModel("resnet_patches", "ResNet with projection shortcuts", _PATCHES, 127.5, 127.5, {"class": "class"}),
+    ZooModel("vgg_patches", "VGG-style plain CNN, no batch norm", _PATCHES, 127.5, 127.5, {"class": "class"}),
+    ZooModel("se_patches", "PReLU, LeakyReLU, swish, squeeze-and-excitation (Multiply)", _PATCHES, 127.5, 127.5,
+             {"class": "class"}),
+    ZooModel("boxes_digits", "two heads: class softmax and box regression, PReLU, dense trunk", _BOXES, 0.0,
+             255.0, {"class": "class", "box": "regression"}),
+)}
