@@ -68,7 +68,13 @@ def test_the_import_check_sees_function_level_imports(tmp_path):
 
 
 def test_every_test_file_runs_its_tests_under_bazel():
-    """Bazel runs a py_test file as a script: without the pytest.main block it would pass having run nothing."""
+    """Bazel runs a py_test file as a script: without the pytest.main block it would pass having run nothing.
+
+    It reads the source tree, which Bazel's runfiles do not hold: tools/test.sh runs this file with pytest
+    before `bazel test`, so the check runs in CI either way.
+    """
+    if not os.path.exists(os.path.join(ROOT, "tests", "BUILD")):
+        pytest.skip("the source tree is not here (a Bazel sandbox); tools/test.sh runs this check with pytest")
     missing, unlisted = [], []
     for root, _, files in os.walk(os.path.join(ROOT, "tests")):
         for name in sorted(files):

@@ -17,6 +17,8 @@ if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/rules/java ]; then
   echo "installing bazel-bootstrap and bazel-rules-java with apt" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap bazel-rules-java >/dev/null
 fi
+# The layout checks read the source tree, which Bazel's sandbox does not hold: run them here first.
+.venv/bin/python3 -m pytest -q -p no:cacheprovider tests/test_layout.py
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 bazel build //... 2>&1 | tail -n 2
