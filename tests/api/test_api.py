@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CALIBRATION, KERAS_MODEL, ROOT, run_tool
+from tests.conftest import CALIBRATION, KERAS_MODEL, ROOT, run_tool_in_process
 
 import tfcompress as tfc
 from tfcompress.errors import TfcError
@@ -34,8 +34,8 @@ def test_convert_from_a_keras_model_and_a_pixel_array_matches_the_cli_with_a_fol
     import keras
     folder, pixels = png_folder
     cli = tmp_path / "cli.tflite"
-    proc = run_tool("convert", f"--input={KERAS_MODEL}", f"--output={cli}", f"--calibration_images={folder}",
-                    "--noprogress")
+    proc = run_tool_in_process("convert", f"--input={KERAS_MODEL}", f"--output={cli}",
+                               f"--calibration_images={folder}", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
     api = tmp_path / "api.tflite"
@@ -46,8 +46,8 @@ def test_convert_from_a_keras_model_and_a_pixel_array_matches_the_cli_with_a_fol
 
 def test_quantize_graph_from_a_pixel_array_matches_the_cli_with_a_folder(png_folder, tmp_path):
     folder, pixels = png_folder
-    proc = run_tool("quantize_graph", f"--input={KERAS_MODEL}", f"--output={tmp_path / 'cli'}",
-                    f"--calibration_images={folder}", "--noprogress")
+    proc = run_tool_in_process("quantize_graph", f"--input={KERAS_MODEL}", f"--output={tmp_path / 'cli'}",
+                               f"--calibration_images={folder}", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = tfc.quantize_graph(KERAS_MODEL, str(tmp_path / "api"), images=pixels)
     assert result.mode == "eightbit" and result.agreement is None
@@ -160,7 +160,6 @@ def test_the_readme_has_a_python_section_with_an_example_per_job():
 def test_the_readme_python_examples_run(tmp_path):
     """Each block runs as written, in order, in a fresh process (from a folder holding `testdata`)."""
     os.symlink(os.path.join(ROOT, "testdata"), tmp_path / "testdata")
-    os.symlink(os.path.join(ROOT, "recipes"), tmp_path / "recipes")
     script = tmp_path / "examples.py"
     script.write_text("\n".join(_readme_python_blocks()))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -172,5 +171,4 @@ def test_the_readme_python_examples_run(tmp_path):
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(pytest.main([__file__, "-q"]))
