@@ -188,7 +188,8 @@ def compress(model: str, recipe: str, output: str, *, data: CompressData, latenc
             "input": {"path": model, "sha256": recipe_lib.file_sha256(model)},
             "data": {"train_images": _fingerprint(data.train_images),
                      "calibration_images": _fingerprint(data.calibration_images),
-                     "eval_images": _fingerprint(data.eval_images),
+                     "eval_images": _fingerprint(images if not isinstance(data.eval_images, str)
+                                                 else data.eval_images),
                      "input_mean": data.input_mean, "input_std": data.input_std},
             "seed": data.seed,
             "versions": recipe_lib.versions(),
@@ -211,7 +212,7 @@ def compress(model: str, recipe: str, output: str, *, data: CompressData, latenc
 
 
 def _fingerprint(images):
-    """A folder's file fingerprint, or the digest of in-memory images."""
+    """A folder's file fingerprint, or the digest of in-memory images (an ImageSource is used as it is)."""
     if images is None or isinstance(images, str):
         return recipe_lib.folder_fingerprint(images)
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel

@@ -22,7 +22,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from tfcompress.data.folders import read_image_set
-from tfcompress.data.images import Preprocessing, load_image, resize_pixels
+from tfcompress.data.images import Preprocessing, iter_batches, resize_pixels
 from tfcompress.errors import TfcError
 
 
@@ -93,8 +93,7 @@ class FolderSource(ImageSource):
         return len(self.paths)
 
     def batches(self, prep: Preprocessing, batch_size: int = 32) -> Iterator[np.ndarray]:
-        for start in range(0, len(self.paths), batch_size):
-            yield np.stack([load_image(p, prep) for p in self.paths[start:start + batch_size]])
+        return iter_batches(self.paths, prep, batch_size)
 
     def fingerprint(self) -> str:
         return fingerprint_files(self.paths, self.folder)
