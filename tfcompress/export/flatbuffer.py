@@ -24,7 +24,8 @@ def schema_module():
     return schema
 
 
-def _text(value) -> str:
+def text(value) -> str:
+    """A flatbuffer string field (bytes or None) as str."""
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
@@ -67,7 +68,7 @@ def op_name(model, op) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-        custom = _text(code.customCode)
+        custom = text(code.customCode)
         return ("FLEX:" + custom[4:]) if custom.startswith("Flex") else "CUSTOM:" + custom
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     return names.get(builtin, f"BUILTIN_{builtin}")
@@ -111,7 +112,7 @@ def tensors(model) -> List[TensorInfo]:
         zeros = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else []))
         buffer = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
         constant = buffer is not None and ((buffer.data is not None and len(buffer.data) > 0) or bool(buffer.size))
-        result.append(TensorInfo(index=i, name=_text(t.name), dtype=np.dtype(TENSOR_DTYPES.get(t.type, np.void)),
+        result.append(TensorInfo(index=i, name=text(t.name), dtype=np.dtype(TENSOR_DTYPES.get(t.type, np.void)),
                                  shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])),
                                  scales=scales, zero_points=zeros, constant=constant))
     return result
@@ -169,7 +170,7 @@ def with_metadata(flatbuffer: bytes, *, mean: Sequence[float], std: Sequence[flo
     if labels is not None:
         doc["labels"] = list(labels)
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    entries = [m for m in (model.metadata or []) if _text(m.name) != METADATA_NAME]
+    entries = [m for m in (model.metadata or []) if text(m.name) != METADATA_NAME]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(payload, np.uint8)
     model.buffers.append(buffer)
@@ -184,7 +185,7 @@ def read_metadata(flatbuffer: bytes) -> Optional[Dict]:
     """The tfcompress metadata of a flatbuffer, or None if it has none."""
     model = parse(flatbuffer)
     for entry in model.metadata or []:
-        if _text(entry.name) == METADATA_NAME:
+        if text(entry.name) == METADATA_NAME:
             data = model.buffers[entry.buffer].data
             try:
                 return json.loads(bytes(np.asarray(data, np.uint8)).decode())

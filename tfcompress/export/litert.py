@@ -107,3 +107,26 @@ class LiteRTRunner:
             for d in details:
                 results[d["name"]].append(self._dequantize(self.interpreter.get_tensor(d["index"]), d))
         return {k: np.concatenate(v) for k, v in results.items()}
+
+
+def tensor_values(flatbuffer: bytes, names, batch: np.ndarray, *, threads: int = 1) -> Dict[str, np.ndarray]:
+    """Values of the named tensors (operator outputs, or the input) on a float NHWC batch, dequantized.
+
+    Every operator output is made a subgraph output first (`flatbuffer.expose_all_tensors`), so what a
+    delegate keeps internal is read as well.  An integer input is fed quantized with its own parameters.
+
+    Returns:
+      name -> float64 array [B, ...] for each name found.
+    """
+    runner = LiteRTRunner(fb.expose_all_tensors(flatbuffer), threads=threads)
+    wanted = set(names)
+    details = [d for d in runner.interpreter.get_output_details() if d["name"] in wanted]
+    values: Dict[str, list] = {d["name"]: [] for d in details}
+    for x in batch:
+        runner._invoke(x)  # pylint: disable=protected-access
+        for d in details:
+            values[d["name"]].append(runner._dequantize(runner.interpreter.get_tensor(d["index"]), d))  # pylint: disable=protected-access
+    result = {k: np.concatenate(v).astype(np.float64) for k, v in values.items()}
+    if runner.input["name"] in wanted:
+        result[runner.input["name"]] = np.asarray(batch, np.float64)
+    return result

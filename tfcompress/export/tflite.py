@@ -16,6 +16,15 @@ conversion is split in the converter's own two steps:
 3. the MLIR quantizer (`convert.mlir_quantize`, what the converter itself
    calls after calibrating) quantizes with those statistics.
 
+With the min/max calibrator our statistics are each tensor's true min/max
+over the images, and the quantized scales and zero points are the stock
+converter's, except where the converter's own statistic is wrong: its
+calibrator logs an operator's inputs after the operator ran, and an ADD or
+MUL that writes its output into its input's buffer leaves the output's
+values there (tensorflow/tensorflow#127842), so the residual branch feeding
+an Add gets the sum's range.  tests/export/test_range_path.py checks both on
+the zoo.
+
 int16x8 goes through the converter's older quantizer, which re-runs the
 representative dataset instead of reading statistics, so for it the
 calibration images are read (the cache cannot replace them).
