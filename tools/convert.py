@@ -40,8 +40,10 @@ _AGREEMENT_IMAGES = flags.DEFINE_string("agreement_images", None, "Images for --
                                         "--min_agreement (default: the calibration images).")
 _LAYER_REPORT = flags.DEFINE_integer("layer_report", 0, "int8/uint8: print the N layers that add the most "
                                      "quantization error (0: none; -1: all).")
-_BIAS_CORRECTION = flags.DEFINE_boolean("bias_correction", True, "int8/uint8: subtract each layer's expected "
-                                        "weight-rounding shift from its bias (from the cache's channel means).")
+_BIAS_CORRECTION = flags.DEFINE_enum("bias_correction", "empirical", ["empirical", "analytic", "none"],
+                                     "int8/uint8: empirical (each layer's mean output error, measured on the "
+                                     "calibration images, absorbed in its bias), analytic (the expected "
+                                     "weight-rounding shift, from the cache's channel means) or none.")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file (one per line, output order) to embed as metadata.")
 _LABELS_FROM = flags.DEFINE_string("labels_from", None, "Labelled folder DIR/<label>/ whose sorted class names "
                                    "are embedded as labels.")

@@ -219,6 +219,22 @@ class ConvertResult:
     labels: Optional[List[str]]
 
 
+BIAS_CORRECTIONS = ("empirical", "analytic", "none")
+
+
+def _first_images(images, prep, count: int):
+    """The first `count` images of anything `data.source.as_source` takes, as one float NHWC array."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
+    parts, seen = [], 0
+    for batch in as_source(images).batches(prep, 32):
+        parts.append(batch[:count - seen])
+        seen += len(parts[-1])
+        if seen >= count:
+            break
+    return np.concatenate(parts)
+
+
 def _labels(labels, labels_from, output_size: int) -> Optional[List[str]]:
     from tfcompress.data.folders import check_output_size, read_image_set, read_labels_file  # pylint: disable=import-outside-toplevel
     if labels is not None and labels_from is not None:
@@ -242,7 +258,7 @@ def _labels(labels, labels_from, output_size: int) -> Optional[List[str]]:
 
 
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
-            recalibrate: bool = False, per_channel: bool = True, bias_correction: bool = True,
+            recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
             labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
             min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
@@ -258,7 +274,10 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
       cache: a calibration cache to reuse or write.
       recalibrate: replace an existing cache.
       per_channel: per-channel weights (False: per-tensor).
-      bias_correction: subtract each layer's expected weight-rounding shift from its bias.
+      bias_correction: int8/uint8: empirical (measure each layer's mean output error on the calibration
+        images, layer by layer, and absorb it in the int32 bias; `export.empirical_bias`), analytic (subtract
+        the expected weight-rounding shift from the cache's channel means, no image read) or none.  Without
+        images (a reused cache only) empirical is skipped, with a note.
       labels: a labels file path, or the names in output order, for the metadata.
       labels_from: a labelled folder DIR/<label>/ whose class names become the labels.
       target: arm-cpu, hexagon-dsp, edgetpu, gpu or generic: the preflight to run.
@@ -280,7 +299,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
-    from tfcompress.export import autocal, fallback  # pylint: disable=import-outside-toplevel
+    from tfcompress.export import autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
     from tfcompress.export.flatbuffer import with_metadata  # pylint: disable=import-outside-toplevel
     from tfcompress.export.targets import get_target, preflight  # pylint: disable=import-outside-toplevel
     from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat,  # pylint: disable=import-outside-toplevel
@@ -294,6 +313,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
                           labels_from, _folder(agreement_images)], overwrite=overwrite, directory=False)
     _cache_inputs(model, images, cache)
     config = TfliteConfig(quantize=quantize, per_channel=per_channel)
+    if bias_correction not in BIAS_CORRECTIONS:
+        raise TfcError(f"unknown --bias_correction {bias_correction!r} (choose from {', '.join(BIAS_CORRECTIONS)})")
     auto = options.calibrator == "auto"
     calibrator = CalibratorConfig() if auto else options.calibrator_config()
     get_target(target)
@@ -327,20 +348,24 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     # What is converted: the float model, or (int8/uint8) the float model with corrected biases.
     # Agreement is always measured against the float model itself.
     export_model = float_model
-    ranges, dataset, note, tried, best = None, None, "not needed", [], None
+    ranges, dataset, note, tried, best, ebc_images = None, None, "not needed", [], None, None
     if qat:
         note = "quantization-aware model: ranges learned in training, no image read"
     elif config.needs_ranges:
         result = run_calibration(float_model, prep=prep, calibrator=calibrator, images=images, cache_path=cache,
                                  recalibrate=recalibrate, batch_size=options.batch_size, progress=progress)
         note = _calibration_note(result, cache, mention_cache=False)
-        if bias_correction:
+        if bias_correction == "analytic":
             export_model, corrected = correct_biases(float_model, result.cache.stats, config.per_channel)
-            note += f"; bias correction on {corrected} layers"
+            note += f"; analytic bias correction on {corrected} layers"
+        if bias_correction == "empirical" and images is not None:
+            ebc_images = _first_images(images, prep, empirical_bias.MAX_IMAGES)
         if auto:
             x, reference = agreement_set()
+            finish = None if ebc_images is None else (
+                lambda quantized, calibrated: empirical_bias.correct(quantized, calibrated, ebc_images)[0])
             best, tried = autocal.choose_calibrator(export_model, result.cache.ranges, config, x, reference,
-                                                    autocal.candidates(options.percentile))
+                                                    autocal.candidates(options.percentile), finish)
             calibrator = best.calibrator
         ranges = result.cache.ranges(calibrator)
     elif config.quantize == "int16x8":
@@ -351,8 +376,10 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         dataset = lambda: ([b] for b in source.batches(prep, 1))  # noqa: E731
 
     notes, ranking = [], []
-    if wants_layers:
+    calibrated = None
+    if config.needs_ranges and not qat:
         calibrated, applied = calibrated_flatbuffer(export_model, ranges, config.per_channel)
+    if wants_layers:
         flatbuffer = quantize_calibrated(calibrated, config.quantize, config.per_channel)
         all_int8_size = len(flatbuffer)
         requested = fallback.resolve_float_layers(list(float_layers), flatbuffer)
@@ -380,9 +407,17 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
                          + ", ".join(fallback.layer_label(r) for r in missing))
     elif qat:
         flatbuffer, applied = convert_qat(export_model), []
+    elif calibrated is not None:
+        flatbuffer = quantize_calibrated(calibrated, config.quantize, config.per_channel)
     else:
         converted = convert_tflite(export_model, config, ranges, dataset)
         flatbuffer, applied = converted.flatbuffer, converted.ranges_applied
+    if calibrated is not None and bias_correction == "empirical":
+        if ebc_images is None:
+            note += "; empirical bias correction skipped (no calibration images: the cache holds no pixels)"
+        else:
+            flatbuffer, corrected_layers = empirical_bias.correct(flatbuffer, calibrated, ebc_images)
+            note += f"; empirical bias correction on {len(corrected_layers)} layers"
     flatbuffer = with_metadata(flatbuffer, mean=prep.means, std=prep.stds, labels=names,
                                channel_order=prep.channel_order)
 

@@ -10,13 +10,13 @@ benchmark's digits_outliers rows), so the choice is made per model.
 """
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tfcompress.calibrate.calibrators import CalibratorConfig
 from tfcompress.export.litert import LiteRTRunner
-from tfcompress.export.tflite import TfliteConfig, convert_tflite
+from tfcompress.export.tflite import TfliteConfig, calibrated_flatbuffer, quantize_calibrated
 
 
 @dataclasses.dataclass
@@ -33,7 +33,8 @@ def candidates(percentile: float) -> List[CalibratorConfig]:
 
 
 def choose_calibrator(model, ranges_for, config: TfliteConfig, images: np.ndarray, reference: np.ndarray,
-                      options: Sequence[CalibratorConfig]) -> Tuple[Candidate, List[Candidate]]:
+                      options: Sequence[CalibratorConfig],
+                      finish: Optional[Callable[[bytes, bytes], bytes]] = None) -> Tuple[Candidate, List[Candidate]]:
     """Quantizes with each calibrator in `options`; returns (best, all candidates in order).
 
     Args:
@@ -41,10 +42,15 @@ def choose_calibrator(model, ranges_for, config: TfliteConfig, images: np.ndarra
       ranges_for: CalibratorConfig -> ranges (from the calibration cache).
       config: the int8/uint8 conversion.
       images: float NHWC images to compare on; reference: the float outputs for them [N, K].
+      finish: (quantized, calibrated float flatbuffer) -> the flatbuffer that will be written, so each
+        candidate is judged as it would be delivered (after bias correction).
     """
     tried: List[Candidate] = []
     for calibrator in options:
-        flatbuffer = convert_tflite(model, config, ranges_for(calibrator)).flatbuffer
+        calibrated, _ = calibrated_flatbuffer(model, ranges_for(calibrator), config.per_channel)
+        flatbuffer = quantize_calibrated(calibrated, config.quantize, config.per_channel)
+        if finish is not None:
+            flatbuffer = finish(flatbuffer, calibrated)
         out = LiteRTRunner(flatbuffer).predict(images).reshape(len(images), -1)
         tried.append(Candidate(calibrator=calibrator,
                                agreement=float(np.mean(np.argmax(out, 1) == np.argmax(reference, 1))),
