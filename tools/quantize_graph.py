@@ -29,6 +29,9 @@ _KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "onednn"],
                              "reference: portable kernels; onednn: fused oneDNN kernels (need oneDNN ops on).")
 _EVAL_IMAGES = flags.DEFINE_string("eval_images", None, "Images for the agreement check "
                                    "(default: the calibration images).")
+_OUTPUT_INDEX = flags.DEFINE_list("output_index", None, "Outputs (indices or signature keys) that are class "
+                                  "vectors, for top-1 agreement (default: the softmax outputs; a single "
+                                  "vector output).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 _OVERWRITE = common.define_overwrite_flag()
 
@@ -43,6 +46,7 @@ def main() -> None:
                             recalibrate=_CAL["recalibrate"].value, mode=_MODE.value, kernels=_KERNELS.value,
                             bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
                             output_format=_OUTPUT_FORMAT.value, eval_images=eval_images,
+                            class_outputs=_OUTPUT_INDEX.value,
                             options=common.calibration_options(_CAL), load=common.load_options(_MODEL),
                             overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
 
@@ -56,8 +60,10 @@ def main() -> None:
     print(f"calibration: {result.calibration}")
     print("\nop census")
     common.print_table(rows)
+    coverage = measure.linear_coverage(before, after)
     share = measure.linear_quantized_share(before, after)
-    print(f"\nconv/matmul ops quantized: {share:.0%}")
+    print(f"\nconv, depthwise and matmul ops quantized: {share:.0%} ("
+          + ", ".join(f"{op} {q}/{t}" for op, (q, t) in coverage.items()) + ")")
     if result.report.kept_float:
         kept = sorted(set(result.report.kept_float.values()))
         print(f"ops kept float (no quantized kernel or declined): {', '.join(kept)}")
@@ -71,9 +77,10 @@ def main() -> None:
                         ["output", out_size.raw, out_size.gzip]])
     if result.agreement is not None:
         agree = result.agreement
-        top1 = f"{agree.top1:.2%}" if agree.top1 is not None else "n/a (not a class vector)"
-        print(f"\nagreement with float on {agree.images} images ({eval_images}): top-1 {top1}, "
-              f"max abs error {agree.max_abs_error:.4g}")
+        print(f"\nagreement with float on {agree.images} images ({eval_images}), per output:")
+        common.print_table([["output", "class vector", "top-1", "MSE", "mean abs error", "max abs error / span"]] + [
+            [h.key, "yes" if h.is_class else "no", "-" if h.top1 is None else f"{h.top1:.2%}", f"{h.mse:.3g}",
+             f"{h.mean_abs_error:.4g}", f"{h.max_abs_error:.4g} / {h.reference_span:.4g}"] for h in agree.heads])
 
 
 def run() -> None:

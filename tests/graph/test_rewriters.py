@@ -132,6 +132,30 @@ def test_strip_identity_and_fold_constants():
     assert_close(run_graph(after, {"x:0": x}, ["y:0"])[0], x + np.exp(c) * 2.0)
 
 
+def test_strip_identity_removes_identity_n_of_a_keras_swish():
+    """Keras' swish leaves IdentityN(x * sigmoid(x), x) behind its custom gradient; every reader is rewired."""
+    import keras
+    from tfcompress.calibrate.collect import calibration_tensors
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import freeze_keras_model
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="swish")(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    net = keras.Model(inputs, keras.layers.Activation("swish")(x))
+    frozen = freeze_keras_model(net)
+    assert any(n.op == "IdentityN" for n in frozen.graph_def.node)
+    model, _ = optimize(frozen)
+    assert not any(n.op == "IdentityN" for n in model.graph_def.node)
+    images = RNG.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    got = run_graph(model.graph_def, {model.inputs[0].tensor: images}, [model.outputs[0].tensor])[0]
+    assert_close(got, net.predict(images, verbose=0))
+    consumers = {i.split(":")[0] for n in model.graph_def.node for i in n.input}
+    readable = set(calibration_tensors(model))
+    assert all(n.name + ":0" in readable for n in model.graph_def.node
+               if n.op == "Mul" and n.name in consumers)  # The swish outputs get calibration ranges.
+
+
 def test_static_shapes_makes_flatten_shape_constant():
     import keras
     inp = keras.Input((4, 4, 3))

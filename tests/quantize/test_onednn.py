@@ -135,6 +135,31 @@ def test_summand_that_is_the_conv_input_is_not_fused():
 
 
 @needs_onednn
+def test_projection_shortcut_block_quantizes_both_convs():
+    """relu(conv_a(x) + conv_b(x)): both convs could fuse the same Add -> Relu; one does, the other is its summand.
+
+    (keras.applications ResNet50 stopped on an internal error here: both chains took the Add.)
+    """
+    rng = np.random.default_rng(5)
+    wa, wb = (rng.normal(0, 0.3, (3, 3, 8, 8)).astype(np.float32) for _ in range(2))
+    ba, bb = (rng.normal(0, 0.1, 8).astype(np.float32) for _ in range(2))
+    x = rng.uniform(0, 1, (2, 9, 9, 8)).astype(np.float32)
+    graph_def = _single_op_graph(lambda t: tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(t, wa, 1, "SAME"), ba)
+                                                      + tf.nn.bias_add(tf.nn.conv2d(t, wb, 1, "SAME"), bb)),
+                                 x.shape)
+    q, report, _ = _quantize_single(graph_def, x)
+    ops = collections.Counter(n.op for n in q.node)
+    assert ops["Conv2D"] == 0 and not report.kept_float, (ops, report.kept_float)
+    assert ops["QuantizedConv2DWithBiasSignedSumAndReluAndRequantize"] \
+        + ops["QuantizedConv2DWithBiasSumAndReluAndRequantize"] == 1
+    assert ops["QuantizedConv2DWithBiasAndRequantize"] == 1
+    expected = run_graph(graph_def, {"x:0": x}, ["y:0"])[0]
+    actual = run_graph(q, {"x:0": x}, ["y:0"])[0]
+    step = float(expected.max()) / 127
+    np.testing.assert_array_less(np.abs(actual - expected), 2 * MAX_STEPS * step)  # Two requantized branches.
+
+
+@needs_onednn
 def test_mobilenet_v2_all_convs_quantized():
     from tfcompress.evaluate import zoo
     size = 96

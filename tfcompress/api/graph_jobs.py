@@ -134,6 +134,7 @@ class QuantizeResult:
 def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = None, recalibrate: bool = False,
                    mode: str = "eightbit", kernels: str = "reference", bitdepth: int = 8,
                    min_weight_size: int = 1024, output_format: str = "saved_model", eval_images=None,
+                   class_outputs: Optional[Sequence[Union[int, str]]] = None,
                    options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
                    overwrite: bool = False, progress: bool = False) -> QuantizeResult:
     """Writes the eightbit (or weights-only) TF graph of `model` to `output`.
@@ -148,7 +149,9 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
       kernels: reference (portable) or onednn (fused; needs oneDNN ops on).
       bitdepth, min_weight_size: for the weights modes.
       output_format: saved_model or frozen_pb.
-      eval_images: images to measure top-1 agreement with the float graph on (None: not measured).
+      eval_images: images to measure agreement with the float graph on, output by output (None: not measured).
+      class_outputs: the outputs (indices or signature keys) compared as class vectors, by top-1 (default:
+        softmax outputs, or the output of a single-output model).
       options: calibrator and preprocessing.
       load: how the model file is read.
       overwrite: replace an earlier output of tfcompress's.
@@ -170,6 +173,7 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
     config = QuantConfig(mode=mode, bitdepth=bitdepth, min_weight_size=min_weight_size, kernels=kernels)
     calibrator = options.calibrator_config()
     float_model, passes = optimize(load_frozen(model, load))
+    measure.class_outputs(float_model, class_outputs)  # A bad choice fails before any work.
     ranges, note = None, "not needed"
     if config.mode == "eightbit":
         result = run_calibration(float_model, prep=options.preprocessing(float_model), calibrator=calibrator,
@@ -181,7 +185,8 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
     write_model(quantized, output, output_format, overwrite=overwrite)
     agreement = None
     if eval_images is not None:
-        agreement = measure.agreement(float_model, quantized, eval_images, options.preprocessing(float_model))
+        agreement = measure.agreement(float_model, quantized, eval_images, options.preprocessing(float_model),
+                                      classes=class_outputs)
     return QuantizeResult(output=output, mode=config.mode, kernels=config.kernels, float_model=float_model,
                           quantized=quantized, passes=passes, report=report, calibration=note, agreement=agreement)
 

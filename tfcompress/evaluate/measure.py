@@ -4,12 +4,13 @@ import collections
 import dataclasses
 import gzip
 import os
-from typing import Dict
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from tfcompress.data.images import Preprocessing
 from tfcompress.data.source import as_source
+from tfcompress.errors import TfcError
 from tfcompress.graph.runner import GraphRunner
 from tfcompress.io.frozen import FrozenModel
 
@@ -25,11 +26,28 @@ def op_census(graph_def) -> Dict[str, int]:
     return dict(sorted(collections.Counter(n.op for n in graph_def.node).items()))
 
 
+def _linear_kind(op: str) -> Optional[str]:
+    """The float op a quantized kernel replaces: DepthwiseConv2dNative, Conv2D or MatMul (None: not linear)."""
+    if not is_linear_quantized(op):
+        return None
+    return "DepthwiseConv2dNative" if "Depthwise" in op else "MatMul" if "MatMul" in op else "Conv2D"
+
+
+def linear_coverage(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, tuple]:
+    """{float op: (quantized, total)} for Conv2D, DepthwiseConv2dNative and MatMul present in `before`."""
+    quantized = collections.Counter()
+    for op, n in after.items():
+        kind = _linear_kind(op)
+        if kind is not None:
+            quantized[kind] += n
+    return {op: (quantized[op], before[op]) for op in LINEAR_FLOAT_OPS if before.get(op, 0)}
+
+
 def linear_quantized_share(before: Dict[str, int], after: Dict[str, int]) -> float:
-    """Fraction of the float graph's conv/matmul ops that became quantized kernels."""
-    total = sum(before.get(op, 0) for op in LINEAR_FLOAT_OPS)
-    quantized = sum(n for op, n in after.items() if is_linear_quantized(op))
-    return quantized / total if total else 0.0
+    """Fraction of the float graph's conv, depthwise and matmul ops that became quantized kernels."""
+    coverage = linear_coverage(before, after)
+    total = sum(t for _, t in coverage.values())
+    return sum(q for q, _ in coverage.values()) / total if total else 0.0
 
 
 @dataclasses.dataclass
@@ -56,46 +74,127 @@ def graph_size(graph_def) -> Size:
     return bytes_size(graph_def.SerializeToString(deterministic=True))
 
 
+# A reference output row is a probability vector when it is non-negative and sums to 1 within this.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadAgreement:
+    """One output of the model.
+
+    Attributes:
+      key: the output's signature key.
+      is_class: compared as a class vector (top-1).
+      top1: fraction of images with the same argmax (None unless is_class).
+      mse, mean_abs_error, max_abs_error: candidate against reference, over all values.
+      reference_span: max - min of the reference output, the scale for the errors.
+    """
+    key: str
+    is_class: bool
+    top1: Optional[float]
+    mse: float
+    mean_abs_error: float
+    max_abs_error: float
+    reference_span: float
+
+
 @dataclasses.dataclass
 class Agreement:
-    """How closely `candidate` follows `reference` on a set of images.
+    """How closely `candidate` follows `reference` on a set of images, output by output.
 
     Attributes:
       images: how many images were compared.
-      top1: fraction with the same argmax (None if the output is not a class vector).
-      max_abs_error: largest |reference - candidate| over all outputs.
-      reference_span: max - min of the reference outputs, the scale for max_abs_error.
+      heads: one entry per model output, in signature order.
     """
     images: int
-    top1: float
-    max_abs_error: float
-    reference_span: float = 0.0
+    heads: List[HeadAgreement]
+
+    @property
+    def class_heads(self) -> List[HeadAgreement]:
+        return [h for h in self.heads if h.is_class]
+
+    @property
+    def top1(self) -> Optional[float]:
+        """Top-1 agreement of the class output (the first, if several; None if there is none)."""
+        return self.class_heads[0].top1 if self.class_heads else None
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(h.max_abs_error for h in self.heads)
 
     @property
     def relative_error(self) -> float:
-        """max_abs_error as a fraction of the reference outputs' span."""
-        return self.max_abs_error / self.reference_span if self.reference_span else float("inf")
+        """Largest max_abs_error as a fraction of its output's span."""
+        return max((h.max_abs_error / h.reference_span if h.reference_span else float("inf")) for h in self.heads)
+
+
+def _is_probability(rows: np.ndarray) -> bool:
+    return rows.ndim == 2 and rows.shape[1] > 1 and bool(np.all(rows >= -PROBABILITY_TOLERANCE)) and \
+        bool(np.all(np.abs(rows.sum(axis=1) - 1.0) <= PROBABILITY_TOLERANCE))
+
+
+def class_outputs(model: FrozenModel, chosen: Optional[Sequence[Union[int, str]]]) -> Optional[List[int]]:
+    """Indices of the outputs named (by index or signature key) in `chosen`; None when not chosen.
+
+    Raises:
+      TfcError: an index out of range or an unknown key.
+    """
+    if chosen is None or len(chosen) == 0:
+        return None
+    keys = [o.key for o in model.outputs]
+    indices = []
+    for item in chosen:
+        text = str(item).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not 0 <= index < len(keys):
+                raise TfcError(f"--output_index {index} is out of range: the model has {len(keys)} output(s) "
+                               f"({', '.join(keys)})")
+        elif text in keys:
+            index = keys.index(text)
+        else:
+            raise TfcError(f"--output_index {text!r} names no output (outputs: {', '.join(keys)})")
+        indices.append(index)
+    return indices
 
 
 def agreement(reference: FrozenModel, candidate: FrozenModel, images, prep: Preprocessing,
-              batch_size: int = 32) -> Agreement:
-    """Runs both models on the images (anything `data.source.as_source` takes); compares their first outputs."""
+              batch_size: int = 32, classes: Optional[Sequence[Union[int, str]]] = None) -> Agreement:
+    """Runs both models on the images (anything `data.source.as_source` takes); compares every output.
+
+    Args:
+      classes: the outputs that are class vectors (indices or signature keys).  By default an output is
+        one when every reference row is a probability vector (a softmax head), or, for a single-output
+        model, when it is a vector of more than one value; nothing assumes the first output.
+    """
+    chosen = class_outputs(reference, classes)
+    if len(candidate.outputs) != len(reference.outputs):
+        raise TfcError(f"the models have {len(reference.outputs)} and {len(candidate.outputs)} outputs")
     feed_r, feed_c = reference.image_input().tensor, candidate.image_input().tensor
-    out_r, out_c = reference.outputs[0].tensor, candidate.outputs[0].tensor
-    same = total = 0
-    max_err = 0.0
-    lo, hi = np.inf, -np.inf
-    classes = True
-    with GraphRunner(reference.graph_def, [feed_r], [out_r]) as rr, \
-            GraphRunner(candidate.graph_def, [feed_c], [out_c]) as rc:
+    outs_r, outs_c = [o.tensor for o in reference.outputs], [o.tensor for o in candidate.outputs]
+    count = len(outs_r)
+    ref_parts, cand_parts = [[] for _ in range(count)], [[] for _ in range(count)]
+    with GraphRunner(reference.graph_def, [feed_r], outs_r) as rr, \
+            GraphRunner(candidate.graph_def, [feed_c], outs_c) as rc:
         for batch in as_source(images).batches(prep, batch_size):
-            a, b = rr.run(batch)[0], rc.run(batch)[0]
-            max_err = max(max_err, float(np.max(np.abs(a.astype(np.float64) - b))))
-            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-            if a.ndim == 2 and a.shape[1] > 1:
-                same += int(np.sum(np.argmax(a, 1) == np.argmax(b, 1)))
-            else:
-                classes = False
-            total += len(batch)
-    return Agreement(images=total, top1=same / total if classes and total else None, max_abs_error=max_err,
-                     reference_span=hi - lo if total else 0.0)
+            for i, (a, b) in enumerate(zip(rr.run(batch), rc.run(batch))):
+                ref_parts[i].append(np.asarray(a, np.float64).reshape(len(batch), -1))
+                cand_parts[i].append(np.asarray(b, np.float64).reshape(len(batch), -1))
+    total = sum(len(p) for p in ref_parts[0])
+    heads = []
+    for i, spec in enumerate(reference.outputs):
+        ref = np.concatenate(ref_parts[i]) if total else np.zeros((0, 1))
+        cand = np.concatenate(cand_parts[i]) if total else np.zeros((0, 1))
+        if chosen is not None:
+            is_class = i in chosen
+        else:
+            is_class = total > 0 and ref.shape[1] > 1 and (count == 1 or _is_probability(ref))
+        diff = cand - ref
+        heads.append(HeadAgreement(
+            key=spec.key, is_class=is_class,
+            top1=float(np.mean(ref.argmax(1) == cand.argmax(1))) if is_class and total else None,
+            mse=float(np.mean(diff ** 2)) if total else 0.0,
+            mean_abs_error=float(np.mean(np.abs(diff))) if total else 0.0,
+            max_abs_error=float(np.max(np.abs(diff))) if total else 0.0,
+            reference_span=float(ref.max() - ref.min()) if total else 0.0))
+    return Agreement(images=total, heads=heads)

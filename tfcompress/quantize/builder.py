@@ -300,8 +300,11 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compa
     for node in order:
         quantizer = quantizers.get(node.op)
         plan = getattr(quantizer, "plan", None)
-        members = plan(builder, node) if plan and node.name not in absorbed else None
-        if members:
+        # Two chains may not share a node: both convs of a projection-shortcut block would end in the same
+        # Add -> Relu; the first keeps it, the second stops before it and becomes the summand.
+        members = plan(builder, node, frozenset(absorbed) | frozenset(chains)) \
+            if plan and node.name not in absorbed else None
+        if members and not any(m in absorbed or m in chains for m in members):
             chains[members[-1]] = (quantizer, members)
             absorbed.update(members[:-1])
     for node in order:

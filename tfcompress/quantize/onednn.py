@@ -71,8 +71,12 @@ class FusedQuantizer:
         return False  # Reached only for heads whose chain `plan` declined.
 
     # -- planning ---------------------------------------------------------
-    def plan(self, builder: Builder, head) -> Optional[List[str]]:
-        """The chain's node names, head first, or None if it stays float."""
+    def plan(self, builder: Builder, head, taken: frozenset = frozenset()) -> Optional[List[str]]:
+        """The chain's node names, head first, or None if it stays float.
+
+        Args:
+          taken: nodes already in another chain, which this one may not absorb.
+        """
         if not self._head_ok(builder, head):
             return None
         pad = self._absorbable_pad(builder, head)
@@ -82,6 +86,8 @@ class FusedQuantizer:
                 and builder.src.const_value(data_inputs(nxt)[1]) is not None):
             members.append(nxt)
             nxt = _sole_consumer(builder, nxt.name)
+        if nxt is not None and nxt.name in taken:
+            nxt = None
         if nxt is not None and nxt.op in ACTIVATIONS and attr_dtype(nxt) == tf.float32:
             members.append(nxt)
         elif (self.kind == "conv" and nxt is not None and nxt.op in ("AddV2", "Add")

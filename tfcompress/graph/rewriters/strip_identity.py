@@ -1,7 +1,11 @@
-"""Removes Identity, StopGradient, Snapshot and NoOp nodes and stale control edges.
+"""Removes Identity, IdentityN, StopGradient, Snapshot and NoOp nodes and stale control edges.
 
     Conv2D -> Identity -> Relu        Conv2D -> Relu
     ^NoOp (control)            =>      (no control edges)
+
+IdentityN passes each input k through as output k; Keras' swish leaves one
+behind its custom gradient (`IdentityN(x * sigmoid(x), x)`), and its output 0
+is the activation every later layer reads.
 
 In a frozen inference graph control edges only ordered variable reads, which
 are Consts now; dropping them cannot change any value.  Graph outputs are kept
@@ -28,6 +32,12 @@ def run(graph: Graph) -> int:
             count += 1
         elif node.op in PASS_THROUGH and not graph.is_output(node.name) and len(node.input) == 1:
             graph.rewire(node.name, node.input[0])
+            graph.remove(node.name)
+            count += 1
+        elif node.op == "IdentityN" and not graph.is_output(node.name) and \
+                not any(i.startswith("^") for i in node.input):
+            for k, source in enumerate(node.input):
+                graph.rewire(f"{node.name}:{k}", source)
             graph.remove(node.name)
             count += 1
     graph.invalidate()
