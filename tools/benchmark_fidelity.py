@@ -69,6 +69,7 @@ OURS = {
     "ours, bias_correction=none": {"bias_correction": "none"},
     "ours, bias_correction=analytic": {"bias_correction": "analytic"},
     "ours, calibrator=mse": {"calibrator": "mse"},
+    "ours, equalize": {"equalize": True},
 }
 
 
@@ -118,7 +119,8 @@ def measure(name):
         with tempfile.TemporaryDirectory() as tmp:
             for label, changes in OURS.items():
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
-                                                 calibrator=changes.get("calibrator", "minmax"))
+                                                 calibrator=changes.get("calibrator", "minmax"),
+                                                 equalize=changes.get("equalize", False))
                 artifacts[label] = tfc.convert(
                     entry.path, os.path.join(tmp, "ours.tflite"), images=subset, options=options, overwrite=True,
                     bias_correction=changes.get("bias_correction", "empirical")).flatbuffer

@@ -42,6 +42,9 @@ def define_calibration_flags():
                                      "closest to float on the calibration images."),
         percentile=flags.DEFINE_float("percentile", 99.99, "Percentile kept by --calibrator=percentile."),
         batch_size=flags.DEFINE_integer("batch_size", 32, "Images per calibration batch.", lower_bound=1),
+        equalize=flags.DEFINE_boolean("equalize", False, "Cross-layer equalization of consecutive convolutions "
+                                      "before calibrating (pass it alike to calibrate, quantize_graph and "
+                                      "convert: the cache belongs to the equalized graph)."),
         **define_normalization_flags(0.0, 255.0),
     )
 
@@ -88,7 +91,8 @@ def calibration_options(cal_flags):
     from tfcompress.api.graph_jobs import CalibrationOptions
     return CalibrationOptions(calibrator=cal_flags["calibrator"].value, percentile=cal_flags["percentile"].value,
                               batch_size=cal_flags["batch_size"].value, input_mean=cal_flags["input_mean"].value,
-                              input_std=cal_flags["input_std"].value, channel_order=cal_flags["channel_order"].value)
+                              input_std=cal_flags["input_std"].value, channel_order=cal_flags["channel_order"].value,
+                              equalize=cal_flags["equalize"].value)
 
 
 def load_options(model_flags):

@@ -26,6 +26,9 @@ class CalibrationOptions:
       batch_size: images per calibration batch.
       input_mean, input_std: normalization (pixel - mean) / std, one value or one per channel.
       channel_order: "rgb", or "bgr" for Caffe-style 3-channel models.
+      equalize: cross-layer equalization of consecutive convolutions (`graph.equalize`) before
+        calibrating.  The float function is unchanged, but the activations are not, so a cache made
+        with it belongs to the equalized graph: calibrate, quantize_graph and convert take it alike.
     """
     calibrator: str = "minmax"
     percentile: float = 99.99
@@ -33,6 +36,17 @@ class CalibrationOptions:
     input_mean: Union[float, Sequence[float]] = 0.0
     input_std: Union[float, Sequence[float]] = 255.0
     channel_order: str = "rgb"
+    equalize: bool = False
+
+    def float_model(self, model):
+        """(the optimized float model that is calibrated and quantized, the rewrites that made it)."""
+        from tfcompress.graph.passes import PassResult, optimize  # pylint: disable=import-outside-toplevel
+        float_model, passes = optimize(model)
+        if self.equalize:
+            from tfcompress.graph.equalize import equalize  # pylint: disable=import-outside-toplevel
+            float_model, pairs = equalize(float_model)
+            passes = list(passes) + [PassResult(name="equalize", rewrites=pairs)]
+        return float_model, passes
 
     def calibrator_config(self):
         from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
@@ -94,9 +108,8 @@ def calibrate(model, images=None, *, cache: Optional[str] = None, recalibrate: b
       TfcError: bad model, images or cache, or a cache path over an input.
     """
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
-    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
     _cache_inputs(model, images, cache)
-    float_model, _ = optimize(load_frozen(model, load))
+    float_model, _ = options.float_model(load_frozen(model, load))
     result = run_calibration(float_model, prep=options.preprocessing(float_model),
                              calibrator=options.calibrator_config(), images=images, cache_path=cache,
                              recalibrate=recalibrate, batch_size=options.batch_size, progress=progress)
@@ -162,7 +175,6 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
     """
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.evaluate import measure  # pylint: disable=import-outside-toplevel
-    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
     from tfcompress.io.atomic import check_output  # pylint: disable=import-outside-toplevel
     from tfcompress.io.writers import write_model  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.config import QuantConfig  # pylint: disable=import-outside-toplevel
@@ -172,7 +184,7 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
     _cache_inputs(model, images, cache)
     config = QuantConfig(mode=mode, bitdepth=bitdepth, min_weight_size=min_weight_size, kernels=kernels)
     calibrator = options.calibrator_config()
-    float_model, passes = optimize(load_frozen(model, load))
+    float_model, passes = options.float_model(load_frozen(model, load))
     measure.class_outputs(float_model, class_outputs)  # A bad choice fails before any work.
     ranges, note = None, "not needed"
     if config.mode == "eightbit":
@@ -309,7 +321,6 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     from tfcompress.export.targets import get_target, preflight  # pylint: disable=import-outside-toplevel
     from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat,  # pylint: disable=import-outside-toplevel
                                           convert_tflite, is_qat, quantize_calibrated)
-    from tfcompress.graph.passes import optimize  # pylint: disable=import-outside-toplevel
     from tfcompress.graph.runner import run_model  # pylint: disable=import-outside-toplevel
     from tfcompress.io.atomic import check_output, write_bytes  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.bias_correction import correct_biases  # pylint: disable=import-outside-toplevel
@@ -329,7 +340,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
         raise TfcError(f"--min_agreement must be in (0, 1], got {min_agreement}")
 
-    float_model, _ = optimize(load_frozen(model, load))
+    float_model, _ = options.float_model(load_frozen(model, load))
     qat = is_qat(float_model)
     if qat and (config.quantize != "int8" or wants_layers or auto):
         raise TfcError("a quantization-aware-trained model converts with --quantize=int8 only, without "

@@ -1,0 +1,89 @@
+"""Cross-layer equalization on zoo models: the float function is kept, weight ranges even out, eightbit gains."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from tfcompress.data.images import Preprocessing
+from tfcompress.data.source import FolderSource
+from tfcompress.errors import TfcError
+from tfcompress.evaluate.zoo import ZOO
+from tfcompress.graph import equalize as cle
+from tfcompress.graph.graph import Graph, node_name
+from tfcompress.graph.passes import optimize
+from tfcompress.graph.runner import GraphRunner
+from tfcompress.io.loaders import load_model
+
+# Equalization only reorders float arithmetic: outputs agree to this fraction of their span.
+FUNCTION_RTOL = 1e-5
+# The reference kernels' per-tensor weights on the residual net: output MSE must drop at least this many times
+# (measured: 0.0192 -> 0.0010, about 19x).
+MIN_MSE_GAIN = 2.0
+
+
+def _optimized(name):
+    return optimize(load_model(ZOO[name].path))[0]
+
+
+def _outputs(model, images):
+    with GraphRunner(model.graph_def, [model.image_input().tensor], [o.tensor for o in model.outputs]) as runner:
+        return runner.run(images)
+
+
+def _spread(model):
+    """Per pair: (largest / smallest) channel range of the first layer's outputs, numpy from the graph's Consts."""
+    graph = Graph(model.graph_def, outputs=[o.tensor for o in model.outputs])
+    spreads = []
+    for first, _, _ in cle.find_pairs(graph):
+        node = graph.node(first)
+        w = np.abs(graph.const_value(node_name(node.input[1])))
+        r = (w[..., 0].reshape(-1, w.shape[2]) if node.op == "DepthwiseConv2dNative"
+             else w.reshape(-1, w.shape[3])).max(axis=0)
+        spreads.append(float(r.max() / max(r.min(), 1e-12)))
+    return np.array(spreads)
+
+
+@pytest.mark.parametrize("name", ["xception_digits", "resnet_patches"])
+def test_function_kept_and_channel_ranges_even_out(name):
+    entry = ZOO[name]
+    model = _optimized(name)
+    equalized, pairs = cle.equalize(model)
+    assert pairs >= 5
+    prep = Preprocessing.for_input(tuple(model.inputs[0].shape), mean=entry.mean, std=entry.std)
+    images = FolderSource.from_paths(FolderSource(entry.heldout).paths[:20]).array(prep)
+    for before, after in zip(_outputs(model, images), _outputs(equalized, images)):
+        span = float(before.max() - before.min())
+        np.testing.assert_allclose(after, before, atol=FUNCTION_RTOL * span)
+    before, after = _spread(model), _spread(equalized)
+    assert len(before) == len(after) == pairs
+    assert np.median(after) < np.median(before), (before, after)
+
+
+def test_relu6_pairs_are_left_alone():
+    model = _optimized("mobilenetv2_patches")
+    equalized, pairs = cle.equalize(model)
+    assert pairs == 0 and equalized is model
+
+
+def test_eightbit_reference_kernels_gain_and_the_cache_belongs_to_the_equalized_graph(tmp_path):
+    import tfcompress as tfc
+    entry = ZOO["resnet_patches"]
+    mse = {}
+    for equalize in (False, True):
+        options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std, equalize=equalize)
+        result = tfc.quantize_graph(entry.path, str(tmp_path / f"q8_{equalize}"), images=entry.calibration,
+                                    eval_images=entry.heldout, options=options,
+                                    cache=str(tmp_path / f"cache_{equalize}.json"))
+        mse[equalize] = result.agreement.heads[0].mse
+    assert mse[True] * MIN_MSE_GAIN <= mse[False], mse
+    # A cache of the plain graph does not serve the equalized one: one error, no output.
+    with pytest.raises(TfcError, match="stale"):
+        tfc.quantize_graph(entry.path, str(tmp_path / "mixed"), cache=str(tmp_path / "cache_False.json"),
+                           options=tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
+                                                          equalize=True))
+    assert not (tmp_path / "mixed").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
