@@ -8,7 +8,7 @@ batch 1, so a batch is run one image per invoke.
 """
 
 import enum
-from typing import Dict
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 
@@ -94,13 +94,16 @@ class LiteRTRunner:
             results.append(self._dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)[0])
         return np.stack(results)
 
-    def outputs_by_name(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """Every subgraph output, dequantized, as name -> [B, ...].
+    def outputs_by_name(self, batch: np.ndarray, names: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+        """Every subgraph output (or those in `names`), dequantized, as name -> [B, ...].
 
         Use on a model from `flatbuffer.expose_all_tensors` to see every
         operator's output, whatever delegate ran it.
         """
         details = self.interpreter.get_output_details()
+        if names is not None:
+            wanted = set(names)
+            details = [d for d in details if d["name"] in wanted]
         results = {d["name"]: [] for d in details}
         for x in batch:
             self._invoke(x)
@@ -119,14 +122,8 @@ def tensor_values(flatbuffer: bytes, names, batch: np.ndarray, *, threads: int =
       name -> float64 array [B, ...] for each name found.
     """
     runner = LiteRTRunner(fb.expose_all_tensors(flatbuffer), threads=threads)
-    wanted = set(names)
-    details = [d for d in runner.interpreter.get_output_details() if d["name"] in wanted]
-    values: Dict[str, list] = {d["name"]: [] for d in details}
-    for x in batch:
-        runner._invoke(x)  # pylint: disable=protected-access
-        for d in details:
-            values[d["name"]].append(runner._dequantize(runner.interpreter.get_tensor(d["index"]), d))  # pylint: disable=protected-access
-    result = {k: np.concatenate(v).astype(np.float64) for k, v in values.items()}
-    if runner.input["name"] in wanted:
+    names = set(names)
+    result = {k: v.astype(np.float64) for k, v in runner.outputs_by_name(batch, names).items()}
+    if runner.input["name"] in names:
         result[runner.input["name"]] = np.asarray(batch, np.float64)
     return result
