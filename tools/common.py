@@ -26,7 +26,7 @@ def define_model_flags():
         input_names=flags.DEFINE_list("input_names", None, "Frozen .pb only: input tensor names."),
         output_names=flags.DEFINE_list("output_names", None, "Frozen .pb only: output tensor names."),
         allow_unsafe_ops=flags.DEFINE_boolean("allow_unsafe_ops", False,
-                                              "Accept graphs with file or exec ops (ReadFile, PyFunc, …)."),
+                                              "Accept graphs with ops outside the allowlist of pure ops (ReadFile, PyFunc, custom ops, …)."),
     )
 
 
@@ -113,7 +113,7 @@ def define_runtime_flags():
                                        "scale and zero point, or feed raw pixels (needs scale 1/std, zero mean)."),
         xnnpack=flags.DEFINE_boolean("xnnpack", True, "LiteRT with XNNPACK; --noxnnpack: builtin kernels only."),
         allow_unsafe_ops=flags.DEFINE_boolean("allow_unsafe_ops", False,
-                                              "Accept graphs with file or exec ops (ReadFile, PyFunc, …)."),
+                                              "Accept graphs with ops outside the allowlist of pure ops (ReadFile, PyFunc, custom ops, …)."),
     )
 
 

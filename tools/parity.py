@@ -27,7 +27,7 @@ _REFERENCE = flags.DEFINE_string("reference", None, "Float model it was converte
 _IMAGES = flags.DEFINE_string("images", None, "Sample images (default: the shipped calibration images).")
 _COUNT = flags.DEFINE_integer("count", 16, "How many images to run.", lower_bound=1)
 _NORM = common.define_normalization_flags()
-_ALLOW_UNSAFE = flags.DEFINE_boolean("allow_unsafe_ops", False, "Accept reference graphs with file or exec ops.")
+_ALLOW_UNSAFE = flags.DEFINE_boolean("allow_unsafe_ops", False, "Accept reference graphs with ops outside the allowlist of pure ops.")
 _JSON = flags.DEFINE_boolean("json", False, "Print the report as one JSON object.")
 
 

@@ -46,7 +46,7 @@ def evil(tmp_path_factory):
 def test_the_loader_refuses_before_loading(evil):
     from tfcompress.io.loaders import load_model
     path, marker = evil
-    with pytest.raises(TfcError, match=r"contains file or exec ops: WriteFile \(__inference__initializer"):
+    with pytest.raises(TfcError, match=r"outside the allowlist of pure ops .*: WriteFile \(__inference__initializer"):
         load_model(path)
     assert not os.path.exists(marker)
 
@@ -75,9 +75,12 @@ def _graph_with(make):
     return graph.as_graph_def()
 
 
-@pytest.mark.parametrize("op", ["DebugNanCount", "CacheDatasetV2", "ReduceDataset", "TensorSliceDataset"])
-def test_debug_and_dataset_ops_are_refused(op, tmp_path):
-    """Ops that reach the filesystem during graph optimization are refused by name, before anything runs."""
+@pytest.mark.parametrize("op", ["DebugNanCount", "CacheDatasetV2", "ReduceDataset", "TensorSliceDataset",
+                                "ImmutableConst", "PrintV2", "WriteSummary", "LoadAndRemapMatrix", "RemoteCall",
+                                "InitializeTableFromTextFileV2", "Abort", "MyCustomKernel"])
+def test_ops_outside_the_allowlist_are_refused(op, tmp_path):
+    """Ops that reach outside the process (some during graph optimization), and ops TF does not define, are
+    refused before anything runs."""
     import tensorflow as tf
     from tfcompress.io.loaders import load_model
     graph_def = _graph_with(lambda x: tf.identity(x, name="y"))
@@ -85,9 +88,23 @@ def test_debug_and_dataset_ops_are_refused(op, tmp_path):
     node.name, node.op = "bad", op
     path = tmp_path / "bad.pb"
     path.write_bytes(graph_def.SerializeToString())
-    with pytest.raises(TfcError, match=f"contains file or exec ops: {op} \\(bad\\)"):
+    with pytest.raises(TfcError, match=f"outside the allowlist of pure ops .*: {op} \\(bad\\)"):
         load_model(str(path), input_names=["x"], output_names=["y"])
     assert os.listdir(tmp_path) == ["bad.pb"]
+
+
+def test_the_allowlist_names_real_ops_and_none_that_reach_outside():
+    """Every allowed op is one TensorFlow registers; no file, exec, debug, dataset or summary op is allowed."""
+    from tensorflow.python.framework import op_def_registry
+    from tfcompress.io.pure_ops import PURE_OPS
+    assert {"Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3", "QuantizedConv2D", "QuantizeV2", "VarHandleOp",
+            "StatefulPartitionedCall", "While", "Assert"} <= PURE_OPS
+    assert [op for op in sorted(PURE_OPS) if op_def_registry.get(op) is None] == []
+    outside = {"ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "EagerPyFunc", "PyFuncStateless", "SaveV2",
+               "RestoreV2", "ImmutableConst", "LoadLibrary", "PrintV2", "WriteSummary", "DebugNanCount",
+               "RemoteCall", "InitializeTableFromTextFile", "LoadAndRemapMatrix", "TFRecordReaderV2"}
+    assert sorted(outside & PURE_OPS) == []
+    assert [op for op in PURE_OPS if "Dataset" in op or op.startswith("Debug") or "Summary" in op] == []
 
 
 def test_checkpoint_ops_are_allowed_only_in_the_savers_own_functions():

@@ -19,7 +19,7 @@ class RuntimeOptions:
       threads: threads for LiteRT, TF (intra-op) and onnxruntime.
       quantized_io: int8/uint8 inputs: "quantize" the float input with the model's scale, or feed "pixels".
       xnnpack: LiteRT with XNNPACK (False: builtin kernels only).
-      allow_unsafe_ops: accept graphs with file or exec ops.
+      allow_unsafe_ops: accept graphs with ops outside the allowlist of pure ops (file, exec, debug, dataset or unknown ops).
     """
     input_mean: Norm = None
     input_std: Norm = None

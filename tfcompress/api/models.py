@@ -14,7 +14,7 @@ class LoadOptions:
     Attributes:
       signature: SavedModel signature key.
       input_names, output_names: frozen .pb only: tensor or node names.
-      allow_unsafe_ops: accept graphs with file or exec ops.
+      allow_unsafe_ops: accept graphs with ops outside the allowlist of pure ops (file, exec, debug, dataset or unknown ops).
     """
     signature: str = "serving_default"
     input_names: Optional[Sequence[str]] = None

@@ -3,8 +3,9 @@
 All four become one `FrozenModel`: a frozen GraphDef (variables folded into
 Consts) that keeps the signature's input and output keys.  Keras files load in
 safe mode, so no Python bytecode from the file (Lambda layers, pickled
-functions) is executed; graphs with file or exec ops are refused unless the
-caller opts in (see `safety.py`).
+functions) is executed; graphs with ops outside the allowlist of pure ops
+(file, exec, debug, dataset or unknown ops) are refused unless the caller
+opts in (see `safety.py`).
 """
 
 import os
@@ -56,7 +57,7 @@ def load_model(path: str,
       signature: SavedModel signature key.
       input_names / output_names: tensor or node names, for frozen `.pb` only
         (inferred from Placeholders and unconsumed nodes when omitted).
-      allow_unsafe_ops: accept graphs with file or exec ops.
+      allow_unsafe_ops: accept graphs with ops outside the allowlist of pure ops (file, exec, debug, dataset or unknown ops).
 
     Returns:
       The frozen model.
