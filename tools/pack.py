@@ -37,7 +37,7 @@ def main() -> None:
             tflite = f.read()
     except OSError as e:
         raise TfcError(f"cannot read {_INPUT.value}: {e.strerror}") from e
-    packed = pack(tflite)
+    packed = pack(tflite, _INPUT.value)
     write_bytes(_OUTPUT.value, packed.data)
     size = bytes_size(tflite)
     print(f"\npack: {_INPUT.value} -> {_OUTPUT.value}")

@@ -39,7 +39,7 @@ def main() -> None:
     from tfcompress.evaluate.parity import check_parity, describe
     from tfcompress.export.flatbuffer import layer_label
     from tfcompress.api.evaluate import normalization
-    from tfcompress.export.litert import LiteRTRunner
+    from tfcompress.export.litert import LiteRTRunner, check_untrusted
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import load_model
 
@@ -48,6 +48,7 @@ def main() -> None:
             raise TfcError(f"model {_MODEL.value} does not exist")
         with open(_MODEL.value, "rb") as f:
             flatbuffer = f.read()
+        check_untrusted(flatbuffer, _MODEL.value)  # LiteRT runs a user's file in a child process first.
         reference_path = _REFERENCE.value
     else:
         flatbuffer, reference_path = _default_int8(), _REFERENCE.value or common.DEFAULT_MODEL

@@ -214,7 +214,7 @@ def test_target_preflight(float_model, digits_int8):
     assert set(arm.unsupported_ops) == {"AVERAGE_POOL_2D (8-bit)", "SOFTMAX (8-bit)"}
     # A legacy-style uint8 model with per-channel weights: made by retyping one per-channel filter.
     model = fb.parse(quantized)
-    conv_filter = next(t for t in fb.tensors(model) if t.constant and len(t.scales) > 1)
+    conv_filter = next(t for t in fb.tensors(model) if t.constant and len(t.scales) > 1 and t.dtype == np.int8)
     model.subgraphs[0].tensors[conv_filter.index].type = 3  # UINT8
     assert any("per-channel" in c for c in preflight(fb.serialize(model), "hexagon-dsp").failed_constraints)
     with pytest.raises(TfcError, match="unknown --target 'npu'"):

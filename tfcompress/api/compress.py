@@ -106,7 +106,7 @@ def _run_step(step, current: str, output: str, data: CompressData, teacher: str,
     if function is None:  # pack
         from tfcompress.export.tfc import pack  # pylint: disable=import-outside-toplevel
         with open(current, "rb") as f:
-            write_bytes(output, pack(f.read()).data)
+            write_bytes(output, pack(f.read(), current).data)
         return
     kwargs, fields = _split(step, options_cls)
     common = dict(input_mean=data.input_mean, input_std=data.input_std, channel_order=data.channel_order)

@@ -41,7 +41,7 @@ def normalization(path: str, mean: Norm = None, std: Norm = None, channel_order:
             and os.path.isfile(path)):
         from tfcompress.export.flatbuffer import read_metadata  # pylint: disable=import-outside-toplevel
         with open(path, "rb") as f:
-            meta = read_metadata(f.read())
+            meta = read_metadata(f.read(), path)
         if meta is not None:
             norm = meta["input_normalization"]
             mean = _one_or_all(norm["mean"]) if mean is None else mean

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from tfcompress.errors import TfcError
-from tfcompress.export.litert import LiteRTRunner, QuantizedIO
+from tfcompress.export.litert import LiteRTRunner, QuantizedIO, check_untrusted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +168,7 @@ class TfliteArtifact(Artifact):
                 raise TfcError(f"model {path} does not exist")
             with open(path, "rb") as f:
                 flatbuffer = f.read()
+            check_untrusted(flatbuffer, path)  # A user's file: LiteRT runs it in a child process first.
         self.runner = LiteRTRunner(flatbuffer, source=path, threads=threads, xnnpack=xnnpack,
                                    quantized_io=quantized_io, mean=mean, std=std)
         self.threads = threads

@@ -136,6 +136,8 @@ def decode(reader: Reader, count: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(reader.take((nbits + 7) // 8), np.uint8))[:nbits]
     if count == 0:
         return np.zeros(0, np.int64)
+    if count > nbits:  # Every code is at least one bit long: a stream this short cannot hold that many symbols.
+        raise TfcError(f"{reader.source} is corrupt (a code stream of {nbits} bits for {count} symbols)")
     if not lengths.any():
         raise TfcError(f"{reader.source} is corrupt (an empty code for {count} symbols)")
     # Lookup table on the next MAX_CODE_LENGTH bits: (symbol, length) for every prefix.

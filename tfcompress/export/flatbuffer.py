@@ -29,29 +29,153 @@ def text(value) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
+# Element widths in bits of the fixed-size tensor types, for checking constant buffers against shapes.
+_TYPE_BITS = {0: 32, 1: 16, 2: 32, 3: 8, 4: 64, 6: 8, 7: 16, 8: 64, 9: 8, 10: 64, 11: 128, 12: 64, 15: 32,
+              16: 16, 17: 4, 18: 16, 19: 2, 20: 4}
+_TYPE_COUNT = 21  # TensorType values 0 .. 20 (STRING, RESOURCE and VARIANT have no fixed width)
+
+
+class _Corrupt(Exception):
+    """An inconsistency found while checking; becomes the TfcError of `parse`."""
+
+
+def _check_tables(root, size: int) -> None:
+    """Structure checks on the raw tables, before anything is unpacked.
+
+    Vector lengths must fit in the file, and no two subgraphs, operators or
+    tensors may be one table: a converter writes each once, and aliasing lets
+    a small file declare millions of operators.
+    """
+    def length(n: int, what: str) -> int:
+        if n * 4 > size:
+            raise _Corrupt(f"{what} vector of {n} entries is longer than the file")
+        return n
+
+    seen = set()
+
+    def distinct(table, what: str) -> None:
+        pos = table._tab.Pos  # pylint: disable=protected-access
+        if pos in seen or not 0 < pos < size:
+            raise _Corrupt(f"two {what}s share one table, or one lies outside the file")
+        seen.add(pos)
+
+    length(root.OperatorCodesLength(), "operator code")
+    length(root.BuffersLength(), "buffer")
+    for g in range(length(root.SubgraphsLength(), "subgraph")):
+        subgraph = root.Subgraphs(g)
+        distinct(subgraph, "subgraph")
+        for i in range(length(subgraph.OperatorsLength(), "operator")):
+            distinct(subgraph.Operators(i), "operator")
+        for i in range(length(subgraph.TensorsLength(), "tensor")):
+            distinct(subgraph.Tensors(i), "tensor")
+
+
+def _utf8(value, what: str) -> None:
+    if isinstance(value, bytes):
+        try:
+            value.decode()
+        except UnicodeDecodeError as e:
+            raise _Corrupt(f"{what} is not UTF-8") from e
+
+
+def _indices(values, limit: int, what: str, optional: bool = False) -> None:
+    for v in values if values is not None else []:
+        if not (-1 if optional else 0) <= int(v) < limit:
+            raise _Corrupt(f"{what} index {int(v)} is out of range (0..{limit - 1})")
+
+
+def _check_model(model, size: int) -> None:
+    """Every index, enum, string and buffer size of the unpacked model is consistent."""
+    schema = schema_module()
+    buffers = model.buffers or []
+    largest_builtin = max(v for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_"))
+    for code in model.operatorCodes or []:
+        if not (0 <= code.builtinCode <= largest_builtin and 0 <= code.deprecatedBuiltinCode <= 127):
+            raise _Corrupt(f"unknown builtin operator {code.builtinCode}")
+        _utf8(code.customCode, "a custom operator code")
+    if not model.subgraphs:
+        raise _Corrupt("no subgraph")
+    codes = len(model.operatorCodes or [])
+    for subgraph in model.subgraphs:
+        _utf8(subgraph.name, "a subgraph name")
+        count = len(subgraph.tensors or [])
+        _indices(subgraph.inputs, count, "a subgraph input")
+        _indices(subgraph.outputs, count, "a subgraph output")
+        for op in subgraph.operators or []:
+            if not 0 <= op.opcodeIndex < codes:
+                raise _Corrupt("operator code index out of range")
+            _indices(op.inputs, count, "an operator input", optional=True)
+            _indices(op.outputs, count, "an operator output")
+            _indices(op.intermediates, count, "an operator intermediate")
+        for tensor in subgraph.tensors or []:
+            _check_tensor(tensor, buffers)
+    for buffer in buffers:
+        if buffer.offset and (buffer.offset + buffer.size > size or buffer.offset < 0 or buffer.size < 0):
+            raise _Corrupt("a buffer ends past the file")
+    for entry in model.metadata or []:
+        _utf8(entry.name, "a metadata name")
+        _indices([entry.buffer], len(buffers), "a metadata buffer")
+    for signature in model.signatureDefs or []:
+        _utf8(signature.signatureKey, "a signature key")
+        _indices([signature.subgraphIndex], len(model.subgraphs), "a signature subgraph")
+        tensors = len(model.subgraphs[signature.subgraphIndex].tensors or [])
+        for io in (signature.inputs or []) + (signature.outputs or []):
+            _utf8(io.name, "a signature tensor name")
+            _indices([io.tensorIndex], tensors, "a signature tensor")
+
+
+def _check_tensor(tensor, buffers) -> None:
+    _utf8(tensor.name, "a tensor name")
+    if not 0 <= tensor.type < _TYPE_COUNT:
+        raise _Corrupt(f"unknown tensor type {tensor.type}")
+    shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+    if len(shape) > 16 or any(d < 0 for d in shape):
+        raise _Corrupt(f"a tensor shape {shape[:8]} is invalid")
+    signature = tensor.shapeSignature if tensor.shapeSignature is not None else []
+    if any(int(d) < -1 for d in signature) or (len(signature) and len(signature) != len(shape)):
+        raise _Corrupt("a tensor shape signature is invalid")
+    _indices([tensor.buffer], len(buffers), "a tensor buffer")
+    q = tensor.quantization
+    if q is not None and q.scale is not None and len(q.scale):
+        zeros = q.zeroPoint if q.zeroPoint is not None else []
+        if len(zeros) not in (0, len(q.scale)) or not np.all(np.isfinite(q.scale)):
+            raise _Corrupt("a tensor's quantization parameters are inconsistent")
+        if len(q.scale) > 1 and not 0 <= q.quantizedDimension < max(len(shape), 1):
+            raise _Corrupt("a tensor's quantized dimension is out of range")
+        if len(q.scale) > 1 and shape and len(q.scale) != shape[q.quantizedDimension]:
+            raise _Corrupt("a tensor has a scale count unlike its quantized dimension")
+    data = buffers[tensor.buffer].data if buffers else None
+    bits = _TYPE_BITS.get(tensor.type)
+    if data is not None and len(data) and bits and tensor.sparsity is None:
+        count = int(np.prod(shape, dtype=np.int64))
+        expected = (count * bits + 7) // 8
+        if len(data) != expected and not (bits < 8 and len(data) == count):  # sub-byte types: packed or not
+            raise _Corrupt(f"a constant tensor of shape {shape} has {len(data)} bytes of data, not {expected}")
+
+
 def parse(flatbuffer: bytes, source: str = "flatbuffer"):
-    """The flatbuffer as a mutable `ModelT`.
+    """The flatbuffer as a mutable `ModelT`, after checking that it is one.
+
+    Every vector length, table, index (operator codes, tensors, buffers,
+    subgraphs, metadata), enum, string and constant-buffer size is checked
+    before use; an inconsistency is an error, never a best guess.
 
     Raises:
-      TfcError: not a TFLite flatbuffer (wrong identifier, truncated or corrupt).
+      TfcError: not a TFLite flatbuffer (wrong identifier, truncated, corrupt or inconsistent).
     """
     schema = schema_module()
     if len(flatbuffer) < 8 or flatbuffer[4:8] != TFLITE_IDENTIFIER:
         raise TfcError(f"{source} is not a TFLite flatbuffer (no TFL3 identifier)")
+    data = bytes(flatbuffer)
     try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
-        codes = len(model.operatorCodes or [])
-        for subgraph in model.subgraphs or []:
-            for op in subgraph.operators or []:
-                if not 0 <= op.opcodeIndex < codes:
-                    raise IndexError("operator code index out of range")
-    except Exception as e:  # A corrupt flatbuffer raises anything from struct.error to IndexError.
+        root = schema.Model.GetRootAsModel(data, 0)
+        _check_tables(root, len(data))
+        model = schema.ModelT.InitFromObj(root)
+        _check_model(model, len(data))
+    except _Corrupt as e:
+        raise TfcError(f"{source} is a corrupt TFLite flatbuffer ({e})") from e
+    except Exception as e:  # A damaged flatbuffer raises anything from struct.error to IndexError.
         raise TfcError(f"{source} is a truncated or corrupt TFLite flatbuffer ({type(e).__name__})") from e
-    if not model.subgraphs:
-        raise TfcError(f"{source} is a truncated or corrupt TFLite flatbuffer (no subgraph)")
-    for buffer in model.buffers or []:
-        if buffer.offset and buffer.offset + buffer.size > len(flatbuffer):
-            raise TfcError(f"{source} is a truncated TFLite flatbuffer (a buffer ends past the file)")
     return model
 
 
@@ -181,14 +305,36 @@ def with_metadata(flatbuffer: bytes, *, mean: Sequence[float], std: Sequence[flo
     return serialize(model)
 
 
-def read_metadata(flatbuffer: bytes) -> Optional[Dict]:
-    """The tfcompress metadata of a flatbuffer, or None if it has none."""
-    model = parse(flatbuffer)
+def read_metadata(flatbuffer: bytes, source: str = "flatbuffer") -> Optional[Dict]:
+    """The tfcompress metadata of a flatbuffer, or None if it has none.
+
+    Raises:
+      TfcError: a corrupt flatbuffer, or a metadata buffer that is not the documented JSON (normalization
+        as finite numbers with a positive std, rgb or bgr order, labels as strings).
+    """
+    model = parse(flatbuffer, source)
     for entry in model.metadata or []:
         if text(entry.name) == METADATA_NAME:
             data = model.buffers[entry.buffer].data
             try:
-                return json.loads(bytes(np.asarray(data, np.uint8)).decode())
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise TfcError(f"{METADATA_NAME} buffer is corrupt ({type(e).__name__})") from e
+                doc = json.loads(bytes(np.asarray(data if data is not None else [], np.uint8)).decode())
+                _check_metadata(doc)
+                return doc
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
+                raise TfcError(f"{source}: its {METADATA_NAME} buffer is corrupt ({type(e).__name__}: "
+                               f"{str(e)[:100]})") from e
     return None
+
+
+def _check_metadata(doc) -> None:
+    norm = doc["input_normalization"]
+    mean, std = [norm[k] if isinstance(norm[k], list) else [norm[k]] for k in ("mean", "std")]
+    values = [float(v) for v in mean + std if not isinstance(v, bool)]
+    if len(values) != len(mean) + len(std) or not mean or len(mean) != len(std) or \
+            not all(np.isfinite(values)) or min(float(v) for v in std) <= 0:
+        raise ValueError("input_normalization needs as many finite means as positive stds")
+    if norm.get("channel_order", "rgb") not in ("rgb", "bgr"):
+        raise ValueError("channel_order must be rgb or bgr")
+    labels = doc.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError("labels must be a list of strings")

@@ -8,6 +8,13 @@ batch 1, so a batch is run one image per invoke.
 """
 
 import enum
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
 from typing import Dict, Iterable, Optional
 
 import numpy as np
@@ -38,6 +45,7 @@ class LiteRTRunner:
                  quantized_io: QuantizedIO = QuantizedIO.QUANTIZE, mean: float = 0.0, std: float = 255.0):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType  # pylint: disable=import-outside-toplevel
         self.model = fb.parse(flatbuffer, source)
+        self.source = source
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads,
@@ -83,8 +91,11 @@ class LiteRTRunner:
         return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> None:
-        self.interpreter.set_tensor(self.input["index"], self._feed(x[None]))
-        self.interpreter.invoke()
+        try:
+            self.interpreter.set_tensor(self.input["index"], self._feed(x[None]))
+            self.interpreter.invoke()
+        except (ValueError, RuntimeError) as e:
+            raise TfcError(f"LiteRT cannot run {self.source}: {str(e).strip().splitlines()[0][:200]}") from e
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Float first output [B, ...]."""
@@ -127,3 +138,80 @@ def tensor_values(flatbuffer: bytes, names, batch: np.ndarray, *, threads: int =
     if runner.input["name"] in names:
         result[runner.input["name"]] = np.asarray(batch, np.float64)
     return result
+
+
+class Sandbox:
+    """A child process that loads and runs flatbuffers before this process does (see `litert_child`).
+
+    LiteRT trusts the flatbuffers it is given: a damaged one can crash the
+    interpreter (SIGSEGV, SIGABRT) or make it spin.  A file from the user goes
+    through `check` first; a crash or a hang ends the child, not this process,
+    and becomes a TfcError.  The child is started on first use and restarted
+    after a crash; it exits when this process closes its stdin.
+    """
+
+    def __init__(self, timeout: float = 60.0):
+        self.timeout = timeout
+        self._proc = None
+
+    def _start(self):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._proc = subprocess.Popen([sys.executable, "-m", "tfcompress.export.litert_child"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      env=env)
+
+    def close(self):
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def _reply(self) -> Optional[bytes]:
+        """The child's answer line; b"" when it died, None when it did not answer in time (it is killed)."""
+        ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout)
+        if not ready:
+            self._proc.kill()
+            return None
+        line = self._proc.stdout.readline()
+        return line if line.endswith(b"\n") else b""
+
+    def check(self, flatbuffer: bytes, source: str) -> None:
+        """Raises TfcError unless LiteRT builds, allocates and runs `flatbuffer` without error in the child."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        try:
+            self._proc.stdin.write(struct.pack("<Q", len(flatbuffer)) + flatbuffer)
+            self._proc.stdin.flush()
+            line = self._reply()
+        except OSError:  # The child died before reading it all.
+            line = b""
+        if not line:
+            code = self._proc.wait()
+            self._proc = None
+            if line is None:
+                raise TfcError(f"LiteRT did not finish loading and running {source} within {self.timeout:g} s")
+            try:
+                how = signal.Signals(-code).name
+            except ValueError:
+                how = f"exit status {code}"
+            raise TfcError(f"LiteRT crashes on {source} ({how}); the file is damaged or hostile")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise TfcError(f"LiteRT cannot load {source}: {reply['error']}")
+
+
+_SANDBOX = Sandbox()
+
+
+def check_untrusted(flatbuffer: bytes, source: str, sandbox: Optional[Sandbox] = None) -> None:
+    """Checks a flatbuffer from outside tfcompress: parsed and checked here, then run by LiteRT in a child.
+
+    Args:
+      flatbuffer, source: the file's bytes and its name for messages.
+      sandbox: the child to use (default: one per process, 60 s per file).
+
+    Raises:
+      TfcError: a damaged or inconsistent file, one LiteRT refuses, or one that crashes or hangs LiteRT.
+    """
+    fb.parse(flatbuffer, source)
+    (sandbox or _SANDBOX).check(flatbuffer, source)

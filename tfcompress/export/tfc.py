@@ -55,12 +55,17 @@ VERSION = 1
 DENSE, SPARSE = 0, 1
 # Buffers with more distinct values than this stay in the skeleton (a codebook that large saves nothing).
 MAX_CODEBOOK = 4096
+# The largest .tflite a .tfc file may declare, as a multiple of the .tfc's own size, and in absolute terms (a
+# flatbuffer is limited to 2 GiB).  Trained models pack 3-70x; only a model that is almost all zeros packs more,
+# and `pack` refuses that rather than write a file whose size says nothing about what it unpacks to.
+MAX_EXPANSION = 4096
+MAX_TFLITE_BYTES = 2 << 30
 
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
-def _element(dtype: int) -> np.dtype:
+def element_dtype(dtype: int) -> np.dtype:
     """Elements are handled as little-endian unsigned integers of the tensor type's width.
 
     Comparing bit patterns rather than numbers keeps every byte: -0.0 is not
@@ -73,16 +78,21 @@ def _compress(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
-def _decompress(data: bytes, source: str) -> bytes:
+def _decompress(data: bytes, source: str, expected: int) -> bytes:
+    """The skeleton, decompressing no more than one byte past the `expected` size."""
     try:
-        return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        out = decompressor.decompress(data, max_length=expected + 1)
     except lzma.LZMAError as e:
         raise TfcError(f"{source} is corrupt (its skeleton does not decompress: {e})") from e
+    if len(out) > expected or not decompressor.eof:
+        raise TfcError(f"{source} is corrupt (its skeleton is not the {expected} bytes it should be)")
+    return out
 
 
-def weight_buffers(tflite: bytes) -> List[Tuple[int, int, int]]:
+def weight_buffers(tflite: bytes, source: str = "the .tflite") -> List[Tuple[int, int, int]]:
     """(offset, length, TFLite dtype) of every constant tensor's data inside the flatbuffer, by offset."""
-    parse(tflite, "the .tflite")  # Validates the file first.
+    parse(tflite, source)  # Validates the file first.
     schema = schema_module()
     root = schema.Model.GetRootAsModel(tflite, 0)
     dtype_of: Dict[int, int] = {}
@@ -156,14 +166,14 @@ def _encode_buffer(values: np.ndarray, dtype: int) -> Optional[Tuple[bytes, str,
     return body, ("dense" if mode == DENSE else "sparse"), codebook
 
 
-def pack(tflite: bytes) -> PackResult:
-    """The `.tfc` bytes of a TFLite flatbuffer (see the module docstring)."""
-    buffers = weight_buffers(tflite)
+def pack(tflite: bytes, source: str = "the .tflite") -> PackResult:
+    """The `.tfc` bytes of a TFLite flatbuffer (see the module docstring); `source` names it in errors."""
+    buffers = weight_buffers(tflite, source)
     chosen, bodies, cut = [], [], []
     left = 0
     for offset, length, dtype in buffers:
-        encoded = _encode_buffer(np.frombuffer(tflite, _element(dtype), length // _element(dtype).itemsize, offset),
-                                 dtype)
+        element = element_dtype(dtype)
+        encoded = _encode_buffer(np.frombuffer(tflite, element, length // element.itemsize, offset), dtype)
         # Left in place when LZMA inside the skeleton does at least as well.
         if encoded is None or len(encoded[0]) >= len(_compress(tflite[offset:offset + length])):
             left += 1
@@ -181,6 +191,9 @@ def pack(tflite: bytes) -> PackResult:
     skeleton = _compress(b"".join(pieces))
     data = (MAGIC + bytes([VERSION]) + entropy.varint(len(tflite)) + hashlib.sha256(tflite).digest()
             + entropy.varint(len(bodies)) + b"".join(bodies) + entropy.varint(len(skeleton)) + skeleton)
+    if len(tflite) > MAX_EXPANSION * len(data):
+        raise TfcError(f"the .tflite packs {len(tflite) / len(data):.0f}x, more than a .tfc may declare "
+                       f"({MAX_EXPANSION}x): it is almost all zeros; keep it as a .tflite")
     if unpack(data, "the packed data") != tflite:  # Cannot happen; never write a file that does not unpack.
         raise TfcError("internal error: the packed data does not unpack to the .tflite")
     return PackResult(data, chosen, len(skeleton), left)
@@ -201,14 +214,21 @@ def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
     if version != VERSION:
         raise TfcError(f"{source} has .tfc version {version}; this tfcompress reads version {VERSION}")
     size = reader.varint()
+    if size > min(MAX_EXPANSION * len(data), MAX_TFLITE_BYTES):
+        raise TfcError(f"{source} is corrupt (it declares a {size}-byte .tflite, more than a {len(data)}-byte "
+                       f".tfc can hold)")
     digest = reader.take(32)
     pieces = []
+    declared = 0  # Bytes of buffers so far: with the skeleton, they must make up `size`.
     for _ in range(reader.varint()):
         offset, length = reader.varint(), reader.varint()
+        declared += length
+        if declared > size:
+            raise TfcError(f"{source} is corrupt (its buffers add up to more than the .tflite)")
         dtype, mode = reader.take(1)[0], reader.take(1)[0]
         if dtype not in TENSOR_DTYPES or mode not in (DENSE, SPARSE):
             raise TfcError(f"{source} is corrupt (buffer type {dtype}, mode {mode})")
-        np_dtype = _element(dtype)
+        np_dtype = element_dtype(dtype)
         if length % np_dtype.itemsize or offset + length > size:
             raise TfcError(f"{source} is corrupt (a buffer of {length} bytes at {offset})")
         count = length // np_dtype.itemsize
@@ -216,7 +236,7 @@ def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
         if k > MAX_CODEBOOK:
             raise TfcError(f"{source} is corrupt (a codebook of {k} values)")
         codebook = np.frombuffer(reader.take(k * np_dtype.itemsize), np_dtype)
-        values = np.zeros(count, np_dtype)
+        positions = None  # Dense: every element, in order.
         if mode == SPARSE:
             bits = reader.take(1)[0]
             nonzero = reader.varint()
@@ -228,25 +248,33 @@ def unpack(data: bytes, source: str = "the .tfc file") -> bytes:
                 raise TfcError(f"{source} is corrupt (a nonzero position past the buffer)")
             stored = nonzero
         else:
-            positions, stored = np.arange(count), count
+            stored = count
+        # Decoded before anything of the buffer's size is allocated: the stream's bits bound `stored`.
         indices = entropy.decode(reader, stored)
         if stored and (k == 0 or indices.max() >= k):
             raise TfcError(f"{source} is corrupt (a codebook index out of range)")
-        if stored:
-            values[positions] = codebook[indices]
-        pieces.append((offset, values.tobytes()))
-    skeleton = _decompress(reader.take(reader.varint()), source)
+        pieces.append((offset, length, np_dtype, positions, codebook[indices] if stored else None))
+    skeleton = _decompress(reader.take(reader.varint()), source, size - declared)
+    if len(skeleton) != size - declared:
+        raise TfcError(f"{source} is corrupt (its skeleton and buffers do not make up the .tflite)")
     if reader.pos != len(data):
         raise TfcError(f"{source} is corrupt ({len(data) - reader.pos} trailing bytes)")
-    out, pos = bytearray(), 0
-    for offset, blob in sorted(pieces):
-        take = offset - len(out)
-        if take < 0:
+    # Only now, with every size consistent, is the .tflite allocated (zeros) and filled.
+    out, pos, end = bytearray(size), 0, 0
+    for offset, length, np_dtype, positions, values in sorted(pieces, key=lambda p: p[0]):
+        if offset < end:
             raise TfcError(f"{source} is corrupt (overlapping buffers)")
-        out += skeleton[pos:pos + take]
-        pos += take
-        out += blob
-    out += skeleton[pos:]
+        out[end:offset] = skeleton[pos:pos + offset - end]
+        pos += offset - end
+        if values is not None:
+            view = np.frombuffer(out, np_dtype, length // np_dtype.itemsize, offset)
+            if positions is None:
+                view[:] = values
+            else:
+                view[positions] = values
+            del view  # A live view would pin the bytearray's size.
+        end = offset + length
+    out[end:] = skeleton[pos:]
     out = bytes(out)
     if len(out) != size or hashlib.sha256(out).digest() != digest:
         raise TfcError(f"{source} is corrupt (the unpacked flatbuffer does not match its recorded SHA-256)")
