@@ -6,7 +6,7 @@ Import this before anything that imports TensorFlow.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ logs, errors included: ours are error lines
 
 from absl import app, flags  # noqa: E402
 

@@ -13,8 +13,7 @@ import dataclasses
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
-from tfcompress.api.models import describe, load_keras_model
-from tfcompress.io.keras_models import check_finite_keras
+from tfcompress.api.models import load_keras_model
 from tfcompress.errors import TfcError
 
 DISTILL_FROM = ("original", "none")
@@ -86,8 +85,7 @@ class _Training:
             raise TfcError("training images are required (--train_images)")
         keras.utils.set_random_seed(options.seed)
         tf.config.experimental.enable_op_determinism()
-        self.original, self.path = load_keras_model(model)
-        check_finite_keras(self.original, self.path or describe(model))
+        self.original, self.path = load_keras_model(model)  # NaN/Inf weights refused there
         # A tf_keras .h5 is read by Keras 3 above too; magnitude pruning sends it through tfmot instead.
         self.tf_keras = bool(self.path) and self.path.lower().endswith((".h5", ".hdf5")) and is_tf_keras_h5(self.path)
         _, h, w, c = self.original.input_shape

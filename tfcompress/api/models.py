@@ -53,17 +53,20 @@ def load_keras_model(model):
     """(keras.Model, path or None): a .keras/.h5 path loaded in safe mode, or the Keras model itself.
 
     Raises:
-      TfcError: not a Keras model file, or neither a path nor a Keras model.
+      TfcError: not a Keras model file, neither a path nor a Keras model, or NaN/Inf weights.
     """
-    from tfcompress.io.keras_models import load_keras  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.keras_models import check_finite_keras, load_keras  # pylint: disable=import-outside-toplevel
     from tfcompress.io.loaders import detect_format  # pylint: disable=import-outside-toplevel
     path = model_path(model)
     if path is not None:
         fmt = detect_format(path)
         if fmt not in ("keras", "h5"):
             raise TfcError(f"this command takes a Keras model (.keras, or .h5); {path} is {fmt}")
-        return load_keras(path), path
+        loaded = load_keras(path)
+        check_finite_keras(loaded, path)
+        return loaded, path
     if _is_keras_model(model):
+        check_finite_keras(model, describe(model))
         return model, None
     raise TfcError(f"model must be a .keras/.h5 path or a keras.Model, not {type(model).__name__}")
 

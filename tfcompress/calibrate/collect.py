@@ -5,6 +5,7 @@ batch by batch -> compute ranges with a calibrator.  Memory stays bounded by
 the batch size and the histogram size, not by the number of images.
 """
 
+import sys
 from typing import Dict, List
 
 import tensorflow as tf
@@ -76,7 +77,9 @@ def collect_stats(model: FrozenModel, images, prep: Preprocessing, *,
     stats = {t: TensorStats() for t in tensors}
     feed = model.image_input().tensor
     with GraphRunner(model.graph_def, [feed], tensors) as runner:
-        bar = tqdm(total=len(source), desc="calibrating", unit="img", disable=not progress, leave=False)
+        # A bar only on a terminal: in a log, its carriage returns would leave the next line (an error) mid-line.
+        bar = tqdm(total=len(source), desc="calibrating", unit="img", leave=False,
+                   disable=not (progress and sys.stderr.isatty()))
         for batch in source.batches(prep, batch_size):
             for name, value in zip(tensors, runner.run(batch)):
                 stats[name].update(value)

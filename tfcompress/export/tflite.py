@@ -33,8 +33,11 @@ References:
   Jacob et al., arXiv:1712.05877 (the int8 scheme TFLite implements).
 """
 
+import contextlib
 import dataclasses
+import os
 import re
+import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -188,18 +191,38 @@ def quantize_calibrated(calibrated: bytes, mode: str, per_channel: bool = True,
         safe = _rename_tensors(calibrated, _JOIN, _SAFE_JOIN)
         # Quantize with float I/O, then set the boundary type, as the converter itself does:
         # its post-step replaces the boundary Quantize/Dequantize ops by int8 or uint8 I/O.
-        quantized = lite_convert.mlir_quantize(
-            safe, disable_per_channel=not per_channel, fully_quantize=False,
-            denylisted_nodes=[n.replace(_JOIN, _SAFE_JOIN) for n in float_layers] or None)
+        with _native_stderr_discarded():
+            quantized = lite_convert.mlir_quantize(
+                safe, disable_per_channel=not per_channel, fully_quantize=False,
+                denylisted_nodes=[n.replace(_JOIN, _SAFE_JOIN) for n in float_layers] or None)
         quantized = _rename_tensors(quantized, _SAFE_JOIN, _JOIN)
         return lite_util.modify_model_io_type(quantized, io_type, io_type)
     except Exception as e:
         raise TfcError(f"TFLite quantizer failed: {str(e).strip().splitlines()[0][:300]}") from e
 
 
+@contextlib.contextmanager
+def _native_stderr_discarded():
+    """Discards what native code writes to file descriptor 2 meanwhile.
+
+    The converter and quantizer print their settings ("fully_quantize: 0, inference_type: 6, ...") with
+    C++ streams; a failure still reaches us as a Python exception, whose first line becomes the error.
+    """
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def _run_converter(converter) -> bytes:
     try:
-        return converter.convert()
+        with _native_stderr_discarded():
+            return converter.convert()
     except Exception as e:  # The converter raises a variety of types.
         raise TfcError(f"TFLite converter failed: {str(e).strip().splitlines()[0][:300]}") from e
 

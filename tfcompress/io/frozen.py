@@ -101,3 +101,32 @@ def check_finite_weights(graph_def) -> None:
         if not np.all(np.isfinite(value.astype(np.float64))):
             bad = "NaN" if np.isnan(value.astype(np.float64)).any() else "Inf"
             raise TfcError(f"weight {name} contains {bad}; fix the model before compressing it")
+
+
+def check_dtypes(model: FrozenModel) -> None:
+    """Raises TfcError naming a signature tensor or Const whose dtype has no numpy form (variant, resource, ...).
+
+    tfcompress computes on numeric tensors; such a model is refused by the dtype's name at load rather than
+    failing later inside TensorFlow's conversion.
+    """
+    from tfcompress.errors import TfcError
+
+    def mappable(dtype) -> bool:
+        try:
+            tf.as_dtype(dtype).as_numpy_dtype  # pylint: disable=expression-not-assigned
+            return True
+        except (TypeError, KeyError):  # KeyError: TF has no numpy type for variant and resource
+            return False
+
+    for kind, sigs in (("input", model.inputs), ("output", model.outputs)):
+        for sig in sigs:
+            if not mappable(sig.dtype):
+                raise TfcError(f"model {model.source}: {kind} {sig.key} has dtype {sig.dtype}, which tfcompress "
+                               "cannot handle (numeric and string tensors only)")
+    nodes = list(model.graph_def.node)
+    for fn in model.graph_def.library.function:
+        nodes.extend(fn.node_def)
+    for node in nodes:
+        if node.op == "Const" and not mappable(node.attr["dtype"].type):
+            raise TfcError(f"model {model.source}: constant {node.name} has dtype "
+                           f"{tf.as_dtype(node.attr['dtype'].type).name}, which tfcompress cannot handle")

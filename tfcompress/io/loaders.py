@@ -18,7 +18,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from tfcompress.errors import TfcError
 from tfcompress.io import safety
 from tfcompress.io.keras_models import load_keras
-from tfcompress.io.frozen import FrozenModel, TensorSig, check_finite_weights, shape_of
+from tfcompress.io.frozen import FrozenModel, TensorSig, check_dtypes, check_finite_weights, shape_of
 
 FORMATS = ("saved_model", "keras", "h5", "frozen_pb")
 
@@ -63,7 +63,7 @@ def load_model(path: str,
       The frozen model.
 
     Raises:
-      TfcError: missing, corrupt or unsafe model; NaN/Inf weights.
+      TfcError: missing, corrupt or unsafe model; NaN/Inf weights; a dtype with no numpy form.
     """
     fmt = detect_format(path)
     if (input_names or output_names) and fmt != "frozen_pb":
@@ -76,6 +76,7 @@ def load_model(path: str,
     else:
         model = _load_frozen_pb(path, input_names, output_names, allow_unsafe_ops)
     safety.check_safe(model.graph_def, path, allow_unsafe_ops)
+    check_dtypes(model)
     check_finite_weights(model.graph_def)
     return model
 
