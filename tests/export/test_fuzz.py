@@ -2,6 +2,7 @@
 and .tfc is read or refused with a TfcError, in bounded time and memory; `tools/fuzz.py` runs the long version."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -42,6 +43,52 @@ def test_the_mutators_change_their_input_and_are_seeded():
     assert a == b and all(m != data for m in a)
     in_place = fuzz.mutate_bytes(data, np.random.default_rng(4), in_place=True)
     assert len(in_place) == len(data) and in_place != data
+
+
+
+def _crafted(edit):
+    """The int8 seed after `edit(model)` on its object form, serialized again."""
+    from tfcompress.export import flatbuffer as fb
+    with open(os.path.join(SEEDS, "digits_int8.tflite"), "rb") as f:
+        model = fb.parse(f.read())
+    edit(model)
+    return fb.serialize(model)
+
+
+def _set(obj, field, value):
+    setattr(obj, field, value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: _set(m.subgraphs[0].operators[1], "inputs", [0, 10 ** 6]), "an operator input index 1000000 is out"),
+    (lambda m: _set(m.subgraphs[0].tensors[0], "buffer", 10 ** 6), "a tensor buffer index 1000000 is out"),
+    (lambda m: _set(m.subgraphs[0].tensors[0], "name", b"\xff\xfe"), "a tensor name is not UTF-8"),
+    (lambda m: _set(m.subgraphs[0].tensors[0], "type", 99), "unknown tensor type 99"),
+    (lambda m: _set(m.subgraphs[0], "outputs", [-1]), "a subgraph output index -1 is out"),
+    (lambda m: _set(m.subgraphs[0].tensors[0], "shape", [1, -5, 3]), "a tensor shape [1, -5, 3] is invalid"),
+    (lambda m: _set(m.operatorCodes[0], "builtinCode", 10 ** 5), "unknown builtin operator 100000"),
+])
+def test_inconsistent_structure_is_named(edit, message):
+    from tfcompress.errors import TfcError
+    from tfcompress.export import flatbuffer as fb
+    with pytest.raises(TfcError, match=re.escape(message)):
+        fb.parse(_crafted(edit), "crafted.tflite")
+
+
+def test_an_operator_table_used_twice_is_refused():
+    """Operators vectors hold offsets: pointing every entry at one table lets a small file declare any number of
+    operators.  The reader refuses a table that two entries share."""
+    from tfcompress.errors import TfcError
+    from tfcompress.export import flatbuffer as fb
+    with open(os.path.join(SEEDS, "digits_int8.tflite"), "rb") as f:
+        data = bytearray(f.read())
+    subgraph = fb.schema_module().Model.GetRootAsModel(bytes(data), 0).Subgraphs(0)
+    tab = subgraph._tab  # pylint: disable=protected-access
+    vector = tab.Vector(tab.Offset(10))  # SubGraph.operators, the table's fourth field.
+    first = vector + int.from_bytes(data[vector:vector + 4], "little")
+    data[vector + 4:vector + 8] = (first - (vector + 4)).to_bytes(4, "little")  # entry 1 -> entry 0's table
+    with pytest.raises(TfcError, match="two operators share one table"):
+        fb.parse(bytes(data), "aliased.tflite")
 
 
 if __name__ == "__main__":

@@ -51,19 +51,57 @@ def test_the_loader_refuses_before_loading(evil):
     assert not os.path.exists(marker)
 
 
-@pytest.mark.parametrize("tool, args", [
-    ("quantize_graph", ["--output={tmp}/q8", "--mode=weights"]),
-    ("convert", ["--output={tmp}/m.tflite", "--quantize=none"]),
-    ("eval", ["--images=" + HELDOUT]),
-])
-def test_no_command_runs_the_initializer(evil, tool, args, tmp_path):
+# Every command that loads a TF graph, with the flag that names the model.
+GRAPH_COMMANDS = [
+    ("quantize_graph", "--input", ["--output={tmp}/q8", "--mode=weights"]),
+    ("convert", "--input", ["--output={tmp}/m.tflite", "--quantize=none"]),
+    ("calibrate", "--input", ["--calibration_cache={tmp}/c.json"]),
+    ("eval", "--model", ["--images=" + HELDOUT]),
+    ("parity", "--reference", ["--images=" + HELDOUT]),
+    ("export_onnx", "--input", ["--output={tmp}/m.onnx", "--images=" + HELDOUT]),
+]
+
+
+@pytest.mark.parametrize("tool, flag, args", GRAPH_COMMANDS)
+def test_no_command_runs_the_initializer(evil, tool, flag, args, tmp_path):
     path, marker = evil
-    flag = "--model" if tool == "eval" else "--input"
     proc = run_tool_in_process(tool, f"{flag}={path}", *[a.format(tmp=tmp_path) for a in args])
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "WriteFile" in errors[0], proc.stderr[-2000:]
     assert not os.path.exists(marker) and os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def debug_graph(tmp_path_factory):
+    """(a frozen .pb whose DebugNanCount writes under `debug_dir` when run, debug_dir); TF really writes it."""
+    import numpy as np
+    import tensorflow as tf
+    root = tmp_path_factory.mktemp("debug")
+    debug_dir = str(root / "written_by_the_graph")
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 32, 32, 1), name="x")
+        count = tf.raw_ops.DebugNanCount(input=x, tensor_name="x:0", debug_urls=["file://" + debug_dir])
+        y = tf.identity(x * 2.0 + tf.cast(count, tf.float32), name="y")
+    with tf.compat.v1.Session(graph=graph) as session:
+        session.run(y, {x: np.zeros((1, 32, 32, 1), np.float32)})
+    assert os.path.isdir(debug_dir)  # The danger is real.
+    import shutil
+    shutil.rmtree(debug_dir)
+    path = root / "debug.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return str(path), debug_dir
+
+
+@pytest.mark.parametrize("tool, flag, args", GRAPH_COMMANDS)
+def test_no_command_runs_a_debug_op(debug_graph, tool, flag, args, tmp_path):
+    path, debug_dir = debug_graph
+    proc = run_tool_in_process(tool, f"{flag}={path}", *[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "DebugNanCount" in errors[0], proc.stderr[-2000:]
+    assert not os.path.exists(debug_dir) and os.listdir(tmp_path) == []
 
 
 def _graph_with(make):
