@@ -137,7 +137,10 @@ def test_keras_jobs_take_arrays_and_return_typed_results():
     assert isinstance(result, KerasResult) and result.original is model
     kernels = [layer.kernel.numpy() for layer in result.model.layers if hasattr(layer, "kernel")]
     zeros, total = sum(int(np.sum(k == 0)) for k in kernels), sum(k.size for k in kernels)
-    assert result.rows[-1][:3] == ["total", zeros, total] and 0.45 <= zeros / total <= 0.55
+    assert result.rows[-2][:3] == ["total (pruned kernels)", zeros, total] and 0.45 <= zeros / total <= 0.55
+    every = [w.numpy() for w in result.model.trainable_weights]
+    assert result.rows[-1][:3] == ["whole model (every trainable weight)", sum(int(np.sum(w == 0)) for w in every),
+                                   sum(w.size for w in every)]
     assert "and labels, 64 images" in result.training
     with pytest.raises(TfcError, match="label 10 but the model outputs 10"):
         tfc.prune(model, train_images=pixels, labels=np.full(64, 10), options=tfc.TrainOptions(epochs=1))

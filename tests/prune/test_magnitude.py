@@ -122,8 +122,8 @@ def test_wrapped_model_reloads_with_schedule_masks_and_targets(pruned_run):
     for name, layer in wrappers.items():
         assert layer.schedule.get_config() == originals[name].schedule.get_config()
         assert layer.target_sparsity == originals[name].target_sparsity
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.mask),
-                                      keras.ops.convert_to_numpy(originals[name].mask))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.masks["kernel"]),
+                                      keras.ops.convert_to_numpy(originals[name].masks["kernel"]))
     assert wrappers["prune_low_magnitude_conv2d_7"].target_sparsity == 0.75
 
 
@@ -134,6 +134,44 @@ def test_m_by_n_survives_save_and_reload(tmp_path):
     wrapped.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert again.layers[0].m_by_n == (2, 4)
+
+
+def test_separable_convs_are_pruned_in_both_kernels_and_the_report_is_true(tmp_path):
+    """On the zoo's mini-Xception, both kernels of every separable conv reach the sparsity, and the figures
+    reported are counted again here with numpy: per pruned layer, and over every trainable weight."""
+    import keras
+    from tfcompress.evaluate.zoo import ZOO
+    model = keras.saving.load_model(ZOO["xception_digits"].path, safe_mode=True, compile=False)
+    separable = [l.name for l in model.layers if isinstance(l, keras.layers.SeparableConv2D)]
+    assert len(separable) >= 4
+    wrapped = magnitude.prune_low_magnitude(model, magnitude.ConstantSparsity(0.5, frequency=1))
+    wrappers = {l.layer.name: l for l in wrapped.layers if isinstance(l, magnitude.PruneLowMagnitude)}
+    assert set(separable) <= set(wrappers)
+    for wrapper in wrappers.values():
+        wrapper.update_mask(0.5)
+    wrapped.save(tmp_path / "wrapped.keras")
+    again = keras.saving.load_model(tmp_path / "wrapped.keras", safe_mode=True)
+    for layer in again.layers:
+        if isinstance(layer, magnitude.PruneLowMagnitude):
+            for name, mask in layer.masks.items():
+                np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask),
+                                              keras.ops.convert_to_numpy(wrappers[layer.layer.name].masks[name]))
+    stripped = magnitude.strip_pruning(wrapped)
+    for name in separable:
+        layer = stripped.get_layer(name)
+        for kernel in (layer.depthwise_kernel, layer.pointwise_kernel):
+            k = keras.ops.convert_to_numpy(kernel)
+            assert int(np.sum(k == 0)) == int(round(0.5 * k.size)), name
+    reported = magnitude.sparsity_of(stripped)
+    for name, (zeros, size) in reported.items():
+        layer = stripped.get_layer(name)
+        kernels = [keras.ops.convert_to_numpy(getattr(layer, n)) for n in magnitude.kernel_names(layer)]
+        assert (zeros, size) == (sum(int(np.sum(k == 0)) for k in kernels), sum(k.size for k in kernels))
+    every = [keras.ops.convert_to_numpy(w) for w in stripped.trainable_weights]
+    zeros, size = magnitude.model_sparsity(stripped)
+    assert (zeros, size) == (sum(int(np.sum(w == 0)) for w in every), sum(w.size for w in every))
+    # Nearly every weight of this model is in a kernel: the whole model is close to half zeros, not 18%.
+    assert zeros / size > 0.45
 
 
 def test_bad_pruning_requests():

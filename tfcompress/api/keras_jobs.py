@@ -212,7 +212,9 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
         for name, (z, n) in magnitude.sparsity_of(result).items():
             rows.append([name, z, n, f"{z / n:.1%}"])
             zeros, total = zeros + z, total + n
-        rows.append(["total", zeros, total, f"{zeros / total:.1%}"])
+        rows.append(["total (pruned kernels)", zeros, total, f"{zeros / total:.1%}"])
+        zeros, total = magnitude.model_sparsity(result)
+        rows.append(["whole model (every trainable weight)", zeros, total, f"{zeros / total:.1%}"])
         what = f"magnitude, {schedule} to {sparsity:g}, {steps} steps"
         if job.tf_keras:
             what += ", tf_keras model through tensorflow-model-optimization"

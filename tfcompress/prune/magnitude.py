@@ -1,7 +1,8 @@
 """Magnitude pruning for Keras 3: wrappers, schedules, the step callback and stripping.
 
 The familiar API: `prune_low_magnitude(model, schedule)` wraps every conv,
-depthwise conv and dense layer in `PruneLowMagnitude`; training with the
+depthwise conv, separable conv (both of its kernels) and dense layer in
+`PruneLowMagnitude`; training with the
 `UpdatePruningStep` callback raises each layer's sparsity along the schedule,
 zeroing the smallest-magnitude weights (by a mask the wrapper keeps); and
 `strip_pruning(model)` returns plain layers holding exact zeros.  Schedules
@@ -29,7 +30,21 @@ from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 from tfcompress.keras.registry import register
 
-PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Dense)
+
+
+def kernel_names(layer) -> Tuple[str, ...]:
+    """The attributes holding a prunable layer's kernels: a separable conv has a depthwise and a pointwise one."""
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        return ("depthwise_kernel", "pointwise_kernel")
+    return ("kernel",)
+
+
+def _input_axis(layer, name: str) -> Optional[int]:
+    """The input-channel axis of a kernel (for M:N groups), or None for a depthwise kernel, which has none."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D) or name == "depthwise_kernel":
+        return None
+    return -2
 
 
 class PruningSchedule:
@@ -183,8 +198,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self.mask = self.add_weight(name="mask", shape=self.layer.kernel.shape, initializer="ones",
-                                    trainable=False, dtype="float32")
+        # One mask per kernel; a single kernel's is named "mask", as files saved before separable convs have it.
+        names = kernel_names(self.layer)
+        self.masks = {}
+        for name in names:
+            self.masks[name] = self.add_weight(
+                name="mask" if len(names) == 1 else name.replace("kernel", "mask"),
+                shape=getattr(self.layer, name).shape, initializer="ones", trainable=False, dtype="float32")
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
@@ -201,16 +221,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return update, sparsity
 
     def update_mask(self, sparsity: float) -> None:
-        """Recomputes the mask from the current kernel magnitudes."""
-        axis = -1 if isinstance(self.layer, keras.layers.DepthwiseConv2D) else -2
-        if self.m_by_n is not None and isinstance(self.layer, keras.layers.DepthwiseConv2D):
-            raise TfcError(f"M:N sparsity needs an input-channel axis; {self.layer.name} is a depthwise conv")
-        self.mask.assign(magnitude_mask(keras.ops.convert_to_numpy(self.layer.kernel), sparsity, self.m_by_n,
-                                        input_axis=axis))
+        """Recomputes each kernel's mask from its current magnitudes (every kernel to the same sparsity)."""
+        for name, mask in self.masks.items():
+            axis = _input_axis(self.layer, name)
+            if self.m_by_n is not None and axis is None:
+                raise TfcError(f"M:N sparsity needs an input-channel axis; {self.layer.name}'s {name} is depthwise")
+            kernel = keras.ops.convert_to_numpy(getattr(self.layer, name))
+            mask.assign(magnitude_mask(kernel, sparsity, self.m_by_n, input_axis=-2 if axis is None else axis))
         self.apply_mask()
 
     def apply_mask(self) -> None:
-        self.layer.kernel.assign(self.layer.kernel * self.mask)
+        for name, mask in self.masks.items():
+            kernel = getattr(self.layer, name)
+            kernel.assign(kernel * mask)
 
     def get_config(self):
         config = super().get_config()
@@ -284,14 +307,18 @@ def prune_low_magnitude(model, schedule: PruningSchedule, *, sparsity_map: Optio
     final = schedule.final
     for layer in model.layers:
         if isinstance(layer, PRUNABLE) and layer.name not in exclude and m_by_n is None:
-            size = int(np.prod(layer.kernel.shape))
             target = sparsity_map.get(layer.name, final)
-            if int(round(target * size)) >= size:
-                raise TfcError(f"sparsity {target} leaves layer {layer.name} ({size} weights) empty")
+            for name in kernel_names(layer):
+                size = int(np.prod(getattr(layer, name).shape))
+                if int(round(target * size)) >= size:
+                    raise TfcError(f"sparsity {target} leaves layer {layer.name} ({size} weights) empty")
 
     def wrap(layer):
         if isinstance(layer, PRUNABLE) and layer.name not in exclude:
-            structured = None if isinstance(layer, keras.layers.DepthwiseConv2D) else m_by_n
+            # M:N needs an input-channel axis: depthwise convs are pruned unstructured; a separable conv's
+            # depthwise kernel has none, so a separable conv is too.
+            depthwise = isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
+            structured = None if depthwise else m_by_n
             return PruneLowMagnitude(layer, schedule, target_sparsity=sparsity_map.get(layer.name),
                                      m_by_n=structured, name=f"prune_low_magnitude_{layer.name}")
         return layer
@@ -300,7 +327,8 @@ def prune_low_magnitude(model, schedule: PruningSchedule, *, sparsity_map: Optio
     # change `model` (it is the teacher when distilling).
     pruned = keras.models.clone_model(copy_model(model), clone_function=wrap)
     if not any(isinstance(l, PruneLowMagnitude) for l in pruned.layers):
-        raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D or Dense) left to prune")
+        raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D, SeparableConv2D or Dense) left "
+                       "to prune")
     return pruned
 
 
@@ -317,14 +345,20 @@ def strip_pruning(model):
 
 
 def sparsity_of(model) -> Dict[str, Tuple[int, int]]:
-    """Layer name -> (zero kernel weights, kernel size) for every prunable layer."""
+    """Layer name -> (zero kernel weights, kernel size) for every prunable layer, all its kernels together."""
     result = {}
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
         if isinstance(inner, PRUNABLE):
-            k = keras.ops.convert_to_numpy(inner.kernel)
-            result[inner.name] = (int(np.sum(k == 0)), int(k.size))
+            kernels = [keras.ops.convert_to_numpy(getattr(inner, name)) for name in kernel_names(inner)]
+            result[inner.name] = (sum(int(np.sum(k == 0)) for k in kernels), sum(int(k.size) for k in kernels))
     return result
+
+
+def model_sparsity(model) -> Tuple[int, int]:
+    """(zero weights, weights) over every trainable weight of the model: biases, BN and unpruned layers too."""
+    values = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    return sum(int(np.sum(v == 0)) for v in values), sum(int(v.size) for v in values)
 
 
 def schedule_for(kind: str, sparsity: float, steps: int, ramp: float = 0.6, frequency: int = 10) -> PruningSchedule:

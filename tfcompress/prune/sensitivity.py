@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
-from tfcompress.prune.magnitude import PRUNABLE, magnitude_mask
+from tfcompress.prune.magnitude import PRUNABLE, kernel_names, magnitude_mask
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -49,21 +49,24 @@ def analyze(model, images: np.ndarray, sparsities: Sequence[float] = DEFAULT_SPA
     if missing:
         raise TfcError(f"cannot analyze {', '.join(missing)}: not a prunable layer of the model")
     if not chosen:
-        raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D or Dense)")
+        raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D, SeparableConv2D or Dense)")
     reference = np.argmax(model.predict(images, batch_size=64, verbose=0), axis=1)
     agreement, sizes = {}, {}
     for layer in chosen:
-        kernel = keras.ops.convert_to_numpy(layer.kernel)
-        sizes[layer.name] = int(kernel.size)
+        # Every kernel of the layer (a separable conv has two) pruned to the same sparsity, as `prune` does.
+        kernels = {name: keras.ops.convert_to_numpy(getattr(layer, name)) for name in kernel_names(layer)}
+        sizes[layer.name] = sum(int(k.size) for k in kernels.values())
         curve = []
         for s in grid:
-            if int(round(s * kernel.size)) >= kernel.size:
+            if any(int(round(s * k.size)) >= k.size for k in kernels.values()):
                 curve.append(0.0)
                 continue
-            layer.kernel.assign(kernel * magnitude_mask(kernel, s))
+            for name, kernel in kernels.items():
+                getattr(layer, name).assign(kernel * magnitude_mask(kernel, s))
             pred = np.argmax(model.predict(images, batch_size=64, verbose=0), axis=1)
             curve.append(float(np.mean(pred == reference)))
-        layer.kernel.assign(kernel)
+        for name, kernel in kernels.items():
+            getattr(layer, name).assign(kernel)
         agreement[layer.name] = curve
     return Sensitivity(sparsities=grid, agreement=agreement, weights=sizes)
 
