@@ -242,15 +242,25 @@ def save_and_report(result, f, default_run: bool) -> None:
                  ["result", after.raw, after.gzip]])
     eval_dir = f["eval_images"].value or (DEFAULT_EVAL if default_run else None)
     if eval_dir:
+        from tfcompress.keras.heads import heads, predict_all
         images = FolderSource(eval_dir)
         xe = images.array(result.prep)
-        a = result.original.predict(xe, verbose=0)
-        b = result.model.predict(xe, verbose=0)
-        line = f"top-1 agreement with the original on {len(xe)} images: {np.mean(a.argmax(1) == b.argmax(1)):.2%}"
-        if images.labelled:
-            line += (f"; accuracy {np.mean(a.argmax(1) == images.labels):.2%} -> "
-                     f"{np.mean(b.argmax(1) == images.labels):.2%}")
-        print(line)
+        before, after = predict_all(result.original, xe), predict_all(result.model, xe)
+        first_class = True
+        for head in heads(result.original):
+            a, b = before[head.index], after[head.index]
+            named = f" ({head.name})" if len(before) > 1 else ""
+            if head.kind != "class":
+                print(f"mean abs difference from the original{named} on {len(xe)} images: "
+                      f"{np.mean(np.abs(a - b)):.4g} (the original's outputs span {np.ptp(a):.4g})")
+                continue
+            line = (f"top-1 agreement with the original{named} on {len(xe)} images: "
+                    f"{np.mean(a.argmax(1) == b.argmax(1)):.2%}")
+            if images.labelled and first_class:
+                line += (f"; accuracy {np.mean(a.argmax(1) == images.labels):.2%} -> "
+                         f"{np.mean(b.argmax(1) == images.labels):.2%}")
+            first_class = False
+            print(line)
 
 
 BENCHMARK_MODELS = ("digits", "digits_outliers", "mobilenet_v2")

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from tfcompress.api.models import load_keras_model
 from tfcompress.errors import TfcError
+from tfcompress.keras.heads import class_head, heads
 
 DISTILL_FROM = ("original", "none")
 
@@ -94,7 +95,11 @@ class _Training:
         self.distill = distill_from == "original"
         source = as_source(train_images, labels=None if isinstance(labels, str) else labels,
                            labels_file=labels if isinstance(labels, str) else None, require_labels=not self.distill)
-        outputs = int(self.original.output_shape[-1])
+        head = class_head(self.original)
+        if source.labelled and head is None:
+            raise TfcError(f"{source.description} is labelled, but the model has no class output; "
+                           "distill from the original instead")
+        outputs = head.width if head is not None else 0
         if source.labelled and source.class_names is not None and len(source.class_names) != outputs:
             raise TfcError(f"{source.description} has {len(source.class_names)} classes but the model outputs "
                            f"{outputs}")
@@ -363,9 +368,11 @@ def distill(student, teacher, *, train_images=None, labels=None, features: Seque
     if tuple(teacher_model.input_shape[1:]) != tuple(job.original.input_shape[1:]):
         raise TfcError(f"teacher input {tuple(teacher_model.input_shape[1:])} differs from the student's "
                        f"{tuple(job.original.input_shape[1:])}")
-    if teacher_model.output_shape[-1] != job.original.output_shape[-1]:
-        raise TfcError(f"teacher outputs {teacher_model.output_shape[-1]} classes, the student "
-                       f"{job.original.output_shape[-1]}")
+    teacher_shapes = [h.shape for h in heads(teacher_model)]
+    student_shapes = [h.shape for h in heads(job.original)]
+    if teacher_shapes != student_shapes:
+        raise TfcError(f"teacher outputs {', '.join(map(str, teacher_shapes))}, the student "
+                       f"{', '.join(map(str, student_shapes))}")
     result = copy_model(job.original)
     fit(result, job.x, job.labels, job.config, teacher=teacher_model, features=pairs, feature_weight=feature_weight)
     how = ("teacher's soft targets only (no labels)" if job.labels is None

@@ -12,6 +12,10 @@ An example without a label (a folder with no class subfolders) uses the
 distillation term alone; with no teacher, the cross-entropy alone.  A model
 whose output is a softmax has its logits recovered as log-probabilities
 (softmax is shift-invariant, so softmax(log p / T) = softmax(z / T)).
+
+A model with several outputs (see `heads`) trains every class head by this
+loss (labels go to the first) and every other head (a box regression, a
+dense map) by the mean squared error to the teacher's output, summed.
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.heads import Head, heads, predict_all
 from tfcompress.keras.registry import register
 
 # Probabilities are clipped here before the log, so a zero never becomes -inf.
@@ -238,6 +243,11 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
         raise TfcError("training needs labelled images or a teacher to distill from")
     if features and teacher is None:
         raise TfcError("feature distillation needs a teacher")
+    outputs = heads(student)
+    if len(outputs) > 1 or outputs[0].kind != "class":
+        if features:
+            raise TfcError("feature distillation trains single-output class models only")
+        return _fit_heads(student, outputs, x, labels, config, teacher=teacher, callbacks=callbacks, shared=shared)
     num_classes = int(student.output_shape[-1])
     n = len(x)
     target = np.zeros((n, 2 * num_classes + 2), np.float32)
@@ -266,6 +276,50 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     # tf_keras takes the loss as a plain function of tensors (keras.ops runs on TF tensors).
     student.compile(optimizer=optimizer, loss=loss if framework is keras else loss.call)
     return student.fit(x, target, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
+                       verbose=config.verbose, callbacks=list(callbacks))
+
+
+def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfig,
+               *, teacher, callbacks, shared):
+    """`fit` for several outputs, or one that is not a class vector: each class head by the loss above (the
+    labels belong to the first), every other head by mean squared error against the teacher's output; the
+    losses are summed with equal weights."""
+    framework = _framework(student)
+    if framework is not keras:
+        raise TfcError("models with several outputs, or outputs that are not class vectors, train as Keras 3 "
+                       "models only")
+    if teacher is None:
+        values = [h.name for h in outputs if h.kind != "class"]
+        if values:
+            raise TfcError(f"output {values[0]} is not a class vector: training it needs a teacher to distill "
+                           "from (--distill_from=original)")
+    first_class = next((h.index for h in outputs if h.kind == "class"), None)
+    if labels is not None and first_class is None:
+        raise TfcError("labels need a class output; this model has none (distill from the original instead)")
+    teacher_out = predict_all(teacher, x) if teacher is not None else None
+    n = len(x)
+    targets, losses = [], []
+    for head in outputs:
+        if head.kind != "class":
+            targets.append(np.asarray(teacher_out[head.index], np.float32))
+            losses.append(keras.losses.MeanSquaredError())
+            continue
+        k = head.width
+        target = np.zeros((n, 2 * k + 2), np.float32)
+        if labels is not None and head.index == first_class:
+            if labels.min() < 0 or labels.max() >= k:
+                raise TfcError(f"labels go up to {labels.max()} but output {head.name} has {k} classes")
+            target[np.arange(n), labels] = 1.0
+            target[:, 2 * k] = 1.0
+        if teacher_out is not None:
+            t = teacher_out[head.index]
+            target[:, k:2 * k] = np.log(np.clip(t, _EPS, 1.0)) if head.probabilities else t
+            target[:, 2 * k + 1] = 1.0
+        targets.append(target)
+        losses.append(DistillationLoss(k, config.temperature, config.alpha, head.probabilities))
+    keras.utils.set_random_seed(config.seed)
+    student.compile(optimizer=_optimizer(framework, config.learning_rate, shared), loss=losses)
+    return student.fit(x, targets, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
                        verbose=config.verbose, callbacks=list(callbacks))
 
 

@@ -38,6 +38,7 @@ from tfcompress.keras.train import TrainConfig, fit, fit_features
 from tfcompress.errors import TfcError
 from tfcompress.io.keras_models import copy_model
 from tfcompress.keras.graph import call_layer, layer_graph, rebuild
+from tfcompress.keras.heads import predict_all
 
 # Layers between a dropped block and a conv/dense consumer through which an adapter may move:
 # each commutes with a bias-free per-position linear map of the channels.
@@ -297,8 +298,7 @@ def drop_blocks(model, x: np.ndarray, config: DropConfig, train: TrainConfig, *,
     fit_features(adapted, feature, x, target, dataclasses.replace(train, epochs=config.adapter_epochs),
                  trainable=list(adapters))
     plain = fold_adapters(adapted, adapters, drop(model, chosen, adapters=False)[0])
-    fold_error = float(np.max(np.abs(plain.predict(x, batch_size=64, verbose=0)
-                                     - adapted.predict(x, batch_size=64, verbose=0))))
+    fold_error = max(float(np.max(np.abs(p - a))) for p, a in zip(predict_all(plain, x), predict_all(adapted, x)))
     if train.epochs and labels is not None:
         fit(plain, x, labels, train, teacher=model)
     elif train.epochs:

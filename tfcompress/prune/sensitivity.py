@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.keras.heads import class_head, predict_all
 from tfcompress.prune.magnitude import PRUNABLE, kernel_names, magnitude_mask
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
@@ -50,7 +51,10 @@ def analyze(model, images: np.ndarray, sparsities: Sequence[float] = DEFAULT_SPA
         raise TfcError(f"cannot analyze {', '.join(missing)}: not a prunable layer of the model")
     if not chosen:
         raise TfcError("the model has no prunable layer (Conv2D, DepthwiseConv2D, SeparableConv2D or Dense)")
-    reference = np.argmax(model.predict(images, batch_size=64, verbose=0), axis=1)
+    head = class_head(model)
+    if head is None:
+        raise TfcError("sensitivity measures top-1 agreement: the model has no class output")
+    reference = np.argmax(predict_all(model, images)[head.index], axis=1)
     agreement, sizes = {}, {}
     for layer in chosen:
         # Every kernel of the layer (a separable conv has two) pruned to the same sparsity, as `prune` does.
@@ -63,7 +67,7 @@ def analyze(model, images: np.ndarray, sparsities: Sequence[float] = DEFAULT_SPA
                 continue
             for name, kernel in kernels.items():
                 getattr(layer, name).assign(kernel * magnitude_mask(kernel, s))
-            pred = np.argmax(model.predict(images, batch_size=64, verbose=0), axis=1)
+            pred = np.argmax(predict_all(model, images)[head.index], axis=1)
             curve.append(float(np.mean(pred == reference)))
         for name, kernel in kernels.items():
             getattr(layer, name).assign(kernel)
