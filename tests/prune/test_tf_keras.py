@@ -75,6 +75,27 @@ def test_tfmot_prunes_the_tf_keras_model(tf_keras_h5, tmp_path):
     assert agreement >= 90.0 and accuracy >= 90.0, line
 
 
+def test_a_missing_tfmot_is_one_error_line_naming_the_install_step(tf_keras_h5, tmp_path):
+    """Without tensorflow-model-optimization (a module that fails to import stands in for it), pruning a tf_keras
+    model says what to install, in one line, and writes nothing."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "tensorflow_model_optimization.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorflow_model_optimization'\", "
+        "name='tensorflow_model_optimization')\n")
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(shadow), ROOT]))
+    out = tmp_path / "pruned.keras"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prune.py"), "--noprogress",
+                           f"--input={tf_keras_h5}", f"--output={out}", "--epochs=1"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tf_keras_h5} is a tf_keras (Keras 2) model") and \
+        "tensorflow_model_optimization is not installed; install it with `pip install --no-deps -r " \
+        "requirements-tf-keras.lock`" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_tfmot_is_imported_only_on_the_tf_keras_path():
     code = ("import os, sys\n"
             "import tfcompress.prune.magnitude, tfcompress.prune.filters, tfcompress.prune.blocks\n"

@@ -73,8 +73,13 @@ def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, fr
     Raises:
       TfcError: unknown layer names, nothing to prune, or a target that empties a layer.
     """
-    import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
-    import tf_keras  # pylint: disable=import-outside-toplevel
+    try:
+        import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
+        import tf_keras  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise TfcError(f"{path} is a tf_keras (Keras 2) model, which magnitude pruning sends through "
+                       f"tensorflow-model-optimization, and {e.name} is not installed; install it with "
+                       "`pip install --no-deps -r requirements-tf-keras.lock` (tools/setup.sh does)") from e
     from tfcompress.keras.train import fit  # pylint: disable=import-outside-toplevel
     model = load_tf_keras(path)
     sparsity_map, exclude = dict(sparsity_map or {}), set(exclude)
