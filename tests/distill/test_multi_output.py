@@ -75,6 +75,8 @@ def test_every_keras_command_runs_on_two_heads():
                                        options=quick),
         "l1": lambda: tfc.prune(BOXES.path, method="l1", ratio=0.5, layer_epochs=0, train_images=train,
                                 options=quick),
+        "thinet": lambda: tfc.prune(BOXES.path, method="thinet", ratio=0.5, layer_epochs=0, train_images=train,
+                                    options=quick),
         "cluster": lambda: tfc.cluster(BOXES.path, clusters=16, train_images=train, options=quick),
         "lowrank": lambda: tfc.lowrank(BOXES.path, energy=0.9, train_images=train, options=quick),
         "qat": lambda: tfc.qat(BOXES.path, train_images=train, options=quick),
@@ -84,6 +86,38 @@ def test_every_keras_command_runs_on_two_heads():
     for name, job in jobs.items():
         result = job()
         assert [tuple(o.shape[1:]) for o in result.model.outputs] == [(10,), (4,)], name
+
+
+def test_thinet_thins_a_layer_feeding_both_heads(boxes):
+    """dense_7 feeds the class and the box head.  ThiNet picks one channel set for both and rescales each head
+    by its own least squares: the thinned model equals the original with each head's removed rows zeroed and
+    kept rows scaled, and it stays closer to the original than a random channel choice does."""
+    import keras
+    from tfcompress.keras.heads import predict_all
+    from tfcompress.prune import filters, thinning
+    model, train, held = boxes
+    target = next(p for p in thinning.plan(model) if p.name == "dense_7")
+    assert sorted(target.consumers) == ["box", "class"]
+    kept, scales = filters.thinet_keep(model, target, 48, train, seed=0)
+    assert len(kept) == 48 and set(scales) == {"box", "class"}
+    thinned = thinning.thin(model, {"dense_7": kept}, scales)
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    removed = np.setdiff1d(np.arange(96), kept)
+    for head in ("class", "box"):
+        weights = reference.get_layer(head).get_weights()
+        weights[0] = weights[0] * scales[head][:, None]
+        weights[0][removed, :] = 0.0
+        reference.get_layer(head).set_weights(weights)
+    for got, want in zip(predict_all(thinned, held), predict_all(reference, held)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    original = predict_all(model, held)
+    chosen = predict_all(thinned, held)
+    rng = np.random.default_rng(0)
+    random = predict_all(thinning.thin(model, {"dense_7": np.sort(rng.choice(96, 48, replace=False))}), held)
+    assert np.mean(np.abs(chosen[1] - original[1])) < np.mean(np.abs(random[1] - original[1]))
+    assert np.mean(chosen[0].argmax(1) == original[0].argmax(1)) >= np.mean(random[0].argmax(1) ==
+                                                                          original[0].argmax(1))
 
 
 def test_a_value_head_without_a_teacher_is_refused(boxes):

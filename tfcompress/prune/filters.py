@@ -115,18 +115,28 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
                 ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
     """ThiNet's greedy channel choice and least-squares rescaling; (kept, {consumer: scales}).
 
-    Needs one conv/dense consumer fed through per-channel layers only (no
-    concat or flatten in between); otherwise TfcError.
+    With several conv/dense consumers (a trunk feeding two heads), the
+    channels removed are those whose summed contributions disturb all the
+    consumers' sampled outputs least, each consumer's samples scaled to unit
+    RMS so that none dominates; each consumer then gets its own
+    least-squares rescaling.  The consumers must be fed through per-channel
+    layers only (no concat or flatten in between); otherwise TfcError.
     """
-    if len(target.consumers) != 1 or any(
+    if not target.consumers or any(
             type(model.get_layer(p)).__name__ in ("Concatenate", "Flatten") for p in target.path):
-        raise TfcError(f"ThiNet needs {target.name} to feed exactly one conv or dense layer through per-channel "
-                       "layers")
-    consumer = model.get_layer(target.consumers[0])
-    feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
-    a = _activations(model, feeding, x).astype(np.float64)
+        raise TfcError(f"ThiNet needs {target.name} to feed conv or dense layers through per-channel layers")
     rng = np.random.default_rng(seed)
-    contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES)
+    blocks = []
+    for name in target.consumers:
+        consumer = model.get_layer(name)
+        feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
+        a = _activations(model, feeding, x).astype(np.float64)
+        contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES)
+        if len(target.consumers) > 1:
+            rms = float(np.sqrt(np.mean(total ** 2))) or 1.0
+            contrib, total = contrib / rms, total / rms
+        blocks.append((consumer.name, contrib, total))
+    contrib = np.concatenate([b[1] for b in blocks])
     channels = contrib.shape[1]
     removed: List[int] = []
     running = np.zeros(len(contrib))
@@ -139,10 +149,13 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
         removed.append(best)
         running += contrib[:, best]
     kept = np.array(sorted(set(range(channels)) - set(removed)), np.int64)
-    scale, *_ = np.linalg.lstsq(contrib[:, kept], total, rcond=None)
-    factors = np.ones(channels)
-    factors[kept] = scale
-    return kept, {consumer.name: factors}
+    scales = {}
+    for name, block, total in blocks:
+        scale, *_ = np.linalg.lstsq(block[:, kept], total, rcond=None)
+        factors = np.ones(channels)
+        factors[kept] = scale
+        scales[name] = factors
+    return kept, scales
 
 
 def choose(model, target: thinning.Prunable, config: FilterConfig, x: np.ndarray
