@@ -171,5 +171,50 @@ def test_bad_filter_requests(digits):
         thinning.plan(odd)
 
 
+
+def test_thinet_contributions_through_a_separable_conv_sum_to_its_output():
+    """Per-input-channel contributions to a separable conv's sampled outputs (depth multiplier 2, stride 2) add
+    up to what the layer itself computes there, bias aside."""
+    import keras
+    from tfcompress.prune import filters
+    rng = np.random.default_rng(3)
+    inp = keras.Input((9, 9, 5))
+    layer = keras.layers.SeparableConv2D(7, 3, strides=2, padding="same", depth_multiplier=2, use_bias=False)
+    model = keras.Model(inp, layer(inp))
+    a = rng.standard_normal((4, 9, 9, 5))
+    contrib, total = filters._separable_contributions(layer, a, np.random.default_rng(0), 200)
+    out = model.predict(a.astype(np.float32), verbose=0)
+    draw = np.random.default_rng(0)  # The same draws, in the same order: image, row, column, output channel.
+    n, ys, xs = draw.integers(0, 4, 200), draw.integers(0, out.shape[1], 200), draw.integers(0, out.shape[2], 200)
+    o = draw.integers(0, 7, 200)
+    np.testing.assert_allclose(total, out[n, ys, xs, o], rtol=1e-4, atol=1e-5)
+    assert contrib.shape == (200, 5)
+
+
+def test_thinet_thins_the_layers_feeding_separable_convs():
+    """On the zoo's mini-Xception, every conv whose channels feed a separable conv (not a residual Add) is
+    thinned by ThiNet, and the thinned model equals the original with those consumers' rows zeroed and scaled."""
+    import keras
+    from tfcompress.evaluate.zoo import ZOO, digits_training_set
+    from tfcompress.prune import filters
+    model = keras.saving.load_model(ZOO["xception_digits"].path, safe_mode=True, compile=False)
+    x = digits_training_set(64)[0][..., :1]  # The zoo's digits net takes one channel.
+    plans = [p for p in thinning.plan(model)
+             if any(isinstance(model.get_layer(c), keras.layers.SeparableConv2D) for c in p.consumers)]
+    assert len(plans) >= 3
+    for target in plans:
+        kept, scales = filters.thinet_keep(model, target, target.channels // 2, x, seed=0)
+        thinned = thinning.thin(model, {target.name: kept}, scales)
+        reference = keras.models.clone_model(model)
+        reference.set_weights(model.get_weights())
+        removed = np.setdiff1d(np.arange(target.channels), kept)
+        for name, factors in scales.items():
+            weights = reference.get_layer(name).get_weights()
+            weights[0] = weights[0] * factors.reshape((1,) * (weights[0].ndim - 2) + (-1, 1))
+            weights[0][..., removed, :] = 0.0
+            reference.get_layer(name).set_weights(weights)
+        np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

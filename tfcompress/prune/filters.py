@@ -83,7 +83,7 @@ def apoz_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray) -> np.
 def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, np.ndarray]:
     """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums."""
     if isinstance(consumer, keras.layers.SeparableConv2D):
-        raise TfcError(f"ThiNet reconstructs plain conv and dense outputs; {consumer.name} is a separable conv")
+        return _separable_contributions(consumer, a, rng, samples)
     w = keras.ops.convert_to_numpy(consumer.kernel).astype(np.float64)
     if isinstance(consumer, keras.layers.Dense):
         a2 = a.reshape(len(a), -1)
@@ -108,6 +108,24 @@ def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarr
     for i in range(samples):
         patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :]
         x[i] = np.einsum("hwc,hwc->c", patch, w[:, :, :, o[i]])
+    return x, x.sum(1)
+
+
+def _separable_contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, np.ndarray]:
+    """As `_contributions`, through a separable conv: input channel c reaches pointwise output o only through
+    its own depthwise outputs, so its contribution is sum_j depthwise(a)[c*m + j] * pointwise[c*m + j, o] for
+    depth multiplier m (the depthwise bias, spread over the channels, is left out as a conv's bias is)."""
+    depthwise = keras.ops.convert_to_numpy(consumer.depthwise_kernel)
+    pointwise = keras.ops.convert_to_numpy(consumer.pointwise_kernel).astype(np.float64)[0, 0]
+    d = keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
+        a.astype(np.float32), depthwise, strides=consumer.strides, padding=consumer.padding,
+        dilation_rate=consumer.dilation_rate)).astype(np.float64)
+    channels, multiplier = depthwise.shape[2], depthwise.shape[3]
+    n = rng.integers(0, len(d), samples)
+    ys, xs = rng.integers(0, d.shape[1], samples), rng.integers(0, d.shape[2], samples)
+    o = rng.integers(0, pointwise.shape[1], samples)
+    per_output = d[n, ys, xs, :] * pointwise[:, o].T  # [samples, channels * multiplier]
+    x = per_output.reshape(samples, channels, multiplier).sum(-1)
     return x, x.sum(1)
 
 
