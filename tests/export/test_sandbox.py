@@ -77,6 +77,35 @@ def test_a_crash_in_the_child_is_an_error_line(valid, slow):
         sandbox.close()
 
 
+@pytest.fixture(scope="module")
+def crashing(tmp_path_factory):
+    """A float16 model whose dequantized conv weight is declared 524,291 rows tall (a mutation the fuzzer found):
+    our reader has nothing to object to, and LiteRT itself dies of it (SIGSEGV) when run in a process of its own."""
+    import subprocess
+    with open(os.path.join(TESTDATA, "fuzz", "digits_float16.tflite"), "rb") as f:
+        model = fb.parse(f.read())
+    subgraph = model.subgraphs[0]
+    op = next(op for op in subgraph.operators
+              if fb.op_name(model, op) == "DEQUANTIZE" and len(subgraph.tensors[op.outputs[0]].shape) == 4)
+    tensor = subgraph.tensors[op.outputs[0]]
+    tensor.shape = [int(d) if i != 1 else 524291 for i, d in enumerate(tensor.shape)]
+    path = tmp_path_factory.mktemp("crash") / "crash.tflite"
+    path.write_bytes(fb.serialize(model))
+    code = ("import sys; from tfcompress.export import litert_child; "
+            "litert_child.check(open(sys.argv[1], 'rb').read())")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)), timeout=120)
+    assert proc.returncode == -signal.SIGSEGV  # The danger is real.
+    return path
+
+
+def test_an_interpreter_crash_is_an_error_line_and_this_process_lives_on(crashing):
+    proc = run_tool_in_process("eval", f"--model={crashing}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"error: LiteRT crashes on {crashing} (SIGSEGV); the file is " \
+                                                   "damaged or hostile"
+
+
 def test_eval_refuses_a_file_that_would_hang_it(slow, tmp_path, monkeypatch):
     monkeypatch.setattr(litert._SANDBOX, "timeout", 2)  # pylint: disable=protected-access
     path = tmp_path / "slow.tflite"
