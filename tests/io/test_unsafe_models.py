@@ -62,14 +62,19 @@ GRAPH_COMMANDS = [
 ]
 
 
+def _refused_leaving_nothing(tool, flag, args, model, op, written, tmp_path):
+    """`tool` on `model` exits 1 with one error line naming `op`; `written` and every output stay absent."""
+    proc = run_tool_in_process(tool, f"{flag}={model}", *[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and op in errors[0], proc.stderr[-2000:]
+    assert not os.path.exists(written) and os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("tool, flag, args", GRAPH_COMMANDS)
 def test_no_command_runs_the_initializer(evil, tool, flag, args, tmp_path):
     path, marker = evil
-    proc = run_tool_in_process(tool, f"{flag}={path}", *[a.format(tmp=tmp_path) for a in args])
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "WriteFile" in errors[0], proc.stderr[-2000:]
-    assert not os.path.exists(marker) and os.listdir(tmp_path) == []
+    _refused_leaving_nothing(tool, flag, args, path, "WriteFile", marker, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +102,7 @@ def debug_graph(tmp_path_factory):
 @pytest.mark.parametrize("tool, flag, args", GRAPH_COMMANDS)
 def test_no_command_runs_a_debug_op(debug_graph, tool, flag, args, tmp_path):
     path, debug_dir = debug_graph
-    proc = run_tool_in_process(tool, f"{flag}={path}", *[a.format(tmp=tmp_path) for a in args])
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "DebugNanCount" in errors[0], proc.stderr[-2000:]
-    assert not os.path.exists(debug_dir) and os.listdir(tmp_path) == []
+    _refused_leaving_nothing(tool, flag, args, path, "DebugNanCount", debug_dir, tmp_path)
 
 
 def _graph_with(make):
