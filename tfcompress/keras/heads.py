@@ -40,7 +40,7 @@ class Head:
 
 
 def _producer(tensor):
-    layer = tensor._keras_history.operation  # pylint: disable=protected-access
+    layer = tensor._keras_history[0]  # pylint: disable=protected-access  # (operation or layer, node, index)
     while getattr(layer, "layer", None) is not None:  # A pruning, QAT or binary wrapper around it.
         layer = layer.layer
     return layer
