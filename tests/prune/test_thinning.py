@@ -165,10 +165,37 @@ def test_bad_filter_requests(digits):
     residual = keras.Model(inp, keras.layers.Add()([y, keras.layers.Conv2D(4, 1)(y)]))
     with pytest.raises(TfcError, match="no prunable conv/dense layer"):
         filters.prune_filters(residual, filters.FilterConfig(), np.zeros((2, 8, 8, 3), np.float32))
-    odd = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Reshape((-1,)),
-                            keras.layers.Dense(2)])
-    with pytest.raises(TfcError, match="unsupported layer type Reshape"):
-        thinning.plan(odd)
+    odd = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"),
+                            keras.layers.Reshape((-1,), name="r"), keras.layers.Dense(2)])
+    reasons = {}
+    assert thinning.plan(odd, untracked_reach=reasons) == []
+    assert reasons == {"c": "its channels reach r (Reshape), which thinning does not track"}
+    with pytest.raises(TfcError, match="no prunable conv/dense layer .*c: its channels reach r \\(Reshape\\)"):
+        filters.prune_filters(odd, filters.FilterConfig(), np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_untracked_layers_exclude_only_the_channels_that_reach_them():
+    """A Rescaling at the input and a Permute on the box head's path: the conv feeding the Permute is left whole
+    and named, the other conv is thinned, and the result equals the original with that conv's removed channels'
+    consumer rows zeroed."""
+    import keras
+    from keras import layers
+    inp = keras.Input((12, 12, 3))
+    x = layers.Rescaling(1 / 255.0)(inp)
+    a = layers.ReLU()(layers.Conv2D(8, 3, padding="same", name="a")(x))
+    b = layers.ReLU()(layers.Conv2D(6, 3, padding="same", name="b")(a))
+    box = layers.Dense(4, name="box")(layers.Flatten()(layers.Permute((2, 1, 3), name="swap")(b)))
+    cls = layers.Dense(10, activation="softmax", name="class")(layers.GlobalAveragePooling2D()(b))
+    model = keras.Model(inp, [cls, box])
+    x_in = np.random.default_rng(0).uniform(0, 255, (16, 12, 12, 3)).astype(np.float32)
+    result = filters.prune_filters(model, filters.FilterConfig(criterion="l1", ratio=0.5), x_in)
+    assert result.pruned == {"a": (8, 4)}
+    assert result.skipped == {"b": "its channels reach swap (Permute), which thinning does not track"}
+    kept = np.sort(np.argsort(-np.abs(keras.ops.convert_to_numpy(model.get_layer("a").kernel)).sum((0, 1, 2)),
+                              kind="stable")[:4])
+    reference = _zero_consumer_rows(model, {"b": np.setdiff1d(np.arange(8), kept)})
+    for got, want in zip(result.model.predict(x_in, verbose=0), reference.predict(x_in, verbose=0)):
+        np.testing.assert_allclose(got, want, atol=THIN_ATOL)
 
 
 

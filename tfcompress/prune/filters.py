@@ -210,19 +210,24 @@ def prune_filters(model, config: FilterConfig, x: np.ndarray,
     Raises:
       TfcError: nothing to prune, or a named layer cannot be pruned.
     """
-    targets = thinning.plan(model)
+    opaque: Dict[str, str] = {}
+    targets = thinning.plan(model, untracked_reach=opaque)
     names = [t.name for t in targets]
     if config.layers:
         unknown = [n for n in config.layers if n not in names]
         if unknown:
+            why = "; ".join(f"{n}: {opaque[n]}" for n in unknown if n in opaque)
             raise TfcError(f"cannot thin {', '.join(unknown)}: not a conv/dense layer whose channels reach only "
-                           "conv/dense layers (residual Adds and outputs keep their channels)")
+                           "conv/dense layers (residual Adds and outputs keep their channels)"
+                           + (f" ({why})" if why else ""))
         names = [n for n in names if n in config.layers]
+        opaque = {n: why for n, why in opaque.items() if n in config.layers}
     if not names:
-        raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a residual Add "
-                       "or an output)")
+        untracked_note = f"; {'; '.join(f'{n}: {why}' for n, why in opaque.items())}" if opaque else ""
+        raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a residual Add, "
+                       f"an output or a layer thinning does not track{untracked_note})")
     current = copy_model(model)
-    pruned, skipped = {}, {}
+    pruned, skipped = {}, dict(opaque)
     for i, name in enumerate(names):
         target = next(t for t in thinning.plan(current) if t.name == name)
         try:

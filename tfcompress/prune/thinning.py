@@ -12,7 +12,9 @@ along every path its output takes,
   channel c.
 
 Channel groups tied by a residual Add are left whole: a conv whose channels
-reach an Add (or a model output) is not pruned.  ThiNet prunes only inside
+reach an Add (or a model output) is not pruned.  So is a conv whose channels
+reach a layer thinning does not track (Reshape, Permute, Rescaling, ...):
+that layer is named in the report, and the rest of the model is thinned.  ThiNet prunes only inside
 residual blocks for the same reason, and so does every criterion here.
 
 `plan` finds the prunable convs and dense layers; `thin` rebuilds the model
@@ -57,21 +59,20 @@ def _slice_linear(kind: str, weights, in_keep: np.ndarray, out_keep: np.ndarray)
     return [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
 
 
-def thinnable_graph(model) -> Dict[str, LayerNode]:
-    """`layer_graph(model)`, checked to hold only layer types thinning knows.
+def untracked(nodes: Dict[str, LayerNode]) -> Dict[str, str]:
+    """Layers whose channel mapping thinning does not follow: layer name -> a description for reports.
 
-    Raises:
-      TfcError: a layer type thinning does not know, or a depthwise conv with
-        a channel multiplier other than 1.
+    A layer type thinning does not know (Reshape, Permute, LayerNormalization,
+    Rescaling, ...) or a depthwise conv with a channel multiplier other than 1.
+    Channels that reach one are left whole; the rest of the model is thinned.
     """
-    nodes = layer_graph(model)
+    found = {}
     for node in nodes.values():
         if node.kind not in KNOWN:
-            raise TfcError(f"unsupported layer type {node.kind} ({node.name}) for filter pruning")
-        if node.kind == "DepthwiseConv2D" and node.config.get("depth_multiplier", 1) != 1:
-            raise TfcError(f"unsupported layer type DepthwiseConv2D with depth_multiplier "
-                           f"{node.config['depth_multiplier']} ({node.name}) for filter pruning")
-    return nodes
+            found[node.name] = node.kind
+        elif node.kind == "DepthwiseConv2D" and node.config.get("depth_multiplier", 1) != 1:
+            found[node.name] = f"DepthwiseConv2D with depth_multiplier {node.config['depth_multiplier']}"
+    return found
 
 
 @dataclasses.dataclass
@@ -92,9 +93,16 @@ class Prunable:
     activation: str
 
 
-def plan(model) -> List[Prunable]:
-    """The conv and dense layers whose channels reach only conv/dense consumers (no Add, no output)."""
-    nodes = thinnable_graph(model)
+def plan(model, untracked_reach: Optional[Dict[str, str]] = None) -> List[Prunable]:
+    """The conv and dense layers whose channels reach only conv/dense consumers (no Add, no output, no layer
+    thinning does not track).
+
+    Args:
+      untracked_reach: if given, filled with layer name -> why it is left whole, for each conv/dense layer
+        whose channels reach an untracked layer (see `untracked`).
+    """
+    nodes = layer_graph(model)
+    opaque = untracked(nodes)
     outputs = {t._keras_history[0].name for t in model.outputs}  # pylint: disable=protected-access
     result = []
     for node in nodes.values():
@@ -116,6 +124,11 @@ def plan(model) -> List[Prunable]:
                 chain_open = False
             elif name in outputs or kind == "Add":
                 ok = False
+            elif name in opaque:
+                ok = False
+                if untracked_reach is not None:
+                    untracked_reach[node.name] = (f"its channels reach {name} ({opaque[name]}), which thinning "
+                                                  "does not track")
             elif kind in PER_CHANNEL + CHANNEL_VECTOR + ("DepthwiseConv2D", "Concatenate", "Flatten"):
                 path.append(name)
                 if chain_open and kind in PER_CHANNEL and len(nodes[name].consumers) <= 1:
@@ -132,6 +145,7 @@ def plan(model) -> List[Prunable]:
 
 def _kept_indices(model, nodes, keep: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """For every layer output, the original channel indices that survive (propagated in topological order)."""
+    opaque = untracked(nodes)
     kept: Dict[str, np.ndarray] = {}
     order = [entry["config"]["name"] for entry in model.get_config()["layers"]]
     for name in order:
@@ -140,7 +154,9 @@ def _kept_indices(model, nodes, keep: Dict[str, np.ndarray]) -> Dict[str, np.nda
             kept[name] = np.arange(int(model.inputs[0].shape[-1]))
             continue
         full = np.arange(int(model.get_layer(name).output.shape[-1]))
-        if node.kind in LINEAR:
+        if name in opaque:  # Its input is whole (plan keeps such channels); so is its output.
+            kept[name] = full
+        elif node.kind in LINEAR:
             kept[name] = keep.get(name, full)
         elif node.kind == "Concatenate":
             parts, offset = [], 0
@@ -170,7 +186,8 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
     Returns:
       The thinned model (uncompiled), with weights copied.
     """
-    nodes = thinnable_graph(model)
+    nodes = layer_graph(model)
+    opaque = untracked(nodes)
     keep = {k: np.asarray(sorted(v), np.int64) for k, v in keep.items()}
     for name, idx in keep.items():
         if len(idx) == 0:
@@ -189,6 +206,9 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
         node = nodes[name]
         weights = model.get_layer(name).get_weights()
         if not weights:
+            continue
+        if name in opaque:  # Untouched channels: the weights as they were.
+            layer.set_weights(weights)
             continue
         in_keep = kept[node.inputs[0]] if node.inputs else None
         out_keep = kept[name]
