@@ -363,6 +363,8 @@ def set_bn_statistics(model, batches: Sequence[np.ndarray], passes: int = BN_PAS
     random weights.
     """
     bns = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=protected-access
+    if not bns:  # Nothing to set: skip the passes over the images.
+        return
     saved = [l.momentum for l in bns]
     for l in bns:
         l.momentum = momentum

@@ -89,7 +89,7 @@ def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarr
         a2 = a.reshape(len(a), -1)
         n = rng.integers(0, len(a2), samples)
         o = rng.integers(0, w.shape[1], samples)
-        x = a2[n] * w[:, o].T
+        x = a2[n].astype(np.float64) * w[:, o].T
         return x, x.sum(1)
     if tuple(consumer.dilation_rate) != (1, 1) or consumer.groups != 1:
         raise TfcError(f"ThiNet handles undilated, ungrouped convs; {consumer.name} is not one")
@@ -106,7 +106,7 @@ def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarr
     o = rng.integers(0, w.shape[-1], samples)
     x = np.empty((samples, a.shape[-1]))
     for i in range(samples):
-        patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :]
+        patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :].astype(np.float64)
         x[i] = np.einsum("hwc,hwc->c", patch, w[:, :, :, o[i]])
     return x, x.sum(1)
 
@@ -148,7 +148,8 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
     for name in target.consumers:
         consumer = model.get_layer(name)
         feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
-        a = _activations(model, feeding, x).astype(np.float64)
+        # Captured in float32 (half the memory); each sampled product is formed in float64.
+        a = _activations(model, feeding, x)
         contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES)
         if len(target.consumers) > 1:
             rms = float(np.sqrt(np.mean(total ** 2))) or 1.0
