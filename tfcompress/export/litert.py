@@ -190,10 +190,12 @@ class Sandbox:
             self._proc = None
             if line is None:
                 raise TfcError(f"LiteRT did not finish loading and running {source} within {self.timeout:g} s")
+            if code >= 0:  # Not a signal: the child could not start or stopped of its own accord.
+                raise TfcError(f"the LiteRT check of {source} stopped unexpectedly (exit status {code})")
             try:
                 how = signal.Signals(-code).name
             except ValueError:
-                how = f"exit status {code}"
+                how = f"signal {-code}"
             raise TfcError(f"LiteRT crashes on {source} ({how}); the file is damaged or hostile")
         reply = json.loads(line)
         if "error" in reply:
