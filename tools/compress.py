@@ -42,13 +42,13 @@ _INPUT = flags.DEFINE_string("input", None, "Model to compress (.keras, .h5; .tf
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory, written whole when every step succeeds (an "
                               "existing one only with --overwrite, and only if compress wrote it).")
 _OVERWRITE = common.define_overwrite_flag()
-_TRAIN = flags.DEFINE_string("train_images", None, "Training images for the training steps (default: the "
-                             "shipped calibration images).")
+_TRAIN = flags.DEFINE_string("train_images", None, "Training images for the training steps (required with --input "
+                             "when the recipe trains; default without --input: the shipped calibration images).")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file for --train_images.")
-_CALIBRATION = flags.DEFINE_string("calibration_images", None, "Calibration images for convert (default: the "
-                                   "shipped calibration images).")
-_EVAL = flags.DEFINE_string("eval_images", None, "Images every step is measured on (default: the shipped "
-                            "held-out digits).")
+_CALIBRATION = flags.DEFINE_string("calibration_images", None, "Calibration images for convert (default: "
+                                   "--train_images; without --input: the shipped calibration images).")
+_EVAL = flags.DEFINE_string("eval_images", None, "Images every step is measured on (required with --input; "
+                            "default without --input: the shipped held-out digits).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed passed to every step.")
 _NORM = common.define_normalization_flags(0.0, 255.0)
 _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per artifact (0: no latency).", lower_bound=0)
@@ -60,9 +60,13 @@ def main() -> None:
 
     input_path = _INPUT.value or common.DEFAULT_MODEL
     recipe_path = _RECIPE.value or DEFAULT_RECIPE
-    data = CompressData(train_images=_TRAIN.value or common.DEFAULT_CALIBRATION, labels=_LABELS.value,
-                        calibration_images=_CALIBRATION.value or common.DEFAULT_CALIBRATION,
-                        eval_images=_EVAL.value or common.DEFAULT_EVAL, input_mean=_NORM["input_mean"].value,
+    # The shipped digits serve the shipped model only: a user's model needs its own images.
+    shipped = not _INPUT.value
+    data = CompressData(train_images=_TRAIN.value or (common.DEFAULT_CALIBRATION if shipped else None),
+                        labels=_LABELS.value,
+                        calibration_images=_CALIBRATION.value or (common.DEFAULT_CALIBRATION if shipped else None),
+                        eval_images=_EVAL.value or (common.DEFAULT_EVAL if shipped else None),
+                        input_mean=_NORM["input_mean"].value,
                         input_std=_NORM["input_std"].value, channel_order=_NORM["channel_order"].value,
                         seed=_SEED.value)
     manifest = compress(input_path, recipe_path, _OUTPUT.value, data=data, latency_runs=_RUNS.value,

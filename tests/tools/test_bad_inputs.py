@@ -252,6 +252,11 @@ CASES = [
     ("compress", ["--input={bad}/model_copy.keras", "--output={bad}"],
      "output path {bad} contains the input {bad}/model_copy.keras"),
     ("compress", ["--recipe={bad}/missing.yaml", "--output={out}/c"], "cannot read recipe {bad}/missing.yaml"),
+    # A user's model is never measured or trained on the shipped demo images.
+    ("compress", ["--input={bad}/model_copy.keras", "--output={out}/c"],
+     "eval images are required (--eval_images): every artifact is measured on them"),
+    ("compress", ["--input={bad}/model_copy.keras", "--eval_images=" + HELDOUT, "--output={out}/c"],
+     "step 1 (prune) trains: training images are required (--train_images)"),
 ]
 
 

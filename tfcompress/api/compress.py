@@ -65,20 +65,43 @@ class CompressData:
     """The data every step shares.
 
     Attributes:
-      train_images, labels: for the training steps.
-      calibration_images: for convert.
-      eval_images: every artifact is measured on these (labelled: accuracy too).
+      train_images, labels: for the training steps (required when the recipe trains).
+      calibration_images: for an integer convert step; the training images when None.
+      eval_images: every artifact is measured on these (labelled: accuracy too); required.
       input_mean, input_std, channel_order: preprocessing for every step.
       seed: for every step.
     """
-    train_images: object
-    calibration_images: object
-    eval_images: object
+    train_images: object = None
+    calibration_images: object = None
+    eval_images: object = None
     labels: Optional[str] = None
     input_mean: object = 0.0
     input_std: object = 255.0
     channel_order: str = "rgb"
     seed: int = 0
+
+
+def _complete(data: CompressData, steps) -> CompressData:
+    """`data` with calibration images defaulted to the training images, checked to hold what the steps need.
+
+    Raises:
+      TfcError: no eval images; a training step and no training images; an integer convert step and neither
+        calibration nor training images.
+    """
+    if data.eval_images is None:
+        raise TfcError("eval images are required (--eval_images): every artifact is measured on them")
+    trains = [s for s in steps if s.command not in ("convert", "pack")]
+    if trains and data.train_images is None:
+        raise TfcError(f"step {trains[0].index} ({trains[0].command}) trains: training images are required "
+                       "(--train_images)")
+    integer = [s for s in steps if s.command == "convert" and str(s.flags.get("quantize", "int8")) in
+               ("int8", "uint8", "int16x8")]
+    if data.calibration_images is None:
+        if integer and data.train_images is None:
+            raise TfcError(f"step {integer[0].index} (convert) calibrates: calibration images are required "
+                           "(--calibration_images, or --train_images)")
+        data = dataclasses.replace(data, calibration_images=data.train_images)
+    return data
 
 
 def _split(step, options_cls) -> Tuple[dict, dict]:
@@ -167,6 +190,7 @@ def compress(model: str, recipe: str, output: str, *, data: CompressData, latenc
         check_recipe(steps)
     except TfcError as e:
         raise TfcError(f"{recipe}: {e}") from e
+    data = _complete(data, steps)
     images = as_source(data.eval_images)
 
     with atomic_dir(output, overwrite=overwrite) as staging:
