@@ -225,6 +225,33 @@ def test_report_writes_html_plots_and_markdown(artifacts, tmp_path):
     html = open(f"{tmp_path}/report/index.html").read()
     assert "quality_vs_size.png" in html and "quality_vs_latency.png" in html and html.count("<tr>") == len(models) + 1
     assert "int8.tflite" in proc.stdout
+    # The Pareto column agrees with a brute-force front over the table's own numbers.
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    quality = [float((c[2] if c[2] != "-" else c[4]).rstrip("%")) for c in cells]
+    for name, column in (("size", 8), ("latency", 6)):
+        cost = [float(c[column]) for c in cells]
+        expected = {i for i in range(len(cells)) if not _dominated(i, cost, quality)}
+        assert {i for i, c in enumerate(cells) if name in c[12]} == expected, (name, cells)
+
+
+def _dominated(i, cost, quality):
+    return any(cost[j] <= cost[i] and quality[j] >= quality[i] and (cost[j], quality[j]) != (cost[i], quality[i])
+               for j in range(len(cost)))
+
+
+def test_pareto_front_against_brute_force():
+    from tfcompress.evaluate.report import pareto_front
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        cost = rng.integers(0, 6, n).astype(float)  # Small ranges: many ties.
+        quality = rng.integers(0, 6, n).astype(float)
+        front = pareto_front(cost, quality)
+        assert front == sorted(front, key=lambda i: (cost[i], -quality[i], i))
+        undominated = {i for i in range(n) if not _dominated(i, cost, quality)}
+        # Of points equal in both coordinates, exactly one (the first) is on the front.
+        expected = {min(j for j in range(n) if (cost[j], quality[j]) == (cost[i], quality[i])) for i in undominated}
+        assert set(front) == expected
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 The plotted quality is top-1 accuracy on a labelled folder, or top-1
 agreement with the reference on an unlabelled one.  Plots put size (KiB)
 and latency (median ms) on a log x axis; every artifact has its own colour
-and marker, named in the legend.
+and marker, named in the legend.  Each plot draws its Pareto front (the
+artifacts no other beats on both axes: smaller or faster and at least as
+good), labels the points on it by name, and the table says which artifacts
+are on the size and the latency front.
 """
 
 import html
@@ -27,17 +30,43 @@ def quality_name(results: Sequence[EvalResult]) -> str:
     return "top-1 accuracy" if all(r.top1 is not None for r in results) else "top-1 agreement with reference"
 
 
+def pareto_front(costs: Sequence[float], qualities: Sequence[float]) -> List[int]:
+    """Indices of the points no other point dominates (cost <= and quality >=, one of them strictly), by cost.
+
+    Of points equal in both, the first is kept.
+    """
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -qualities[i], i))
+    front, best = [], float("-inf")
+    for i in order:
+        if qualities[i] > best:
+            front.append(i)
+            best = qualities[i]
+    return front
+
+
+def _size_kib(r: EvalResult) -> float:
+    return r.size_bytes / 1024.0
+
+
+def _latency(r: EvalResult) -> float:
+    return r.latency_ms
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def table_rows(results: Sequence[EvalResult]) -> List[List[str]]:
     header = ["model", "runtime", "top-1", "top-5", "agreement", "max abs err", "latency ms", "threads",
-              "raw bytes", "gzip -9 bytes", "params", "MACs"]
+              "raw bytes", "gzip -9 bytes", "params", "MACs", "Pareto front"]
+    ys = [quality(r) for r in results]
+    fronts = {name: set(pareto_front([cost(r) for r in results], ys))
+              for name, cost in (("size", _size_kib), ("latency", _latency))}
     rows = [[os.path.basename(r.model.rstrip("/")) or r.model, r.runtime, _pct(r.top1), _pct(r.top5),
              _pct(r.agreement_top1), "-" if r.max_abs_error is None else f"{r.max_abs_error:.4g}",
              f"{r.latency_ms:.3f}", str(r.threads), str(r.size_bytes), str(r.size_gzip_bytes), str(r.params),
-             str(r.macs)] for r in results]
+             str(r.macs), ", ".join(name for name in ("size", "latency") if i in fronts[name]) or "-"]
+            for i, r in enumerate(results)]
     return [header] + rows
 
 
@@ -62,6 +91,14 @@ def _plot(results: Sequence[EvalResult], x_of, x_label: str, path: str) -> None:
         # as soon as two artifacts land close together (float32 TFLite and ONNX usually do).
         ax.scatter([x_of(r)], [y], s=90 if i < 10 else 60, marker=_MARKERS[i % len(_MARKERS)], zorder=3,
                    alpha=0.85, label=f"{os.path.basename(r.model.rstrip('/'))} ({r.runtime})")
+    front = pareto_front([x_of(r) for r in results], ys)
+    # A staircase through the front, on to the largest x: everything below and right of it is beaten.
+    xs = [x_of(results[i]) for i in front] + [max(x_of(r) for r in results)]
+    ax.step(xs, [ys[i] for i in front] + [ys[front[-1]]], where="post", color="0.4", linewidth=1.2, zorder=2,
+            label="Pareto front")
+    for i in front:
+        ax.annotate(os.path.basename(results[i].model.rstrip("/")), (x_of(results[i]), ys[i]),
+                    textcoords="offset points", xytext=(6, -12), fontsize=8, color="0.25")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -86,9 +123,8 @@ def write_report(results: Sequence[EvalResult], output_dir: str, title: str = "t
     An existing `output_dir` is replaced only with `overwrite`, and only if tfcompress wrote it.
     """
     with atomic_dir(output_dir, overwrite=overwrite) as staging:
-        _plot(results, lambda r: r.size_bytes / 1024.0, "size (KiB, log scale)", os.path.join(staging, SIZE_PLOT))
-        _plot(results, lambda r: r.latency_ms, "latency (median ms, batch 1, log scale)",
-              os.path.join(staging, LATENCY_PLOT))
+        _plot(results, _size_kib, "size (KiB, log scale)", os.path.join(staging, SIZE_PLOT))
+        _plot(results, _latency, "latency (median ms, batch 1, log scale)", os.path.join(staging, LATENCY_PLOT))
         md = markdown(results)
         with open(os.path.join(staging, MARKDOWN), "w", encoding="utf-8") as f:
             f.write(f"# {title}\n\n{md}")
