@@ -86,6 +86,8 @@ def bad(tmp_path_factory):
     Image.new("L", (32, 32)).save(root / "flat" / "flat.png")
     (root / "user_folder" / "notes.txt").write_text("the user's own file\n")
     (root / "three.txt").write_text("a\nb\nc\n")
+    (root / "blank_line.txt").write_text("zero\none\n\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\n")
+    (root / "duplicates.txt").write_text("".join(f"{n}\n" for n in ["a", "b", "c", "d", "e", "a", "f", "g", "h", "b"]))
 
     from tfcompress.calibrate.run import calibrate
     from tfcompress.data.images import Preprocessing, list_images
@@ -187,6 +189,10 @@ CASES = [
      "output {bad}/user_folder is an existing folder that tfcompress did not create"),
     ("convert", ["--labels={bad}/three.txt", "--output={out}/m.tflite"],
      "labels file {bad}/three.txt names 3 classes but the model outputs 10 values"),
+    ("convert", ["--labels={bad}/blank_line.txt", "--output={out}/m.tflite"],
+     "labels file {bad}/blank_line.txt: line 3 is blank; one label per line, in output order"),
+    ("convert", ["--labels={bad}/duplicates.txt", "--output={out}/m.tflite"],
+     "labels file {bad}/duplicates.txt has duplicate labels: a, b"),
     ("convert", ["--target=npu", "--output={out}/m.tflite"], "unknown --target 'npu'"),
     ("convert", ["--float_layers=nope", "--output={out}/m.tflite"], "--float_layers: no layer named 'nope'"),
     ("convert", ["--quantize=float16", "--min_agreement=0.99", "--output={out}/m.tflite"],

@@ -37,20 +37,30 @@ class ImageSet:
 
 
 def read_labels_file(path: str) -> List[str]:
-    """One label per non-empty line.
+    """One label per line, in output order (blank lines at the end are ignored).
 
     Raises:
-      TfcError: missing or empty file, or duplicate labels.
+      TfcError: missing, unreadable or empty file, a blank line between labels (it would shift every label
+        after it by one output), or duplicate labels.
     """
     if not os.path.isfile(path):
         raise TfcError(f"labels file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise TfcError(f"labels file {path} is unreadable or not UTF-8 text ({type(e).__name__})") from e
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
         raise TfcError(f"labels file {path} is empty")
-    if len(set(names)) != len(names):
-        raise TfcError(f"labels file {path} has duplicate labels")
-    return names
+    blank = next((i for i, line in enumerate(lines) if not line), None)
+    if blank is not None:
+        raise TfcError(f"labels file {path}: line {blank + 1} is blank; one label per line, in output order")
+    duplicates = sorted({name for name in lines if lines.count(name) > 1})
+    if duplicates:
+        raise TfcError(f"labels file {path} has duplicate labels: {', '.join(duplicates[:5])}")
+    return lines
 
 
 def read_image_set(folder: str, labels_file: Optional[str] = None, require_labels: bool = False) -> ImageSet:
