@@ -35,6 +35,23 @@ def test_a_huge_declared_size_is_refused_before_allocating():
         tfc.unpack(data)
 
 
+def test_a_hang_is_counted_even_inside_a_broad_except(monkeypatch):
+    """A reader that swallows every Exception (as parsers that turn damage into TfcError do) still cannot hide
+    a case that runs past the limit."""
+    import time
+    from tfcompress.errors import TfcError
+
+    def slow_reader(data, workdir):  # pylint: disable=unused-argument
+        try:
+            time.sleep(1.0)
+        except Exception as e:  # pylint: disable=broad-except
+            raise TfcError("damaged") from e
+
+    monkeypatch.setattr(fuzz, "SECONDS_PER_CASE", 0.2)
+    outcome, seconds, _ = fuzz._measure(slow_reader, b"", "")  # pylint: disable=protected-access
+    assert outcome == "hang" and seconds < 1.0
+
+
 def test_the_mutators_change_their_input_and_are_seeded():
     import numpy as np
     data = bytes(range(256)) * 8

@@ -43,8 +43,9 @@ _ODD_JSON = [None, True, -1, 0, 2 ** 70, -1e30, 1e30, float("nan"), float("inf")
              {"min": 1}, 0.5, -0.0, "é", [0] * 5000]
 
 
-class _Hang(Exception):
-    """Raised by the timer when a case runs past SECONDS_PER_CASE."""
+class _Hang(BaseException):
+    """Raised by the timer when a case runs past SECONDS_PER_CASE (a BaseException, so that a reader's broad
+    `except Exception`, which turns damage into a TfcError, cannot hide it)."""
 
 
 def _on_alarm(signum, frame):  # pylint: disable=unused-argument
@@ -216,6 +217,7 @@ def _measure(reader, data: bytes, workdir: str):
     refused, refused:crash (LiteRT crashed in the sandbox), hang or an exception's name."""
     tracemalloc.reset_peak()
     baseline = tracemalloc.get_traced_memory()[0]
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
     start = time.perf_counter()
     signal.setitimer(signal.ITIMER_REAL, SECONDS_PER_CASE)
     try:
@@ -229,7 +231,11 @@ def _measure(reader, data: bytes, workdir: str):
         outcome = type(e).__name__
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return outcome, time.perf_counter() - start, tracemalloc.get_traced_memory()[1] - baseline
+        signal.signal(signal.SIGALRM, previous)
+    seconds = time.perf_counter() - start
+    if seconds > SECONDS_PER_CASE:  # Native code can hold the timer's signal until it returns.
+        outcome = "hang"
+    return outcome, seconds, tracemalloc.get_traced_memory()[1] - baseline
 
 
 def run(parser: str, seed_dir: str, cases: int, seed: int = 0, progress: Callable[[int], None] = None) -> Summary:
@@ -237,7 +243,6 @@ def run(parser: str, seed_dir: str, cases: int, seed: int = 0, progress: Callabl
     reader = READERS[parser]
     seeds = load_seeds(seed_dir, parser)
     summary = Summary(parser)
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
@@ -280,7 +285,6 @@ def run(parser: str, seed_dir: str, cases: int, seed: int = 0, progress: Callabl
                 if progress is not None:
                     progress(case + 1)
     finally:
-        signal.signal(signal.SIGALRM, previous)
         if started:
             tracemalloc.stop()
     return summary
