@@ -120,3 +120,35 @@ def write_digits(root, x, y) -> str:
 def error_lines(proc):
     """The `error:` lines a failed tool printed (TF's own start-up logging aside)."""
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def zeroed_reference(model, removed, scales=None):
+    """An independent float reference for thinning: a copy of `model` whose consumers are blind to removed
+    channels.
+
+    removed: consumer layer name -> input-channel indices (of the consumer's input) whose kernel rows are zeroed.
+    scales: consumer layer name -> per-input-channel factors applied to its kernel rows first (ThiNet's
+      least-squares rescaling), or None.
+    """
+    import keras
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for name, rows in removed.items():
+        weights = copy.get_layer(name).get_weights()
+        if scales is not None and name in scales:
+            weights[0] = weights[0] * scales[name].reshape((1,) * (weights[0].ndim - 2) + (-1, 1))
+        weights[0][..., rows, :] = 0.0
+        copy.get_layer(name).set_weights(weights)
+    return copy
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (its pixel data is a few bytes): a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))

@@ -1,13 +1,11 @@
 """Defined image behaviour: how 16-bit, CMYK, palette, EXIF-rotated and tiny images map to the model's pixels,
 and what is refused (float pixels, decompression bombs), each against numpy or Pillow's own conversion."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import png_claiming
 from tfcompress.data.images import MAX_PIXELS, Preprocessing, load_pixels
 from tfcompress.errors import TfcError
 
@@ -57,20 +55,11 @@ def test_float_pixels_are_refused_by_name(tmp_path):
         load_pixels(str(tmp_path / "float.tif"), GRAY)
 
 
-def _png_claiming(width, height) -> bytes:
-    """A PNG whose header claims width x height (its pixel data is a few bytes): a decompression bomb's shape."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + \
-        chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("side, message", [(9000, "9000x9000: more than 64,000,000 pixels"),
                                            (14000, "larger than 64,000,000 pixels")])  # Pillow's own bomb check.
 def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, side, message):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_claiming(side, side))
+    path.write_bytes(png_claiming(side, side))
     assert side * side > MAX_PIXELS
     with pytest.raises(TfcError, match=message):
         load_pixels(str(path), GRAY)

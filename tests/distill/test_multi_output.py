@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import zeroed_reference
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.zoo import ZOO
 
@@ -92,7 +93,6 @@ def test_thinet_thins_a_layer_feeding_both_heads(boxes):
     """dense_7 feeds the class and the box head.  ThiNet picks one channel set for both and rescales each head
     by its own least squares: the thinned model equals the original with each head's removed rows zeroed and
     kept rows scaled, and it stays closer to the original than a random channel choice does."""
-    import keras
     from tfcompress.keras.heads import predict_all
     from tfcompress.prune import filters, thinning
     model, train, held = boxes
@@ -101,14 +101,8 @@ def test_thinet_thins_a_layer_feeding_both_heads(boxes):
     kept, scales = filters.thinet_keep(model, target, 48, train, seed=0)
     assert len(kept) == 48 and set(scales) == {"box", "class"}
     thinned = thinning.thin(model, {"dense_7": kept}, scales)
-    reference = keras.models.clone_model(model)
-    reference.set_weights(model.get_weights())
     removed = np.setdiff1d(np.arange(96), kept)
-    for head in ("class", "box"):
-        weights = reference.get_layer(head).get_weights()
-        weights[0] = weights[0] * scales[head][:, None]
-        weights[0][removed, :] = 0.0
-        reference.get_layer(head).set_weights(weights)
+    reference = zeroed_reference(model, {"class": removed, "box": removed}, scales)
     for got, want in zip(predict_all(thinned, held), predict_all(reference, held)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     original = predict_all(model, held)

@@ -6,27 +6,13 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import zeroed_reference
 from tfcompress.errors import TfcError
 from tfcompress.keras.cost import count
 from tfcompress.prune import filters, thinning
 
 # Thinning only removes terms from sums: float32 reordering apart, outputs are the same.
 THIN_ATOL = 1e-4
-
-
-def _zero_consumer_rows(model, removed):
-    """An independent float reference: the original model, its consumers blind to the removed channels.
-
-    removed: consumer layer name -> input-channel indices (of the consumer's input) to zero.
-    """
-    import keras
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for name, rows in removed.items():
-        weights = copy.get_layer(name).get_weights()
-        weights[0][..., rows, :] = 0.0
-        copy.get_layer(name).set_weights(weights)
-    return copy
 
 
 def test_plan_leaves_residual_groups_and_outputs_whole(digits):
@@ -48,7 +34,7 @@ def test_thinned_model_equals_the_zeroed_reference(digits):
         "conv2d_7": 32 + np.setdiff1d(np.arange(16), keep["conv2d_6"]),  # After 32 depthwise channels.
         "dense": np.setdiff1d(np.arange(48), keep["conv2d_7"]),
     }
-    reference = _zero_consumer_rows(model, removed)
+    reference = zeroed_reference(model, removed)
     np.testing.assert_allclose(thinned.predict(x[:64], verbose=0), reference.predict(x[:64], verbose=0),
                                atol=THIN_ATOL)
     assert thinned.get_layer("conv2d_1").kernel.shape[-1] == 8
@@ -81,7 +67,7 @@ def test_flatten_and_depthwise_paths():
     keep = {first: np.array([0, 2, 3]), second: np.array([1, 3])}
     thinned = thinning.thin(model, keep)
     flat_rows = (np.arange(16)[:, None] * 4 + np.array([0, 2])[None, :]).reshape(-1)  # 4x4 positions x 4 channels.
-    reference = _zero_consumer_rows(model, {second: np.array([1, 4, 5]), "head": flat_rows})
+    reference = zeroed_reference(model, {second: np.array([1, 4, 5]), "head": flat_rows})
     x = rng.standard_normal((5, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
     assert thinned.get_layer("head").kernel.shape[0] == 16 * 2
@@ -140,7 +126,7 @@ def test_separable_convs_thin_as_producers_and_consumers():
     assert {p.name for p in thinning.plan(model)} == {"conv", "sep", "sep_out"}
     keep = {"conv": np.array([0, 3, 4, 7]), "sep": np.array([1, 2, 5, 8, 9])}
     thinned = thinning.thin(model, keep)
-    reference = _zero_consumer_rows(model, {"sep": np.setdiff1d(np.arange(8), keep["conv"]),
+    reference = zeroed_reference(model, {"sep": np.setdiff1d(np.arange(8), keep["conv"]),
                                             "sep_out": np.setdiff1d(np.arange(10), keep["sep"])})
     np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
     params, _ = count(thinned)
@@ -193,7 +179,7 @@ def test_untracked_layers_exclude_only_the_channels_that_reach_them():
     assert result.skipped == {"b": "its channels reach swap (Permute), which thinning does not track"}
     kept = np.sort(np.argsort(-np.abs(keras.ops.convert_to_numpy(model.get_layer("a").kernel)).sum((0, 1, 2)),
                               kind="stable")[:4])
-    reference = _zero_consumer_rows(model, {"b": np.setdiff1d(np.arange(8), kept)})
+    reference = zeroed_reference(model, {"b": np.setdiff1d(np.arange(8), kept)})
     for got, want in zip(result.model.predict(x_in, verbose=0), reference.predict(x_in, verbose=0)):
         np.testing.assert_allclose(got, want, atol=THIN_ATOL)
 
@@ -232,14 +218,8 @@ def test_thinet_thins_the_layers_feeding_separable_convs():
     for target in plans:
         kept, scales = filters.thinet_keep(model, target, target.channels // 2, x, seed=0)
         thinned = thinning.thin(model, {target.name: kept}, scales)
-        reference = keras.models.clone_model(model)
-        reference.set_weights(model.get_weights())
         removed = np.setdiff1d(np.arange(target.channels), kept)
-        for name, factors in scales.items():
-            weights = reference.get_layer(name).get_weights()
-            weights[0] = weights[0] * factors.reshape((1,) * (weights[0].ndim - 2) + (-1, 1))
-            weights[0][..., removed, :] = 0.0
-            reference.get_layer(name).set_weights(weights)
+        reference = zeroed_reference(model, {name: removed for name in scales}, scales)
         np.testing.assert_allclose(thinned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=THIN_ATOL)
 
 

@@ -6,14 +6,12 @@ start-up."""
 import hashlib
 import json
 import os
-import struct
 import sys
-import zlib
 
 import numpy as np
 import pytest
 
-from tests.conftest import CALIBRATION, HELDOUT, MODELS, TESTDATA, run_tool_in_process
+from tests.conftest import CALIBRATION, HELDOUT, MODELS, TESTDATA, png_claiming, run_tool_in_process
 
 KERAS = os.path.join(MODELS, "digits_resnet.keras")
 PB = os.path.join(MODELS, "digits_resnet.pb")
@@ -21,13 +19,6 @@ SAVEDMODEL = os.path.join(MODELS, "digits_resnet_savedmodel")
 VGG = os.path.join(MODELS, "patches_vgg.keras")
 TFLITE = os.path.join(TESTDATA, "fuzz", "digits_int8.tflite")
 TFC = os.path.join(TESTDATA, "fuzz", "digits_int8_sparse.tfc")
-
-
-def _png_claiming(width, height) -> bytes:
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +73,7 @@ def bad(tmp_path_factory):
         (root / folder).mkdir()
     (root / "badimg" / "x.png").write_bytes(b"\x89PNG broken")
     Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(root / "rgba" / "a.png")
-    (root / "bomb" / "bomb.png").write_bytes(_png_claiming(14000, 14000))
+    (root / "bomb" / "bomb.png").write_bytes(png_claiming(14000, 14000))
     Image.new("L", (32, 32)).save(root / "flat" / "flat.png")
     (root / "user_folder" / "notes.txt").write_text("the user's own file\n")
     (root / "three.txt").write_text("a\nb\nc\n")

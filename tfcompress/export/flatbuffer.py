@@ -6,6 +6,7 @@ materialize them), and the tfcompress metadata buffer.
 """
 
 import dataclasses
+import functools
 import json
 from typing import Dict, List, Optional, Sequence
 
@@ -84,11 +85,15 @@ def _indices(values, limit: int, what: str, optional: bool = False) -> None:
             raise _Corrupt(f"{what} index {int(v)} is out of range (0..{limit - 1})")
 
 
+@functools.lru_cache(maxsize=None)
+def _largest_builtin() -> int:
+    return max(v for k, v in vars(schema_module().BuiltinOperator).items() if not k.startswith("_"))
+
+
 def _check_model(model, size: int) -> None:
     """Every index, enum, string and buffer size of the unpacked model is consistent."""
-    schema = schema_module()
     buffers = model.buffers or []
-    largest_builtin = max(v for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_"))
+    largest_builtin = _largest_builtin()
     for code in model.operatorCodes or []:
         if not (0 <= code.builtinCode <= largest_builtin and 0 <= code.deprecatedBuiltinCode <= 127):
             raise _Corrupt(f"unknown builtin operator {code.builtinCode}")

@@ -39,14 +39,19 @@ class Head:
         return int(self.shape[-1])
 
 
-def _producer(tensor):
-    layer = tensor._keras_history[0]  # pylint: disable=protected-access  # (operation or layer, node, index)
-    while getattr(layer, "layer", None) is not None:  # A pruning, QAT or binary wrapper around it.
+def unwrapped(layer):
+    """The layer inside any pruning, QAT or binary wrappers around it."""
+    while getattr(layer, "layer", None) is not None:
         layer = layer.layer
     return layer
 
 
-def _is_softmax(layer) -> bool:
+def _producer(tensor):
+    return unwrapped(tensor._keras_history[0])  # pylint: disable=protected-access  # (layer, node, index)
+
+
+def is_softmax(layer) -> bool:
+    """A Softmax layer, or one with a softmax activation."""
     # By name, so tf_keras layers (the tfmot path) are recognized as well as Keras 3 ones.
     return type(layer).__name__ == "Softmax" or getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
 
@@ -58,7 +63,7 @@ def heads(model) -> List[Head]:
     for i, tensor in enumerate(outputs):
         layer = _producer(tensor)
         shape = tuple(int(d) if d is not None else None for d in tensor.shape[1:])
-        probabilities = _is_softmax(layer)
+        probabilities = is_softmax(layer)
         is_class = len(shape) == 1 and (len(outputs) == 1 or probabilities)
         found.append(Head(index=i, name=layer.name, shape=shape, kind="class" if is_class else "values",
                           probabilities=probabilities and is_class))

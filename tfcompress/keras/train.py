@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
-from tfcompress.keras.heads import Head, heads, predict_all
+from tfcompress.keras.heads import Head, heads, is_softmax, predict_all, unwrapped
 from tfcompress.keras.registry import register
 
 # Probabilities are clipped here before the log, so a zero never becomes -inf.
@@ -73,11 +73,7 @@ def batches(x: np.ndarray, size: int = 32) -> List[np.ndarray]:
 
 def outputs_probabilities(model) -> bool:
     """True if the model's output is a softmax (its last layer is Softmax or has a softmax activation)."""
-    last = model.layers[-1]
-    while getattr(last, "layer", None) is not None:  # A pruning or QAT wrapper around the classifier.
-        last = last.layer
-    # By name, so tf_keras layers (the tfmot path) are recognized as well as Keras 3 ones.
-    return type(last).__name__ == "Softmax" or getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+    return is_softmax(unwrapped(model.layers[-1]))
 
 
 def _framework(model):
@@ -88,10 +84,32 @@ def _framework(model):
     return keras
 
 
+def _as_logits(out: np.ndarray, probabilities: bool) -> np.ndarray:
+    return np.log(np.clip(out, _EPS, 1.0)) if probabilities else out
+
+
 def logits(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """The model's logits on x (log-probabilities for a softmax model)."""
-    out = model.predict(x, batch_size=batch_size, verbose=0)
-    return np.log(np.clip(out, _EPS, 1.0)) if outputs_probabilities(model) else out
+    return _as_logits(model.predict(x, batch_size=batch_size, verbose=0), outputs_probabilities(model))
+
+
+def _packed_target(n: int, k: int, labels: Optional[np.ndarray], teacher_logits: Optional[np.ndarray],
+                   what: str) -> np.ndarray:
+    """DistillationLoss's target [one-hot labels | teacher logits | has-label | has-teacher] for `k` classes.
+
+    Raises:
+      TfcError: labels outside 0..k-1 (`what` names the output in the message).
+    """
+    target = np.zeros((n, 2 * k + 2), np.float32)
+    if labels is not None:
+        if labels.min() < 0 or labels.max() >= k:
+            raise TfcError(f"labels go up to {labels.max()} but {what}")
+        target[np.arange(n), labels] = 1.0
+        target[:, 2 * k] = 1.0
+    if teacher_logits is not None:
+        target[:, k:2 * k] = teacher_logits
+        target[:, 2 * k + 1] = 1.0
+    return target
 
 
 @register("DistillationLoss")
@@ -249,16 +267,8 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
             raise TfcError("feature distillation trains single-output class models only")
         return _fit_heads(student, outputs, x, labels, config, teacher=teacher, callbacks=callbacks, shared=shared)
     num_classes = int(student.output_shape[-1])
-    n = len(x)
-    target = np.zeros((n, 2 * num_classes + 2), np.float32)
-    if labels is not None:
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise TfcError(f"labels go up to {labels.max()} but the model outputs {num_classes} classes")
-        target[np.arange(n), labels] = 1.0
-        target[:, 2 * num_classes] = 1.0
-    if teacher is not None:
-        target[:, num_classes:2 * num_classes] = logits(teacher, x)
-        target[:, 2 * num_classes + 1] = 1.0
+    target = _packed_target(len(x), num_classes, labels, logits(teacher, x) if teacher is not None else None,
+                            f"the model outputs {num_classes} classes")
     keras.utils.set_random_seed(config.seed)
     loss = DistillationLoss(num_classes, config.temperature, config.alpha, outputs_probabilities(student))
     framework = _framework(student)
@@ -297,26 +307,17 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
     if labels is not None and first_class is None:
         raise TfcError("labels need a class output; this model has none (distill from the original instead)")
     teacher_out = predict_all(teacher, x) if teacher is not None else None
-    n = len(x)
     targets, losses = [], []
     for head in outputs:
         if head.kind != "class":
             targets.append(np.asarray(teacher_out[head.index], np.float32))
             losses.append(keras.losses.MeanSquaredError())
             continue
-        k = head.width
-        target = np.zeros((n, 2 * k + 2), np.float32)
-        if labels is not None and head.index == first_class:
-            if labels.min() < 0 or labels.max() >= k:
-                raise TfcError(f"labels go up to {labels.max()} but output {head.name} has {k} classes")
-            target[np.arange(n), labels] = 1.0
-            target[:, 2 * k] = 1.0
-        if teacher_out is not None:
-            t = teacher_out[head.index]
-            target[:, k:2 * k] = np.log(np.clip(t, _EPS, 1.0)) if head.probabilities else t
-            target[:, 2 * k + 1] = 1.0
-        targets.append(target)
-        losses.append(DistillationLoss(k, config.temperature, config.alpha, head.probabilities))
+        targets.append(_packed_target(
+            len(x), head.width, labels if head.index == first_class else None,
+            _as_logits(teacher_out[head.index], head.probabilities) if teacher_out is not None else None,
+            f"output {head.name} has {head.width} classes"))
+        losses.append(DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities))
     keras.utils.set_random_seed(config.seed)
     student.compile(optimizer=_optimizer(framework, config.learning_rate, shared), loss=losses)
     return student.fit(x, targets, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,

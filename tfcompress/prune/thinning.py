@@ -143,9 +143,9 @@ def plan(model, untracked_reach: Optional[Dict[str, str]] = None) -> List[Prunab
     return result
 
 
-def _kept_indices(model, nodes, keep: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """For every layer output, the original channel indices that survive (propagated in topological order)."""
-    opaque = untracked(nodes)
+def _kept_indices(model, nodes, keep: Dict[str, np.ndarray], opaque: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """For every layer output, the original channel indices that survive (propagated in topological order);
+    `opaque` is `untracked(nodes)`."""
     kept: Dict[str, np.ndarray] = {}
     order = [entry["config"]["name"] for entry in model.get_config()["layers"]]
     for name in order:
@@ -192,7 +192,7 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
     for name, idx in keep.items():
         if len(idx) == 0:
             raise TfcError(f"thinning would remove every channel of {name}")
-    kept = _kept_indices(model, nodes, keep)
+    kept = _kept_indices(model, nodes, keep, opaque)
     config = model.get_config()
     for entry in config["layers"]:
         name = entry["config"]["name"]
