@@ -17,6 +17,7 @@ else:
 
 _MODEL = common.define_model_flags()
 _CAL = common.define_calibration_flags()
+_DATA = common.define_calibration_data_flag()
 
 
 def main() -> None:
@@ -26,14 +27,15 @@ def main() -> None:
     cache_path = _CAL["calibration_cache"].value
     if not cache_path:
         raise TfcError("--calibration_cache is required")
-    input_path, images, _ = common.default_inputs(_MODEL, _CAL)
+    input_path, images, _ = common.default_inputs(_MODEL, _CAL, _DATA)
     options = common.calibration_options(_CAL)
-    result = calibrate(input_path, images, cache=cache_path, recalibrate=_CAL["recalibrate"].value,
+    result = calibrate(input_path, images, data=_DATA.value, cache=cache_path, recalibrate=_CAL["recalibrate"].value,
                        options=options, load=common.load_options(_MODEL), progress=True)
     calibrator = options.calibrator_config()
     ranges = result.cache.ranges(calibrator)
     print(f"calibration cache {cache_path}: {len(ranges)} tensors, "
-          + ("reused (0 images read)" if result.reused else f"{result.images_read} images read"))
+          + ("reused (0 read)" if result.reused
+             else f"{result.images_read} {'samples' if _DATA.value else 'images'} read"))
     rows = [["tensor", "min", "max", f"range ({calibrator.method})"]]
     for name, (lo, hi) in list(ranges.items())[:12]:
         s = result.cache.stats[name]

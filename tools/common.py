@@ -49,6 +49,12 @@ def define_calibration_flags():
     )
 
 
+def define_calibration_data_flag():
+    return flags.DEFINE_string("calibration_data", None, "Instead of images: a .npz with one array per model input "
+                               "(named by input; first axis = samples), for graphs that do not take one image: "
+                               "several inputs, any rank, channel count or dtype.")
+
+
 class NormParser(flags.ArgumentParser):
     """A number, or comma-separated numbers (one per channel): a float, or a tuple of floats."""
     syntactic_help = "a number, or one per channel: 123.68,116.78,103.94"
@@ -139,14 +145,17 @@ def define_overwrite_flag():
                                 "(atomically).  A folder tfcompress did not create is never replaced.")
 
 
-def default_inputs(model_flags, cal_flags):
+def default_inputs(model_flags, cal_flags, data_flag=None):
     """(input model, calibration images, whether this is the default run).
 
-    With no --input the shipped model and its calibration images are used.
+    With no --input the shipped model and its calibration images are used; with --calibration_data
+    (`data_flag`) no image is read unless --calibration_images names some.
     """
     default_run = model_flags["input"].value is None
     input_path = model_flags["input"].value or DEFAULT_MODEL
-    images = cal_flags["calibration_images"].value or (DEFAULT_CALIBRATION if default_run else None)
+    images = cal_flags["calibration_images"].value
+    if images is None and default_run and not (data_flag is not None and data_flag.value):
+        images = DEFAULT_CALIBRATION
     return input_path, images, default_run
 
 

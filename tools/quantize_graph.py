@@ -20,6 +20,7 @@ from absl import flags  # noqa: E402
 
 _MODEL = common.define_model_flags()
 _CAL = common.define_calibration_flags()
+_DATA = common.define_calibration_data_flag()
 _OUTPUT = flags.DEFINE_string("output", None, "Output SavedModel directory (or .pb with --output_format=frozen_pb).")
 _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "saved_model", ["saved_model", "frozen_pb"], "Output format.")
 _MODE = flags.DEFINE_enum("mode", "eightbit", ["eightbit", "weights", "weights_rounded"], "Quantization mode.")
@@ -32,6 +33,14 @@ _EVAL_IMAGES = flags.DEFINE_string("eval_images", None, "Images for the agreemen
 _OUTPUT_INDEX = flags.DEFINE_list("output_index", None, "Outputs (indices or signature keys) that are class "
                                   "vectors, for top-1 agreement (default: the softmax outputs; a single "
                                   "vector output).")
+_QUANTIZED_INPUT = flags.DEFINE_boolean("quantized_input", False, "eightbit: the float inputs arrive as quint8 "
+                                        "codes over [--quantized_input_min, --quantized_input_max] (no "
+                                        "QuantizeV2 for them).")
+_QUANTIZED_INPUT_MIN = flags.DEFINE_float("quantized_input_min", 0.0, "Float value of input code 0.")
+_QUANTIZED_INPUT_MAX = flags.DEFINE_float("quantized_input_max", 1.0, "Float value of input code 255.")
+_FALLBACK_MIN = flags.DEFINE_float("quantized_fallback_min", None, "eightbit: with --quantized_fallback_max, the "
+                                   "range of every tensor without a calibrated range (no calibration needed).")
+_FALLBACK_MAX = flags.DEFINE_float("quantized_fallback_max", None, "See --quantized_fallback_min.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 _OVERWRITE = common.define_overwrite_flag()
 
@@ -40,11 +49,19 @@ def main() -> None:
     from tfcompress.api.graph_jobs import quantize_graph
     from tfcompress.evaluate import measure
 
-    input_path, images, default_run = common.default_inputs(_MODEL, _CAL)
-    eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run else images)
-    result = quantize_graph(input_path, _OUTPUT.value, images=images, cache=_CAL["calibration_cache"].value,
+    from tfcompress.errors import TfcError
+
+    input_path, images, default_run = common.default_inputs(_MODEL, _CAL, _DATA)
+    eval_images = _EVAL_IMAGES.value or (common.DEFAULT_EVAL if default_run and not _DATA.value else images)
+    if (_FALLBACK_MIN.value is None) != (_FALLBACK_MAX.value is None):
+        raise TfcError("give --quantized_fallback_min and --quantized_fallback_max together")
+    fallback = None if _FALLBACK_MIN.value is None else (_FALLBACK_MIN.value, _FALLBACK_MAX.value)
+    quantized_input = (_QUANTIZED_INPUT_MIN.value, _QUANTIZED_INPUT_MAX.value) if _QUANTIZED_INPUT.value else None
+    result = quantize_graph(input_path, _OUTPUT.value, images=images, data=_DATA.value,
+                            cache=_CAL["calibration_cache"].value,
                             recalibrate=_CAL["recalibrate"].value, mode=_MODE.value, kernels=_KERNELS.value,
                             bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
+                            quantized_input=quantized_input, fallback_range=fallback,
                             output_format=_OUTPUT_FORMAT.value, eval_images=eval_images,
                             class_outputs=_OUTPUT_INDEX.value,
                             options=common.calibration_options(_CAL), load=common.load_options(_MODEL),
@@ -67,6 +84,11 @@ def main() -> None:
     if result.report.kept_float:
         kept = sorted(set(result.report.kept_float.values()))
         print(f"ops kept float (no quantized kernel or declined): {', '.join(kept)}")
+    if result.report.alone:
+        print("quantized alone, between a QuantizeV2 and a Dequantize (float may be faster there): "
+              + ", ".join(result.report.alone))
+    for note in result.report.notes:
+        print(f"warning: {note}")
     in_size = measure.path_size(input_path)
     float_size = measure.graph_size(result.float_model.graph_def)
     out_size = measure.path_size(_OUTPUT.value)
@@ -77,7 +99,9 @@ def main() -> None:
                         ["output", out_size.raw, out_size.gzip]])
     if result.agreement is not None:
         agree = result.agreement
-        print(f"\nagreement with float on {agree.images} images ({eval_images}), per output:")
+        on = f"{agree.images} images ({eval_images})" if eval_images else \
+            f"{agree.images} samples of the calibration data ({_DATA.value})"
+        print(f"\nagreement with float on {on}, per output:")
         common.print_table([["output", "class vector", "top-1", "MSE", "mean abs error", "max abs error / span"]] + [
             [h.key, "yes" if h.is_class else "no", "-" if h.top1 is None else f"{h.top1:.2%}", f"{h.mse:.3g}",
              f"{h.mean_abs_error:.4g}", f"{h.max_abs_error:.4g} / {h.reference_span:.4g}"] for h in agree.heads])

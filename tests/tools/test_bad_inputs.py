@@ -19,6 +19,7 @@ SAVEDMODEL = os.path.join(MODELS, "digits_resnet_savedmodel")
 VGG = os.path.join(MODELS, "patches_vgg.keras")
 TFLITE = os.path.join(TESTDATA, "fuzz", "digits_int8.tflite")
 TFC = os.path.join(TESTDATA, "fuzz", "digits_int8_sparse.tfc")
+TWO = "--input={bad}/two_inputs.pb"
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +118,62 @@ def bad(tmp_path_factory):
     (root / "unknown_step.yaml").write_text("steps:\n  - sharpen: {}\n")
     (root / "bad_option.yaml").write_text("steps:\n  - convert: {quantize: int8, calibrator: nonsense}\n")
     (root / "model_copy.keras").write_bytes(keras_bytes)
+
+    graph = tf.Graph()  # Two non-image inputs: calibrated from --calibration_data only.
+    with graph.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, (3, 2), name="a")
+        b = tf.compat.v1.placeholder(tf.float32, (2, 4), name="b")
+        tf.matmul(a, b, name="y")
+    (root / "two_inputs.pb").write_bytes(graph.as_graph_def().SerializeToString())
+    good = dict(a=np.ones((2, 3, 2), np.float32), b=np.ones((2, 2, 4), np.float32))
+    np.savez(root / "missing_input.npz", a=good["a"])
+    np.savez(root / "extra_input.npz", c=good["a"], **good)
+    np.savez(root / "wrong_shape.npz", a=np.ones((2, 3, 3), np.float32), b=good["b"])
+    np.savez(root / "wrong_dtype.npz", a=good["a"].astype(bool), b=good["b"])
+    np.savez(root / "nan.npz", a=np.where(good["a"] > 0, np.nan, 0).astype(np.float32), b=good["b"])
+    np.savez(root / "no_samples.npz", a=good["a"][:0], b=good["b"][:0])
+    np.savez(root / "counts.npz", a=good["a"], b=good["b"][:1])
+    np.savez(root / "objects.npz", a=np.array([{"x": 1}], dtype=object), b=good["b"])
+    np.save(root / "single.npy", good["a"])
+    (root / "empty.npz").write_bytes(b"")
+    (root / "text.npz").write_text("a, b\n1, 2\n")
     return root
 
 
 # (command, arguments, the error message's start).  {bad} is the folder above, {out} an empty folder for
 # outputs, {models} the shipped models.
 CASES = [
+    # Tensor calibration data (--calibration_data).
+    ("quantize_graph", [TWO, "--calibration_data={bad}/missing.npz"], "calibration data {bad}/missing.npz does not exist"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/empty.npz"], "calibration data {bad}/empty.npz is empty"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/text.npz"], "calibration data {bad}/text.npz is not a .npz"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/single.npy"],
+     "calibration data {bad}/single.npy is a single .npy array"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/objects.npz"],
+     "calibration data {bad}/objects.npz holds pickled objects"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/missing_input.npz"],
+     "{bad}/missing_input.npz has no array for input b"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/extra_input.npz"],
+     "{bad}/extra_input.npz has an array 'c' that names no input"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/wrong_shape.npz"],
+     "{bad}/wrong_shape.npz: the array for input a has shape (2, 3, 3); the input is (3, 2)"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/wrong_dtype.npz"],
+     "{bad}/wrong_dtype.npz: input a is float32 and the array is bool"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/nan.npz"], "{bad}/nan.npz: the array for input a contains NaN"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/no_samples.npz"], "{bad}/no_samples.npz holds no samples"),
+    ("quantize_graph", [TWO, "--calibration_data={bad}/counts.npz"], "{bad}/counts.npz: input b has 1 samples"),
+    ("quantize_graph", [TWO], "eightbit mode needs --calibration_images or --calibration_data"),
+    ("quantize_graph", [TWO, "--quantized_fallback_min=-1"], "give --quantized_fallback_min and "
+     "--quantized_fallback_max together"),
+    ("quantize_graph", [TWO, "--quantized_input", "--quantized_input_min=2", "--quantized_input_max=1",
+                        "--quantized_fallback_min=-1", "--quantized_fallback_max=1"],
+     "--quantized_input_min/max must be finite with min < max"),
+    ("quantize_graph", [TWO, "--mode=weights", "--quantized_fallback_min=-1", "--quantized_fallback_max=1"],
+     "--quantized_fallback_min/max apply to --mode=eightbit only"),
+    ("calibrate", [TWO, "--calibration_data={bad}/wrong_shape.npz"],
+     "{bad}/wrong_shape.npz: the array for input a has shape (2, 3, 3)"),
+    ("calibrate", ["--calibration_data={bad}/missing_input.npz"],
+     "{bad}/missing_input.npz has an array 'a' that names no input of the model"),
     # Models: missing, empty, corrupt, truncated, of no known format, hostile, NaN, unusual dtypes.
     ("quantize_graph", ["--input={bad}/missing.keras"], "model {bad}/missing.keras does not exist"),
     ("quantize_graph", ["--input={bad}/corrupt.keras"],

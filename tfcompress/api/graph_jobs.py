@@ -59,6 +59,24 @@ class CalibrationOptions:
         return Preprocessing.for_input(model.image_input().shape, mean=self.input_mean, std=self.input_std,
                                        channel_order=self.channel_order)
 
+    def calibration_feed(self, model, images, data):
+        """(image preprocessing or None, tensor data bound to `model` or None): how `model` is fed.
+
+        Tensor data replaces images.  With neither, a model with one image input keeps its preprocessing
+        (an image cache is checked against it); any other model is fed tensor data only.
+        """
+        from tfcompress.data.tensors import as_tensor_data  # pylint: disable=import-outside-toplevel
+        if data is not None:
+            if images is not None:
+                raise TfcError("give calibration images or calibration data, not both")
+            return None, as_tensor_data(data).bind(model)
+        if images is None:
+            try:
+                return self.preprocessing(model), None
+            except TfcError:
+                return None, None
+        return self.preprocessing(model), None
+
 
 def _cache_inputs(model, images, cache) -> None:
     """A cache path must not lie in or over the model or an image folder."""
@@ -86,7 +104,7 @@ class CalibrateResult:
     cache_path: Optional[str]
 
 
-def calibrate(model, images=None, *, cache: Optional[str] = None, recalibrate: bool = False,
+def calibrate(model, images=None, *, data=None, cache: Optional[str] = None, recalibrate: bool = False,
               options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
               progress: bool = False) -> CalibrateResult:
     """Collects activation statistics of `model` on `images`, reusing or writing the cache at `cache`.
@@ -95,6 +113,8 @@ def calibrate(model, images=None, *, cache: Optional[str] = None, recalibrate: b
       model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
       images: a folder, image paths, an (N, H, W, C) pixel array or a tf.data.Dataset; not read when a valid
         cache exists.
+      data: instead of images, one array per model input (first axis = samples): a .npz path, a dict of
+        arrays or a tf.data.Dataset of dicts (see `data.tensors`).  Any inputs, of any rank and dtype.
       cache: the JSON cache to reuse or write; a stale one is an error unless `recalibrate`.
       recalibrate: ignore an existing cache and replace it (only a tfcompress cache is ever replaced).
       options: calibrator and preprocessing.
@@ -109,18 +129,30 @@ def calibrate(model, images=None, *, cache: Optional[str] = None, recalibrate: b
     """
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     _cache_inputs(model, images, cache)
+    _cache_inputs(model, data, cache)
     float_model, _ = options.float_model(load_frozen(model, load))
-    result = run_calibration(float_model, prep=options.preprocessing(float_model),
-                             calibrator=options.calibrator_config(), images=images, cache_path=cache,
-                             recalibrate=recalibrate, batch_size=options.batch_size, progress=progress)
+    prep, bound = options.calibration_feed(float_model, images, data)
+    result = run_calibration(float_model, prep=prep, calibrator=options.calibrator_config(), images=images,
+                             data=bound, cache_path=cache, recalibrate=recalibrate,
+                             batch_size=options.batch_size, progress=progress)
     return CalibrateResult(cache=result.cache, reused=result.reused, images_read=result.images_read,
                            cache_path=cache)
 
 
+def _pair(values: Optional[Sequence[float]], flag: str):
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    if len(values) != 2:
+        raise TfcError(f"{flag}: give a min and a max")
+    return values
+
+
 def _calibration_note(result, cache: Optional[str], mention_cache: bool) -> str:
+    unit = "samples" if "calibration_data" in result.cache.preprocessing else "images"
     if result.reused:
-        return "reused cache, 0 images read"
-    return f"{result.images_read} images read" + (f", cache written to {cache}" if cache and mention_cache else "")
+        return f"reused cache, 0 {unit} read"
+    return f"{result.images_read} {unit} read" + (f", cache written to {cache}" if cache and mention_cache else "")
 
 
 @dataclasses.dataclass
@@ -144,9 +176,11 @@ class QuantizeResult:
     agreement: Optional[object] = None
 
 
-def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = None, recalibrate: bool = False,
-                   mode: str = "eightbit", kernels: str = "reference", bitdepth: int = 8,
-                   min_weight_size: int = 1024, output_format: str = "saved_model", eval_images=None,
+def quantize_graph(model, output: str, *, images=None, data=None, cache: Optional[str] = None,
+                   recalibrate: bool = False, mode: str = "eightbit", kernels: str = "reference", bitdepth: int = 8,
+                   min_weight_size: int = 1024, quantized_input: Optional[Sequence[float]] = None,
+                   fallback_range: Optional[Sequence[float]] = None,
+                   output_format: str = "saved_model", eval_images=None,
                    class_outputs: Optional[Sequence[Union[int, str]]] = None,
                    options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
                    overwrite: bool = False, progress: bool = False) -> QuantizeResult:
@@ -156,11 +190,16 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
       model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
       output: a new SavedModel directory, or a .pb with output_format="frozen_pb".
       images: calibration images (eightbit only), as for `calibrate`.
+      data: instead of images, calibration arrays per input, as for `calibrate`; agreement is then measured
+        on them unless `eval_images` is given.
       cache: a calibration cache to reuse or write.
       recalibrate: replace an existing cache.
       mode: eightbit, weights or weights_rounded.
       kernels: reference (portable) or onednn (fused; needs oneDNN ops on).
       bitdepth, min_weight_size: for the weights modes.
+      quantized_input: (min, max): the float inputs arrive as quint8 codes over this range (eightbit).
+      fallback_range: (min, max) for every tensor without a calibrated range (eightbit); with it and no
+        images, data or cache, nothing is calibrated.
       output_format: saved_model or frozen_pb.
       eval_images: images to measure agreement with the float graph on, output by output (None: not measured).
       class_outputs: the outputs (indices or signature keys) compared as class vectors, by top-1 (default:
@@ -179,26 +218,35 @@ def quantize_graph(model, output: str, *, images=None, cache: Optional[str] = No
     from tfcompress.io.writers import write_model  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.config import QuantConfig  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.convert import quantize_model  # pylint: disable=import-outside-toplevel
-    check_output(output, [model_path(model), _folder(images), cache, _folder(eval_images)], overwrite=overwrite,
-                 directory=output_format == "saved_model")
+    check_output(output, [model_path(model), _folder(images), _folder(data), cache, _folder(eval_images)],
+                 overwrite=overwrite, directory=output_format == "saved_model")
     _cache_inputs(model, images, cache)
-    config = QuantConfig(mode=mode, bitdepth=bitdepth, min_weight_size=min_weight_size, kernels=kernels)
+    _cache_inputs(model, data, cache)
+    config = QuantConfig(mode=mode, bitdepth=bitdepth, min_weight_size=min_weight_size, kernels=kernels,
+                         quantized_input=_pair(quantized_input, "--quantized_input_min/max"),
+                         fallback_range=_pair(fallback_range, "--quantized_fallback_min/max"))
     calibrator = options.calibrator_config()
     float_model, passes = options.float_model(load_frozen(model, load))
     measure.class_outputs(float_model, class_outputs)  # A bad choice fails before any work.
+    prep, bound = options.calibration_feed(float_model, images, data)
     ranges, note = None, "not needed"
     if config.mode == "eightbit":
-        result = run_calibration(float_model, prep=options.preprocessing(float_model), calibrator=calibrator,
-                                 images=images, cache_path=cache, recalibrate=recalibrate,
-                                 batch_size=options.batch_size, progress=progress)
-        ranges = result.cache.ranges(calibrator)
-        note = _calibration_note(result, cache, mention_cache=True)
+        if config.fallback_range is not None and images is None and bound is None and not cache:
+            note = "none (every range is the fallback range or a FakeQuant's)"
+        else:
+            result = run_calibration(float_model, prep=prep, calibrator=calibrator, images=images, data=bound,
+                                     cache_path=cache, recalibrate=recalibrate, batch_size=options.batch_size,
+                                     progress=progress)
+            ranges = result.cache.ranges(calibrator)
+            note = _calibration_note(result, cache, mention_cache=True)
     quantized, report = quantize_model(float_model, config, ranges)
     write_model(quantized, output, output_format, overwrite=overwrite)
     agreement = None
     if eval_images is not None:
         agreement = measure.agreement(float_model, quantized, eval_images, options.preprocessing(float_model),
                                       classes=class_outputs)
+    elif bound is not None:
+        agreement = measure.agreement(float_model, quantized, classes=class_outputs, data=bound)
     return QuantizeResult(output=output, mode=config.mode, kernels=config.kernels, float_model=float_model,
                           quantized=quantized, passes=passes, report=report, calibration=note, agreement=agreement)
 

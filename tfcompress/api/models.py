@@ -30,23 +30,39 @@ def model_path(model) -> Optional[str]:
 def describe(model) -> str:
     """How a model argument is named in reports."""
     path = model_path(model)
-    return path if path is not None else f"<keras model {getattr(model, 'name', '?')}>"
+    if path is not None:
+        return path
+    return "<graph_def>" if _is_graph_def(model) else f"<keras model {getattr(model, 'name', '?')}>"
 
 
 def load_frozen(model, options: LoadOptions = LoadOptions()):
-    """A FrozenModel from a path (SavedModel, .keras, .h5, frozen .pb) or a Keras model.
+    """A FrozenModel from a path (SavedModel, .keras, .h5, frozen .pb), a Keras model or a frozen GraphDef.
+
+    A GraphDef is read as a frozen .pb file would be, with `options.input_names`/`output_names`.
 
     Raises:
-      TfcError: a missing, corrupt or unsafe model, or an argument that is neither.
+      TfcError: a missing, corrupt or unsafe model, or an argument that is none of these.
     """
-    from tfcompress.io.loaders import freeze_keras_model, load_model  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.loaders import freeze_keras_model, frozen_graph, load_model  # pylint: disable=import-outside-toplevel
     path = model_path(model)
     if path is not None:
         return load_model(path, signature=options.signature, input_names=options.input_names,
                           output_names=options.output_names, allow_unsafe_ops=options.allow_unsafe_ops)
+    if _is_graph_def(model):
+        from tfcompress.io.frozen import check_dtypes, check_finite_weights  # pylint: disable=import-outside-toplevel
+        frozen = frozen_graph(model, options.input_names, options.output_names,
+                              allow_unsafe_ops=options.allow_unsafe_ops)
+        check_dtypes(frozen)
+        check_finite_weights(frozen.graph_def)
+        return frozen
     if _is_keras_model(model):
         return freeze_keras_model(model, source=describe(model))
-    raise TfcError(f"model must be a path or a keras.Model, not {type(model).__name__}")
+    raise TfcError(f"model must be a path, a keras.Model or a GraphDef, not {type(model).__name__}")
+
+
+def _is_graph_def(model) -> bool:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return isinstance(model, tf.compat.v1.GraphDef)
 
 
 def load_keras_model(model):

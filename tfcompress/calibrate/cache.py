@@ -7,7 +7,8 @@ Schema (version 2):
       "version": 2,
       "fingerprint": {
         "model": "<sha256 of the optimized float GraphDef and signature>",
-        "preprocessing": {"height":…, "width":…, "channels":…, "mean":…, "std":…, "resize":…},
+        "preprocessing": {"height":…, "width":…, "channels":…, "mean":…, "std":…, "resize":…}
+                       | {"calibration_data": {"inputs": {…}, "sha256": "<the arrays>"}},
         "collector": {"histogram": "pow2-aligned", "max_bins": 2048}
       },
       "images": {"count": N, "sha256": "<names + contents>"},
@@ -21,7 +22,8 @@ Schema (version 2):
     }
 
 `fingerprint` decides validity: a different model, preprocessing or collector
-makes the cache stale.  `range` is what `calibrator` derived; another
+makes the cache stale; for tensor calibration data (`data.tensors`), the
+data's digest stands in for the preprocessing.  `range` is what `calibrator` derived; another
 calibrator (or percentile) is re-derived from `histogram` with no image read.
 Tensor names are those of the optimized float graph; exporters that see other
 names (TFLite) map them through the graph's layer names.
@@ -157,11 +159,29 @@ def check_complete(cache: CalibrationCache, path: str, tensors) -> None:
                        f"(first: {missing[0]}); pass --recalibrate")
 
 
-def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, preprocessing: dict) -> None:
-    """Raises TfcError naming what changed if the cache does not match this model and preprocessing."""
+def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, preprocessing: Optional[dict]) -> None:
+    """Raises TfcError naming what changed if the cache does not match this model and what it was made from.
+
+    `preprocessing` is the image preprocessing, or the tensor data's fingerprint (`BoundData.fingerprint`),
+    or None when no data is at hand: a cache made from tensor data then stands for its model.
+    """
     if cache.model_fingerprint != model_fingerprint:
         raise TfcError(f"calibration cache {path} is stale: it was made for a different model; "
                        "pass --recalibrate to overwrite it")
+    from_data = "calibration_data" in cache.preprocessing
+    if preprocessing is None:
+        if not from_data:
+            raise TfcError(f"calibration cache {path} was made from images; give --calibration_images")
+        return
+    if from_data != ("calibration_data" in preprocessing):
+        made = "tensor data" if from_data else "images"
+        raise TfcError(f"calibration cache {path} is stale: it was made from {made}; pass --recalibrate to "
+                       "overwrite it")
+    if from_data:
+        if cache.preprocessing != preprocessing:
+            raise TfcError(f"calibration cache {path} is stale: it was made from other calibration data; "
+                           "pass --recalibrate to overwrite it")
+        return
     if cache.preprocessing != preprocessing:
         changed = sorted(k for k in set(cache.preprocessing) | set(preprocessing)
                          if cache.preprocessing.get(k) != preprocessing.get(k))

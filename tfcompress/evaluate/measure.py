@@ -22,6 +22,21 @@ def is_linear_quantized(op: str) -> bool:
     return op.startswith("Quantized") and ("Conv2D" in op or "MatMul" in op)
 
 
+def quantized_input_encoder(model: FrozenModel, sig):
+    """For an input that arrives as quint8 codes over a (min, max) held in its `/quantized_min|max` consts,
+    the function float values -> codes; None for any other input."""
+    if sig.dtype != "quint8":
+        return None
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.graph import Graph  # pylint: disable=import-outside-toplevel
+    graph = Graph(model.graph_def)
+    lo = float(graph.const_value(sig.node + "/quantized_min"))
+    hi = float(graph.const_value(sig.node + "/quantized_max"))
+    step = (hi - lo) / 255.0
+    return lambda x: np.clip(np.round((np.asarray(x, np.float64) - lo) / step), 0, 255).astype(
+        tf.quint8.as_numpy_dtype)
+
+
 def op_census(graph_def) -> Dict[str, int]:
     return dict(sorted(collections.Counter(n.op for n in graph_def.node).items()))
 
@@ -158,28 +173,39 @@ def class_outputs(model: FrozenModel, chosen: Optional[Sequence[Union[int, str]]
     return indices
 
 
-def agreement(reference: FrozenModel, candidate: FrozenModel, images, prep: Preprocessing,
-              batch_size: int = 32, classes: Optional[Sequence[Union[int, str]]] = None) -> Agreement:
+def agreement(reference: FrozenModel, candidate: FrozenModel, images=None, prep: Optional[Preprocessing] = None,
+              batch_size: int = 32, classes: Optional[Sequence[Union[int, str]]] = None,
+              data=None) -> Agreement:
     """Runs both models on the images (anything `data.source.as_source` takes); compares every output.
 
     Args:
       classes: the outputs that are class vectors (indices or signature keys).  By default an output is
         one when every reference row is a probability vector (a softmax head), or, for a single-output
         model, when it is a vector of more than one value; nothing assumes the first output.
+      data: instead of images, tensor data bound to the reference (`data.tensors.BoundData`); a candidate
+        input that arrives quantized (quint8, see `QuantConfig.quantized_input`) is fed its codes.
     """
     chosen = class_outputs(reference, classes)
     if len(candidate.outputs) != len(reference.outputs):
         raise TfcError(f"the models have {len(reference.outputs)} and {len(candidate.outputs)} outputs")
-    feed_r, feed_c = reference.image_input().tensor, candidate.image_input().tensor
+    if data is not None:
+        feed_r, feed_c = data.tensors, [s.tensor for s in candidate.inputs]
+        batches = data.batches(batch_size)
+        encode = [quantized_input_encoder(candidate, s) for s in candidate.inputs]
+    else:
+        feed_r, feed_c = [reference.image_input().tensor], [candidate.image_input().tensor]
+        batches = (([b], len(b)) for b in as_source(images).batches(prep, batch_size))
+        encode = [None]
     outs_r, outs_c = [o.tensor for o in reference.outputs], [o.tensor for o in candidate.outputs]
     count = len(outs_r)
     ref_parts, cand_parts = [[] for _ in range(count)], [[] for _ in range(count)]
-    with GraphRunner(reference.graph_def, [feed_r], outs_r) as rr, \
-            GraphRunner(candidate.graph_def, [feed_c], outs_c) as rc:
-        for batch in as_source(images).batches(prep, batch_size):
-            for i, (a, b) in enumerate(zip(rr.run(batch), rc.run(batch))):
-                ref_parts[i].append(np.asarray(a, np.float64).reshape(len(batch), -1))
-                cand_parts[i].append(np.asarray(b, np.float64).reshape(len(batch), -1))
+    with GraphRunner(reference.graph_def, feed_r, outs_r) as rr, \
+            GraphRunner(candidate.graph_def, feed_c, outs_c) as rc:
+        for feed, rows in batches:
+            coded = [f if e is None else e(f) for f, e in zip(feed, encode)]
+            for i, (a, b) in enumerate(zip(rr.run(*feed), rc.run(*coded))):
+                ref_parts[i].append(np.asarray(a, np.float64).reshape(rows, -1))
+                cand_parts[i].append(np.asarray(b, np.float64).reshape(rows, -1))
     total = sum(len(p) for p in ref_parts[0])
     heads = []
     for i, spec in enumerate(reference.outputs):

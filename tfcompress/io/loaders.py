@@ -159,12 +159,32 @@ def _load_frozen_pb(path: str, input_names, output_names, allow_unsafe_ops: bool
             graph_def.ParseFromString(data)
     except (pb_message.DecodeError, UnicodeDecodeError, ValueError) as e:
         raise TfcError(f"cannot parse frozen graph {path}: corrupt or not a GraphDef") from e
+    return frozen_graph(graph_def, input_names, output_names, source=path, allow_unsafe_ops=allow_unsafe_ops)
+
+
+def frozen_graph(graph_def, input_names: Optional[Sequence[str]] = None,
+                 output_names: Optional[Sequence[str]] = None, *, source: str = "<graph_def>",
+                 allow_unsafe_ops: bool = False) -> FrozenModel:
+    """A FrozenModel from a frozen GraphDef (a copy; `graph_def` is not changed).
+
+    Inputs default to the Placeholders, outputs to the nodes nothing consumes.  A Const named as an input
+    becomes a Placeholder of its dtype and shape, so a graph whose data is baked in as constants (as TF1's
+    quantize_graph tests built theirs) can be fed.  Attributes a node leaves unset get their op's
+    defaults, as TensorFlow's importer would give them (a MaxPool without `T` is float32).
+
+    Raises:
+      TfcError: an empty, unsafe or unimportable graph, variables, or a named node that does not exist.
+    """
     if not graph_def.node:
-        raise TfcError(f"frozen graph {path} is empty or not a GraphDef")
-    safety.check_safe(graph_def, path, allow_unsafe_ops)  # Before TensorFlow imports anything.
-    by_name = {n.name: n for n in graph_def.node}
+        raise TfcError(f"frozen graph {source} is empty or not a GraphDef")
+    safety.check_safe(graph_def, source, allow_unsafe_ops)  # Before TensorFlow imports anything.
     if any(n.op in ("VarHandleOp", "VariableV2", "Variable") for n in graph_def.node):
-        raise TfcError(f"graph {path} still has variables; freeze it (or pass the SavedModel)")
+        raise TfcError(f"graph {source} still has variables; freeze it (or pass the SavedModel)")
+    copy = tf.compat.v1.GraphDef()
+    copy.CopyFrom(graph_def)
+    graph_def = copy
+    _fill_default_attrs(graph_def, source)
+    by_name = {n.name: n for n in graph_def.node}
     if not input_names:
         input_names = [n.name for n in graph_def.node if n.op in ("Placeholder", "PlaceholderV2")]
     if not output_names:
@@ -172,22 +192,55 @@ def _load_frozen_pb(path: str, input_names, output_names, allow_unsafe_ops: bool
         output_names = [n.name for n in graph_def.node
                         if n.name not in consumed and n.op not in ("Const", "NoOp", "Placeholder", "Assert")]
     if not input_names or not output_names:
-        raise TfcError(f"cannot tell the inputs/outputs of {path}; pass --input_names and --output_names")
+        raise TfcError(f"cannot tell the inputs/outputs of {source}; pass --input_names and --output_names")
+    for name in list(input_names) + list(output_names):
+        if _strip_port(name) not in by_name:
+            raise TfcError(f"frozen graph {source} has no node {_strip_port(name)!r}")
+    for name in input_names:
+        node = by_name[_strip_port(name)]
+        if node.op == "Const":
+            if ":" in name and not name.endswith(":0"):
+                raise TfcError(f"input {name}: a Const has one output, :0")
+            _const_to_placeholder(node)
     # Shapes and dtypes come from importing the graph once.
     graph = tf.Graph()
     try:
         with graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
     except Exception as e:
-        raise TfcError(f"cannot import frozen graph {path}: {str(e).splitlines()[0]}") from e
+        raise TfcError(f"cannot import frozen graph {source}: {str(e).splitlines()[0]}") from e
 
     def sig(name):
         node = _strip_port(name)
         tensor = name if ":" in name else name + ":0"
-        if node not in by_name:
-            raise TfcError(f"frozen graph {path} has no node {node!r}")
-        t = graph.get_tensor_by_name(tensor)
+        try:
+            t = graph.get_tensor_by_name(tensor)
+        except (KeyError, ValueError) as e:
+            raise TfcError(f"frozen graph {source} has no tensor {tensor!r}") from e
         return TensorSig(key=node.replace("/", "_"), tensor=tensor, dtype=t.dtype.name, shape=shape_of(t.shape))
 
     return FrozenModel(graph_def=graph_def, inputs=[sig(n) for n in input_names],
-                       outputs=[sig(n) for n in output_names], source=path, format="frozen_pb")
+                       outputs=[sig(n) for n in output_names], source=source, format="frozen_pb")
+
+
+def _const_to_placeholder(node) -> None:
+    """Turns a Const NodeDef, in place, into a Placeholder of the same dtype and shape."""
+    value = tf.make_ndarray(node.attr["value"].tensor)
+    dtype = node.attr["dtype"].type
+    node.op = "Placeholder"
+    node.attr.clear()
+    node.attr["dtype"].type = dtype
+    node.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+
+
+def _fill_default_attrs(graph_def, source: str) -> None:
+    """Sets every attribute a node leaves out to its op's registered default."""
+    from tensorflow.python.framework import op_def_registry  # pylint: disable=import-outside-toplevel
+    for node in graph_def.node:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            raise TfcError(f"graph {source}: node {node.name} has op {node.op!r}, which this TensorFlow does not "
+                           "know")
+        for attr in op_def.attr:
+            if attr.name not in node.attr and attr.HasField("default_value"):
+                node.attr[attr.name].CopyFrom(attr.default_value)

@@ -48,6 +48,10 @@ U7 = Encoding(tf.quint8, "SCALED", 127)
 # oneDNN's signed encoding: qint8 over [-a, a], symmetric.
 S8 = Encoding(tf.qint8, "SCALED", 127)
 
+# The range consts of tensors nothing calibrated (--quantized_fallback_min/max), one pair per graph.
+FALLBACK_MIN = "fallback_quantization_min_value"
+FALLBACK_MAX = "fallback_quantization_max_value"
+
 
 class QTensor(NamedTuple):
     """A quantized activation: the tensor, its range tensors, and its encoding."""
@@ -76,6 +80,9 @@ class QuantReport:
     """What the builder did."""
     quantized: Dict[str, str] = dataclasses.field(default_factory=dict)   # float node -> quantized op type
     kept_float: Dict[str, str] = dataclasses.field(default_factory=dict)  # float node -> op type
+    # Quantized ops entered by a QuantizeV2 and left by a Dequantize only: float may be faster there.
+    alone: List[str] = dataclasses.field(default_factory=list)
+    notes: List[str] = dataclasses.field(default_factory=list)            # what the user should know
 
 
 class Builder:
@@ -88,11 +95,14 @@ class Builder:
     Args:
       graph: the optimized float graph (read only).
       ranges: calibrated (min, max) per float tensor name.
+      fallback_range: the range of a tensor nothing calibrated (None: such a tensor is an error).
     """
 
-    def __init__(self, graph: Graph, ranges: Dict[str, Tuple[float, float]]):
+    def __init__(self, graph: Graph, ranges: Dict[str, Tuple[float, float]],
+                 fallback_range: Optional[Tuple[float, float]] = None):
         self.src = graph
         self.ranges = ranges
+        self.fallback_range = fallback_range
         self.nodes: Dict[str, tf.compat.v1.NodeDef] = {}
         self.quantized: Dict[str, QTensor] = {}      # float tensor -> its first quantized form
         self.converted: Dict[Tuple[str, Encoding], QTensor] = {}
@@ -112,9 +122,17 @@ class Builder:
     def range(self, tensor: str) -> Tuple[float, float]:
         t = tensor_name(tensor)
         if t not in self.ranges:
+            if self.fallback_range is not None:
+                return self.fallback_range
             raise TfcError(f"no calibration range for tensor {t}; the calibration cache does not match this "
                            "graph (pass --recalibrate)")
         return self.ranges[t]
+
+    def uses_fallback(self, tensor: str) -> bool:
+        return tensor_name(tensor) not in self.ranges and self.fallback_range is not None
+
+    def has_node(self, name: str) -> bool:
+        return name in self.nodes
 
     def is_quantized(self, tensor: str) -> bool:
         return tensor_name(tensor) in self.quantized
@@ -196,12 +214,10 @@ class Emission:
             if self._converted((t, enc)) is not None:
                 return self._converted((t, enc))
         enc = encodings[0]
-        lo, hi = encoded_range(enc, *self.builder.range(t))
         suffix = "" if enc is U8 else "_" + enc.dtype.name + "_" + enc.mode.lower()
         base = node_name(t) + ("" if t.endswith(":0") else "_" + t.split(":")[1]) + "/eightbit/quantize" + suffix
-        self.const(base + "/min", lo, tf.float32)
-        self.const(base + "/max", hi, tf.float32)
-        self.add(make_node("QuantizeV2", base, [self.float_input(t), base + "/min", base + "/max"],
+        lo_name, hi_name = self.range_consts(base + "/min", base + "/max", t, enc)
+        self.add(make_node("QuantizeV2", base, [self.float_input(t), lo_name, hi_name],
                            T=enc.dtype, mode=enc.mode))
         q = QTensor(base, base + ":1", base + ":2", enc)
         if first is not None:
@@ -209,6 +225,18 @@ class Emission:
         else:
             self.quantized[t] = q
         return q
+
+    def range_consts(self, min_name: str, max_name: str, tensor: str, encoding: Encoding = U8) -> Tuple[str, str]:
+        """Consts holding the range of `tensor` in `encoding`: new ones under the given names, or, for a
+        tensor nothing calibrated, the graph's one pair of fallback consts (TF1's names)."""
+        lo, hi = encoded_range(encoding, *self.builder.range(tensor))
+        if self.builder.uses_fallback(tensor) and encoding is U8:
+            min_name, max_name = FALLBACK_MIN, FALLBACK_MAX
+            if self.builder.has_node(min_name) or any(n.name == min_name for n in self.nodes):
+                return min_name, max_name
+        self.const(min_name, lo, tf.float32)
+        self.const(max_name, hi, tf.float32)
+        return min_name, max_name
 
     def float_input(self, tensor: str) -> str:
         """The float form of a tensor, adding a Dequantize (named as the original node) if needed."""
@@ -218,8 +246,13 @@ class Emission:
             return name
         q = self._quantized(t)
         if q is None:
+            first = node_name(t) + ":0"
+            if (self.float_names.get(first) or self.builder.float_names.get(first)) == node_name(t):
+                return t  # Output k > 0 of a float node copied under its own name.
             raise AssertionError(f"tensor {t} has neither a float nor a quantized form")
         name = node_name(t) if t.endswith(":0") else node_name(t) + "_" + t.split(":")[1]
+        if self.builder.has_node(name) or any(n.name == name for n in self.nodes):
+            name += "/dequantize"  # A quantized input keeps its Placeholder's name.
         if q.encoding is S8:
             # q * max / 127 in three cheap element-wise ops: TF's oneDNN rewrite
             # turns a SCALED Dequantize into a kernel that costs ~25x more per
@@ -239,11 +272,8 @@ class Emission:
 
     def requantize(self, base: str, acc: Tuple[str, str, str], tensor: str) -> QTensor:
         """qint32 accumulator -> quint8 in the calibrated range of `tensor` (no RequantizationRange)."""
-        lo, hi = self.builder.range(tensor)
-        self.const(base + "/requant_min", lo, tf.float32)
-        self.const(base + "/requant_max", hi, tf.float32)
-        self.add(make_node("Requantize", base + "/requantize",
-                           [acc[0], acc[1], acc[2], base + "/requant_min", base + "/requant_max"],
+        lo_name, hi_name = self.range_consts(base + "/requant_min", base + "/requant_max", tensor)
+        self.add(make_node("Requantize", base + "/requantize", [acc[0], acc[1], acc[2], lo_name, hi_name],
                            Tinput=tf.qint32, out_type=tf.quint8))
         r = base + "/requantize"
         return QTensor(r, r + ":1", r + ":2", U8)
@@ -284,8 +314,14 @@ class Emission:
         return self
 
 
-def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
+def build_eightbit(graph: Graph, ranges, quantizers, fallback, *,
+                   quantized_inputs: Optional[Dict[str, Tuple[float, float]]] = None,
+                   fallback_range: Optional[Tuple[float, float]] = None) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
     """Converts the float `graph` with `quantizers` (op type -> quantizer); `fallback` keeps the rest float.
+
+    `quantized_inputs` names Placeholders that arrive as quint8 codes over a given (min, max) (TF1's
+    --quantized_input): they keep their names, with dtype quint8, and need no QuantizeV2.
+    `fallback_range` is the range of any tensor the calibration did not reach.
 
     Each quantizer's `emit(builder, node)` returns an `Emission` (the nodes it
     made and the forms they give its tensors), which the walk commits.
@@ -294,7 +330,8 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compa
     emitted, by `emit_chain`, when the walk reaches its last node, by which
     time every input of every member (a residual summand included) exists.
     """
-    builder = Builder(graph, ranges)
+    builder = Builder(graph, ranges, fallback_range)
+    quantized_inputs = quantized_inputs or {}
     order = graph.topo_order()
     chains, absorbed = {}, set()
     for node in order:
@@ -308,6 +345,9 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compa
             chains[members[-1]] = (quantizer, members)
             absorbed.update(members[:-1])
     for node in order:
+        if node.name + ":0" in quantized_inputs:
+            builder.commit(_quantized_placeholder(builder, node, quantized_inputs[node.name + ":0"]))
+            continue
         if node.name in chains:
             quantizer, members = chains[node.name]
             builder.commit(quantizer.emit_chain(builder, [graph.node(m) for m in members]))
@@ -325,6 +365,17 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback) -> Tuple[tf.compa
         emission.float_input(out + ":0")
         builder.commit(emission)
     return builder.graph_def(graph.versions, graph.outputs), builder.report
+
+
+def _quantized_placeholder(builder: Builder, node, value_range: Tuple[float, float]) -> Emission:
+    e = builder.emission()
+    placeholder = tf.compat.v1.NodeDef()
+    placeholder.CopyFrom(node)
+    placeholder.attr["dtype"].type = tf.quint8.as_datatype_enum
+    e.add(placeholder)
+    lo = e.const(node.name + "/quantized_min", value_range[0], tf.float32)
+    hi = e.const(node.name + "/quantized_max", value_range[1], tf.float32)
+    return e.quantized_output(node, QTensor(node.name, lo, hi, U8), "quantized input")
 
 
 def data_inputs(node) -> List[str]:

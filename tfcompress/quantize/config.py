@@ -1,6 +1,8 @@
 """Typed quantization configuration."""
 
 import dataclasses
+import math
+from typing import Optional, Tuple
 
 from tfcompress.errors import TfcError
 
@@ -22,11 +24,19 @@ class QuantConfig:
         process) or "onednn" (fused oneDNN kernels: faster, need a TF whose
         oneDNN ops are on, i.e. `TF_ENABLE_ONEDNN_OPTS=1` on CPUs where TF
         does not enable them by default).
+      quantized_input: eightbit: the (min, max) of the float inputs, which then
+        arrive as quint8 codes, code = round((x - min) * 255 / (max - min)),
+        instead of being quantized in the graph (TF1's --quantized_input).
+      fallback_range: eightbit: the (min, max) of any tensor without a
+        calibrated range (TF1's --quantized_fallback_min/max); with it, a
+        graph can be quantized with no calibration at all.
     """
     mode: str = "eightbit"
     bitdepth: int = 8
     min_weight_size: int = 1024
     kernels: str = "reference"
+    quantized_input: Optional[Tuple[float, float]] = None
+    fallback_range: Optional[Tuple[float, float]] = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -40,5 +50,14 @@ class QuantConfig:
             raise TfcError(f"--bitdepth must be in [2, 8] for --mode=weights, got {self.bitdepth}")
         if self.mode == "weights_rounded" and not 1 <= self.bitdepth <= 16:
             raise TfcError(f"--bitdepth must be in [1, 16] for --mode=weights_rounded, got {self.bitdepth}")
+        for flag, pair in (("--quantized_input_min/max", self.quantized_input),
+                           ("--quantized_fallback_min/max", self.fallback_range)):
+            if pair is None:
+                continue
+            if self.mode != "eightbit":
+                raise TfcError(f"{flag} apply to --mode=eightbit only")
+            lo, hi = pair
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise TfcError(f"{flag} must be finite with min < max, got {lo:g}, {hi:g}")
         if self.min_weight_size < 1:
             raise TfcError(f"--min_weight_size must be positive, got {self.min_weight_size}")

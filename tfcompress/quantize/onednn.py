@@ -5,11 +5,15 @@ kernel that also requantizes to the calibrated output range:
 
     Conv2D → BiasAdd → Relu|Relu6      QuantizedConv2DWithBiasAndReluAndRequantize
     Conv2D → BiasAdd → Add(x) → Relu   QuantizedConv2DWith[Signed]SumAndReluAndRequantize
-    Conv2D → BiasAdd                   QuantizedConv2DWithBiasAndRequantize (qint8 out)
+    Conv2D → BiasAdd                   QuantizedConv2DWithBiasAndRequantize (qint8 out), or, when
+                                       only float ops read it, QuantizedConv2DWithBias (qint32 out)
+                                       dequantized by one multiply
     DepthwiseConv2dNative → BiasAdd → Relu|Relu6
                                        QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize
     MatMul → BiasAdd → Relu|Relu6      QuantizedMatMulWithBiasAndReluAndRequantize
-    MatMul → BiasAdd                   QuantizedMatMulWithBiasAndDequantize (float out)
+    MatMul → BiasAdd                   QuantizedMatMulWithBiasAndDequantize (float out), or
+                                       QuantizedMatMulWithBiasAndRequantize (7-bit out) when the
+                                       output is >= 0 and a pool or Reshape reads it
 
 Relu6 is the fused Relu followed by QuantizedRelu6, which clamps the codes.
 
@@ -148,7 +152,8 @@ class FusedQuantizer:
         lo, _ = builder.range(ins[0])
         x = e.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
         w = builder.src.const_value(ins[1])
-        filt, wmin, wmax = self._weights(e, base, w)
+        filt, wmin, wmax, w_amax = self._weights(e, base, w)
+        x_max = encoded_range(x.encoding, *builder.range(ins[0]))[1]
         channels = w.shape[-1] if self.kind != "depthwise" else w.shape[2]
         bias = (builder.src.const_value(data_inputs(bias_node)[1]) if bias_node is not None
                 else np.zeros([channels], np.float32))
@@ -163,6 +168,15 @@ class FusedQuantizer:
             attrs = dict(T1=tf.quint8, T2=tf.qint8, Tbias=tf.float32, transpose_a=False,
                          transpose_b=head.attr["transpose_b"].b, input_quant_mode="SCALED")
             inputs = [x.tensor, filt, bias, x.min, x.max, wmin, wmax, omin, omax]
+            if act is None and _stays_quantized(builder, last):
+                # A linear output >= 0 read by a quantized op (MatMul -> Reshape -> MatMul): 7-bit codes,
+                # so no Dequantize/QuantizeV2 round trip.
+                omin = e.const(base + "/output_min_u7", 0.0, tf.float32)
+                omax = e.const(base + "/output_max_u7", encoded_range(U7, *builder.range(last.name + ":0"))[1],
+                               tf.float32)
+                op = "QuantizedMatMulWithBiasAndRequantize"
+                e.add(make_node(op, base, inputs[:7] + [omin, omax], Toutput=tf.quint8, **attrs))
+                return e.quantized_output(last, QTensor(base, base + ":1", base + ":2", U7), op, reported_as=head)
             if act is None:
                 # Float output under the last node's name: float consumers read it unchanged.
                 e.add(make_node("QuantizedMatMulWithBiasAndDequantize", last.name, inputs,
@@ -189,6 +203,22 @@ class FusedQuantizer:
                 attrs["Tsummand"] = s.encoding.dtype
             elif act:
                 op = "QuantizedConv2DWithBiasAndReluAndRequantize"
+            elif _goes_to_float(builder, last):
+                # Dequantized straight from the int32 accumulator: no 8-bit output step (a signed 8-bit
+                # output would cost half a step of 2 * max|y| / 254).
+                op = "QuantizedConv2DWithBias"
+                attrs["out_type"] = tf.qint32
+                e.add(make_node(op, base, inputs[:7], **attrs))
+                # TF 2.21's kernel returns the accumulator on one scale, the largest channel's, whatever its
+                # min/max_output claim per channel (measured; tests/quantize/test_onednn.py checks the values).
+                in_scale = x_max / (255.0 if x.encoding.dtype == tf.quint8 else 127.0)
+                scales = np.float32(float(np.max(w_amax)) * in_scale / 127.0)
+                e.add(make_node("Bitcast", base + "/int32", [base], T=tf.qint32, type=tf.int32))
+                e.add(make_node("Cast", base + "/float", [base + "/int32"], SrcT=tf.int32, DstT=tf.float32,
+                                Truncate=False))
+                e.const(base + "/scale", scales, tf.float32)
+                e.add(make_node("Mul", last.name, [base + "/float", base + "/scale"], T=tf.float32))
+                return e.float_output(last, last.name, reported_as=head, op_type=op)
             else:
                 op = "QuantizedConv2DWithBiasAndRequantize"
             e.add(make_node(op, base, inputs, **attrs))
@@ -208,7 +238,25 @@ class FusedQuantizer:
             q, amax = quantize_symmetric_per_channel(w, axis=3 if self.kind == "conv" else 2)
             lo, hi = -amax, amax
         return (e.const(base + "/weights", q, tf.qint8), e.const(base + "/weights_min", lo, tf.float32),
-                e.const(base + "/weights_max", hi, tf.float32))
+                e.const(base + "/weights_max", hi, tf.float32), hi)
+
+
+def _consumers(builder: Builder, node):
+    return [] if builder.src.is_output(node.name) else builder.src.consumers(node.name)
+
+
+def _goes_to_float(builder: Builder, node) -> bool:
+    """Whether every reader of `node` is a float op (an Add may become a fused conv's summand: not float)."""
+    readers = _consumers(builder, node)
+    return builder.src.is_output(node.name) or (
+        bool(readers) and all(r.op not in QUANTIZERS and r.op not in ("Add", "AddV2") for r in readers))
+
+
+def _stays_quantized(builder: Builder, node) -> bool:
+    """A linear output that is >= 0 and read only by pass-through quantized ops that take 7-bit codes."""
+    readers = _consumers(builder, node)
+    return (bool(readers) and builder.range(node.name + ":0")[0] >= 0.0
+            and all(r.op in ("MaxPool", "AvgPool", "Reshape") for r in readers))
 
 
 QUANTIZERS = {
@@ -216,8 +264,8 @@ QUANTIZERS = {
     "DepthwiseConv2dNative": FusedQuantizer("depthwise"),
     "MatMul": FusedQuantizer("matmul"),
     # Pass-through kernels keep the 7-bit codes they are given.
-    "MaxPool": reference.PoolQuantizer("QuantizedMaxPool"),
-    "AvgPool": reference.PoolQuantizer("QuantizedAvgPool"),
-    "Reshape": reference.ReshapeQuantizer(),
+    "MaxPool": reference.PoolQuantizer("QuantizedMaxPool", prefer_7bit=True),
+    "AvgPool": reference.PoolQuantizer("QuantizedAvgPool", prefer_7bit=True),
+    "Reshape": reference.ReshapeQuantizer(prefer_7bit=True),
 }
 FALLBACK = reference.FALLBACK

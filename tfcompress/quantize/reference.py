@@ -19,7 +19,7 @@ References:
 import numpy as np
 import tensorflow as tf
 
-from tfcompress.graph.graph import make_node
+from tfcompress.graph.graph import make_node, tensor_name
 from tfcompress.quantize.builder import U7, U8, Builder, Emission, QTensor, attr_dtype, data_inputs
 from tfcompress.quantize.weights import quantize_affine
 
@@ -46,6 +46,28 @@ class FloatFallback:
 
     def emit(self, builder: Builder, node) -> Emission:
         return builder.emission().copy_float(node)
+
+
+# Ops that only move values: quantizing their output loses nothing that quantizing their input would not.
+DATA_MOVEMENT = {"Split", "SplitV", "Unpack", "Slice", "StridedSlice", "Transpose", "Squeeze", "ExpandDims",
+                 "Reshape", "Pad", "Tile", "Reverse", "ReverseV2", "Gather", "GatherV2", "Identity"}
+
+
+def _entering(builder: Builder, tensor: str) -> bool:
+    """A float32 tensor that is a model input, or only moved from one (a Split of the input): where data
+    enters the graph.  A standalone op on it is quantized with its own QuantizeV2, as TF1's eightbit graphs
+    did.  A float tensor computed by a float op (a depthwise conv the reference kernels lack) is not: a
+    QuantizeV2 there would add a rounding step the float op after it does not need."""
+    node = builder.src.node(tensor)
+    while node is not None and node.op in DATA_MOVEMENT and node.input:
+        node = builder.src.node(node.input[0] if node.op not in ("Split",) else node.input[1])
+    return node is not None and node.op in ("Placeholder", "PlaceholderV2") and \
+        attr_dtype(node, "dtype") == tf.float32
+
+
+def _quantizable(builder: Builder, tensor: str) -> bool:
+    """Already quantized, or a float tensor where data enters the graph."""
+    return builder.is_quantized(tensor) or _entering(builder, tensor)
 
 
 class _WeightedQuantizer:
@@ -106,7 +128,25 @@ class Conv2DQuantizer(_WeightedQuantizer):
 
 
 class MatMulQuantizer(_WeightedQuantizer):
+    """QuantizedMatMul: a constant weight (quint8, per tensor), or a second activation quantized like the first."""
     op = "QuantizedMatMul"
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        if _const(builder, ins[1]) is None:
+            return _float32(node) and self._supported(node) and all(_quantizable(builder, i) for i in ins[:2])
+        return super().should_quantize(builder, node)
+
+    def emit(self, builder: Builder, node) -> Emission:
+        ins = data_inputs(node)
+        if _const(builder, ins[1]) is not None:
+            return super().emit(builder, node)
+        e = builder.emission()
+        x, y = e.quantized_input(ins[0]), e.quantized_input(ins[1])
+        base = node.name + "/eightbit"
+        e.add(self._op(base, node, x, y))
+        acc = (base, base + ":1", base + ":2")
+        return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), self.op)
 
     def _supported(self, node) -> bool:
         return not node.attr["transpose_a"].b
@@ -118,12 +158,13 @@ class MatMulQuantizer(_WeightedQuantizer):
 
 
 class BiasAddQuantizer:
-    """QuantizedBiasAdd on a quantized input; the bias is quint8 with its own range."""
+    """QuantizedBiasAdd; the bias is quint8 with its own range, a float input where data enters the graph
+    gets a QuantizeV2."""
 
     def should_quantize(self, builder: Builder, node) -> bool:
         ins = data_inputs(node)
         fmt = node.attr["data_format"].s.decode() or "NHWC"
-        return (_float32(node) and fmt == "NHWC" and builder.is_quantized(ins[0])
+        return (_float32(node) and fmt == "NHWC" and _quantizable(builder, ins[0])
                 and _const(builder, ins[1]) is not None)
 
     def emit(self, builder: Builder, node) -> Emission:
@@ -143,13 +184,24 @@ class BiasAddQuantizer:
 class _PassRangeQuantizer:
     """Ops whose quantized kernel keeps (or derives) the range: Relu, Relu6, pools, Reshape.
 
-    Quantized only when the input already is: wrapping a cheap op in
-    QuantizeV2/Dequantize would cost more than it saves.
+    A quantized input in either unsigned encoding is used as it is; a float
+    one where data enters the graph (see `_entering`) gets its own
+    QuantizeV2, as TF1's eightbit graphs did (the report lists such ops
+    where nothing quantized is around them).
+
+    Args:
+      prefer_7bit: quantize a float input with a range >= 0 to U7 (the oneDNN kernels' encoding), so that
+        the fused kernels after it take it as it is.
     """
     op = ""
 
+    def __init__(self, prefer_7bit: bool = False):
+        self.prefer_7bit = prefer_7bit
+
     def should_quantize(self, builder: Builder, node) -> bool:
-        return (_float32(node) and builder.encoding_of(data_inputs(node)[0]) in UNSIGNED
+        x = data_inputs(node)[0]
+        quantized = builder.encoding_of(x)
+        return (_float32(node) and (quantized in UNSIGNED or (quantized is None and _entering(builder, x)))
                 and self._supported(builder, node))
 
     def _supported(self, builder, node) -> bool:
@@ -157,7 +209,9 @@ class _PassRangeQuantizer:
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
-        x = e.quantized_input(data_inputs(node)[0], UNSIGNED)
+        x = data_inputs(node)[0]
+        seven = self.prefer_7bit and not builder.is_quantized(x) and builder.range(x)[0] >= 0.0
+        x = e.quantized_input(x, (U7, U8) if seven else UNSIGNED)
         base = node.name + "/eightbit"
         e.add(self._op(e, base, node, x))
         return e.quantized_output(node, QTensor(base, base + ":1", base + ":2", x.encoding), self.op)
@@ -175,7 +229,8 @@ class Relu6Quantizer(ReluQuantizer):
 
 
 class PoolQuantizer(_PassRangeQuantizer):
-    def __init__(self, op):
+    def __init__(self, op, prefer_7bit: bool = False):
+        super().__init__(prefer_7bit)
         self.op = op
 
     def _supported(self, builder, node) -> bool:
@@ -198,25 +253,72 @@ class ReshapeQuantizer(_PassRangeQuantizer):
 
 
 class ConcatQuantizer:
-    """QuantizedConcat: all inputs quantized (float ones get a QuantizeV2); output range is their union."""
+    """QuantizedConcat (for ConcatV2, axis last, and v1 Concat, axis first), when an input is quantized or
+    every input is where data enters the graph; float inputs get a QuantizeV2; the output range is the
+    union of the inputs'."""
+
+    def __init__(self, axis_first: bool = False):
+        self.axis_first = axis_first
+
+    def _split(self, node):
+        ins = data_inputs(node)
+        return (ins[0], ins[1:]) if self.axis_first else (ins[-1], ins[:-1])
 
     def should_quantize(self, builder: Builder, node) -> bool:
-        ins = data_inputs(node)
-        axis = _const(builder, ins[-1])
-        return (_float32(node) and axis is not None and builder.rank(node.name) is not None
-                and any(builder.is_quantized(i) for i in ins[:-1]))
+        axis, values = self._split(node)
+        return (_float32(node) and _const(builder, axis) is not None and builder.rank(node.name) is not None
+                and (any(builder.is_quantized(v) for v in values) or all(_entering(builder, v) for v in values)))
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
-        ins = data_inputs(node)
-        triples = [e.quantized_input(i) for i in ins[:-1]]
+        axis, values = self._split(node)
+        triples = [e.quantized_input(v) for v in values]
         base = node.name + "/eightbit"
-        axis = int(_const(builder, ins[-1])) % builder.rank(node.name)  # The kernel wants axis >= 0.
+        axis = int(_const(builder, axis)) % builder.rank(node.name)  # The kernel wants axis >= 0.
         axis = e.const(base + "/axis", np.int32(axis))
         e.add(make_node("QuantizedConcat", base,
                         [axis] + [t.tensor for t in triples] + [t.min for t in triples] + [t.max for t in triples],
                         N=len(triples), T=tf.quint8))
         return e.quantized_output(node, QTensor(base, base + ":1", base + ":2"), "QuantizedConcat")
+
+
+class BatchNormQuantizer:
+    """BatchNormWithGlobalNormalization (TF1's batch norm) as QuantizedBatchNormWithGlobalNormalization: its
+    mean, variance, beta and gamma are quint8 constants with their own ranges."""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        ins = data_inputs(node)
+        return (_float32(node) and _quantizable(builder, ins[0])
+                and all(_const(builder, i) is not None for i in ins[1:]))
+
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
+        ins = data_inputs(node)
+        base = node.name + "/eightbit"
+        x = e.quantized_input(ins[0])
+        inputs = list(x.triple)
+        for part, tensor in zip(("mean", "variance", "beta", "gamma"), ins[1:]):
+            q, lo, hi = quantize_affine(_const(builder, tensor))
+            inputs += [e.const(f"{base}/{part}", q, tf.quint8), e.const(f"{base}/{part}_min", lo, tf.float32),
+                       e.const(f"{base}/{part}_max", hi, tf.float32)]
+        e.add(make_node("QuantizedBatchNormWithGlobalNormalization", base, inputs, Tinput=tf.quint8,
+                        out_type=tf.qint32, variance_epsilon=node.attr["variance_epsilon"].f,
+                        scale_after_normalization=node.attr["scale_after_normalization"].b))
+        acc = (base, base + ":1", base + ":2")
+        return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"),
+                                  "QuantizedBatchNormWithGlobalNormalization")
+
+
+class FakeQuantQuantizer:
+    """FakeQuantWithMinMaxVars/Args after a quantized op: its range was the op's output range (see
+    `quantize.convert.fake_quant_ranges`), so the op's quantized output is its value and it adds no node."""
+
+    def should_quantize(self, builder: Builder, node) -> bool:
+        return builder.encoding_of(data_inputs(node)[0]) is U8
+
+    def emit(self, builder: Builder, node) -> Emission:
+        e = builder.emission()
+        return e.quantized_output(node, builder.quantized[tensor_name(data_inputs(node)[0])], node.op)
 
 
 class AddQuantizer:
@@ -251,6 +353,10 @@ QUANTIZERS = {
     "AvgPool": PoolQuantizer("QuantizedAvgPool"),
     "Reshape": ReshapeQuantizer(),
     "ConcatV2": ConcatQuantizer(),
+    "Concat": ConcatQuantizer(axis_first=True),
+    "BatchNormWithGlobalNormalization": BatchNormQuantizer(),
+    "FakeQuantWithMinMaxVars": FakeQuantQuantizer(),
+    "FakeQuantWithMinMaxArgs": FakeQuantQuantizer(),
     "AddV2": AddQuantizer(),
     "Add": AddQuantizer(),
 }
