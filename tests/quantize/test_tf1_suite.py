@@ -16,6 +16,7 @@ float inputs the graph has exactly one QuantizeV2 more per float input and the o
 
 import collections
 import dataclasses
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -351,4 +352,4 @@ def test_weights_mode_says_when_nothing_changed(tmp_path):
 
 
 if __name__ == "__main__":
-    raise SystemExit(pytest.main([__file__, "-q"]))
+    sys.exit(pytest.main([__file__, "-q"]))
