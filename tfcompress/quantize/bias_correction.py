@@ -43,8 +43,13 @@ def weight_rounding_error(weights: np.ndarray, op: str, per_channel: bool = True
         amax = np.abs(flat.reshape(-1, flat.shape[-1])).max(axis=0)
     else:
         amax = np.full(flat.shape[-1], np.abs(flat).max())
-    scale = np.where(amax > 0, amax / WEIGHT_LEVELS, 1.0)
-    rounded = np.clip(np.round(flat / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS) * scale
+    # As the converter computes it: float32 scale and quotient, ties rounded away from zero (std::round).  A
+    # quotient within float rounding of a tie may still land either way, depending on how the converter's
+    # build evaluates it.
+    scale = np.where(amax > 0, amax.astype(np.float32) / np.float32(WEIGHT_LEVELS), np.float32(1.0))
+    quotient = flat.astype(np.float32) / scale.astype(np.float32)
+    codes = np.sign(quotient) * np.floor(np.abs(quotient.astype(np.float64)) + 0.5)
+    rounded = np.clip(codes, -WEIGHT_LEVELS, WEIGHT_LEVELS) * scale.astype(np.float64)
     return (rounded - flat).reshape(w.shape)
 
 
