@@ -41,7 +41,8 @@ def define_calibration_flags():
                                      "Range calibrator; auto (convert only): the one whose int8 outputs stay "
                                      "closest to float on the calibration images."),
         percentile=flags.DEFINE_float("percentile", 99.99, "Percentile kept by --calibrator=percentile."),
-        batch_size=flags.DEFINE_integer("batch_size", 32, "Images per calibration batch.", lower_bound=1),
+        batch_size=flags.DEFINE_integer("batch_size", None, "Images per calibration run (default: as many as keep "
+                                        "the largest activation within 64 MiB, at most 32).", lower_bound=1),
         equalize=flags.DEFINE_boolean("equalize", False, "Cross-layer equalization of consecutive convolutions "
                                       "before calibrating (pass it alike to calibrate, quantize_graph and "
                                       "convert: the cache belongs to the equalized graph)."),

@@ -200,5 +200,60 @@ def test_cache_roundtrip_reuse_and_staleness(float_model, tmp_path):
         cache_lib.load(path)
 
 
+
+# Channel sums are added per image in float32 in the graph, then in float64: this close to numpy's float64 sum.
+CHANNEL_SUM_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_patches", "se_patches", "boxes_digits"])
+def test_statistics_reduced_in_the_graph_equal_streaming_every_value(name):
+    """collect_stats fetches only reductions; the result must be what TensorStats.update gives on every value
+    (histograms, min, max and counts exactly), whatever the batch size, the last batch a partial one."""
+    from tfcompress.api.models import load_frozen
+    from tfcompress.calibrate.collect import calibration_tensors, collect_stats
+    from tfcompress.data.source import as_source
+    from tfcompress.evaluate.zoo import ZOO
+    from tfcompress.graph.passes import optimize
+    from tfcompress.graph.runner import GraphRunner
+    entry = ZOO[name]
+    model, _ = optimize(load_frozen(entry.path))
+    prep = Preprocessing.for_input(model.image_input().shape, mean=entry.mean, std=entry.std)
+    tensors = calibration_tensors(model)
+    reference = {t: TensorStats() for t in tensors}
+    with GraphRunner(model.graph_def, [model.image_input().tensor], tensors) as runner:
+        for batch in as_source(entry.calibration).batches(prep, 7):
+            for t, v in zip(tensors, runner.run(batch)):
+                reference[t].update(v)
+    for batch_size in (5, None):
+        got = collect_stats(model, entry.calibration, prep, batch_size=batch_size, progress=False)
+        assert list(got) == tensors
+        for t in tensors:
+            a, b = reference[t], got[t]
+            assert (a.min, a.max, a.count, a.bin_width, a.first_bin) == (b.min, b.max, b.count, b.bin_width,
+                                                                          b.first_bin), t
+            np.testing.assert_array_equal(a.counts, b.counts, err_msg=t)
+            np.testing.assert_allclose(b.channel_sum, a.channel_sum,
+                                       atol=CHANNEL_SUM_RTOL * max(1.0, float(np.abs(a.channel_sum).max(initial=0))))
+
+
+def test_automatic_batch_size_follows_the_widest_activation():
+    from tfcompress.calibrate.collect import ACTIVATION_BUDGET_BYTES, MAX_AUTO_BATCH, auto_batch_size
+    from tfcompress.io.frozen import FrozenModel, TensorSig
+    import tensorflow as tf
+
+    def model(h, w, c):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, (None, h, w, c), name="x")
+            tf.nn.relu(x, name="y")
+        return FrozenModel(graph.as_graph_def(), [TensorSig("x", "x:0", "float32", (None, h, w, c))],
+                           [TensorSig("y", "y:0", "float32", (None, h, w, c))])
+
+    assert auto_batch_size(model(32, 32, 3), ["y:0"]) == MAX_AUTO_BATCH
+    per_image = 256 * 256 * 64 * 4  # VGG16's first block at 256x256.
+    assert auto_batch_size(model(256, 256, 64), ["y:0"]) == ACTIVATION_BUDGET_BYTES // per_image == 4
+    assert auto_batch_size(model(2048, 2048, 64), ["y:0"]) == 1
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -10,7 +10,7 @@ written atomically and never over an input (see `io.atomic`).
 import dataclasses
 from typing import List, Optional, Sequence, Union
 
-from tfcompress.api.models import LoadOptions, load_frozen, model_path
+from tfcompress.api.models import LoadOptions, load_frozen_released, model_path
 from tfcompress.errors import TfcError
 
 CALIBRATORS = ("minmax", "percentile", "kl", "mse")
@@ -23,7 +23,8 @@ class CalibrationOptions:
     Attributes:
       calibrator: minmax, percentile, kl or mse (convert also takes auto).
       percentile: kept by the percentile calibrator.
-      batch_size: images per calibration batch.
+      batch_size: images per calibration run (None: as many as keep the largest activation within 64 MiB,
+        at most 32).
       input_mean, input_std: normalization (pixel - mean) / std, one value or one per channel.
       channel_order: "rgb", or "bgr" for Caffe-style 3-channel models.
       equalize: cross-layer equalization of consecutive convolutions (`graph.equalize`) before
@@ -32,7 +33,7 @@ class CalibrationOptions:
     """
     calibrator: str = "minmax"
     percentile: float = 99.99
-    batch_size: int = 32
+    batch_size: Optional[int] = None
     input_mean: Union[float, Sequence[float]] = 0.0
     input_std: Union[float, Sequence[float]] = 255.0
     channel_order: str = "rgb"
@@ -130,7 +131,7 @@ def calibrate(model, images=None, *, data=None, cache: Optional[str] = None, rec
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     _cache_inputs(model, images, cache)
     _cache_inputs(model, data, cache)
-    float_model, _ = options.float_model(load_frozen(model, load))
+    float_model, _ = options.float_model(load_frozen_released(model, load))
     prep, bound = options.calibration_feed(float_model, images, data)
     result = run_calibration(float_model, prep=prep, calibrator=options.calibrator_config(), images=images,
                              data=bound, cache_path=cache, recalibrate=recalibrate,
@@ -226,7 +227,7 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
                          quantized_input=_pair(quantized_input, "--quantized_input_min/max"),
                          fallback_range=_pair(fallback_range, "--quantized_fallback_min/max"))
     calibrator = options.calibrator_config()
-    float_model, passes = options.float_model(load_frozen(model, load))
+    float_model, passes = options.float_model(load_frozen_released(model, load))
     measure.class_outputs(float_model, class_outputs)  # A bad choice fails before any work.
     prep, bound = options.calibration_feed(float_model, images, data)
     ranges, note = None, "not needed"
@@ -388,7 +389,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
         raise TfcError(f"--min_agreement must be in (0, 1], got {min_agreement}")
 
-    float_model, _ = options.float_model(load_frozen(model, load))
+    float_model, _ = options.float_model(load_frozen_released(model, load))
     qat = is_qat(float_model)
     if qat and (config.quantize != "int8" or wants_layers or auto):
         raise TfcError("a quantization-aware-trained model converts with --quantize=int8 only, without "

@@ -60,6 +60,14 @@ def load_frozen(model, options: LoadOptions = LoadOptions()):
     raise TfcError(f"model must be a path, a keras.Model or a GraphDef, not {type(model).__name__}")
 
 
+def load_frozen_released(model, options: LoadOptions = LoadOptions()):
+    """`load_frozen`, then what loading freed (a whole Keras model, for a .keras file) is given back."""
+    from tfcompress.io.memory import release_freed_memory  # pylint: disable=import-outside-toplevel
+    frozen = load_frozen(model, options)
+    release_freed_memory(frozen.graph_def.ByteSize() * 4)  # The model's weights, several times over.
+    return frozen
+
+
 def _is_graph_def(model) -> bool:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return isinstance(model, tf.compat.v1.GraphDef)

@@ -23,7 +23,7 @@ class CalibrationResult:
 
 def calibrate(model: FrozenModel, *, prep: Optional[Preprocessing], calibrator: CalibratorConfig,
               images=None, data: Optional[BoundData] = None, cache_path: Optional[str] = None,
-              recalibrate: bool = False, batch_size: int = 32, progress: bool = True) -> CalibrationResult:
+              recalibrate: bool = False, batch_size: Optional[int] = None, progress: bool = True) -> CalibrationResult:
     """Returns calibration statistics for the (optimized, float) `model`.
 
     A cache at `cache_path` that matches the model and preprocessing is reused
@@ -44,7 +44,7 @@ def calibrate(model: FrozenModel, *, prep: Optional[Preprocessing], calibrator: 
       data: tensor data bound to the model (`data.tensors.BoundData`), instead of images.
       cache_path: the cache file to reuse or write (None: no cache).
       recalibrate: ignore an existing cache and replace it.
-      batch_size: images (samples) per graph run.
+      batch_size: images (samples) per graph run (None: sized to the model, see `collect.auto_batch_size`).
       progress: show a progress bar.
 
     Raises:

@@ -59,6 +59,31 @@ class TensorStats:
         idx = np.floor(values / self.bin_width).astype(np.int64) - self.first_bin
         self.counts += np.bincount(idx, minlength=self.counts.size)[:self.counts.size]
 
+    def add_batch(self, count: int, lo: float, hi: float, channel_sum: np.ndarray, first_bin: int,
+                  bin_width: float, counts: np.ndarray) -> None:
+        """Adds a batch summarized where it was computed (see `collect.StatsRunner`): its count, min, max,
+        per-channel sums (empty for rank < 2) and its histogram at `bin_width`, a power of two no finer than
+        this histogram's width and no coarser than [min, max] needs.  The result is what `update` would
+        give on the batch's values."""
+        if count == 0:
+            return
+        if channel_sum.size:
+            if self.channel_sum.size and self.channel_sum.size != channel_sum.size:
+                from tfcompress.errors import TfcError
+                raise TfcError(f"a calibration tensor changed its channel count ({self.channel_sum.size} -> "
+                               f"{channel_sum.size}) between batches")
+            self.channel_sum = channel_sum if self.channel_sum.size == 0 else self.channel_sum + channel_sum
+        self.min, self.max, self.count = min(self.min, lo), max(self.max, hi), self.count + count
+        if self.bin_width == 0.0:
+            self.bin_width, self.first_bin, self.counts = bin_width, first_bin, np.asarray(counts, np.int64)
+            return
+        self._fit(math.floor(self.min / self.bin_width), math.floor(self.max / self.bin_width))
+        factor = int(round(self.bin_width / bin_width))
+        if factor < 1 or factor * bin_width != self.bin_width:
+            raise AssertionError(f"batch bin width {bin_width} does not divide {self.bin_width}")
+        idx = (np.arange(len(counts)) + first_bin) // factor - self.first_bin
+        np.add.at(self.counts, idx, np.asarray(counts, np.int64))
+
     def _fit(self, lo_bin: int, hi_bin: int) -> None:
         """Widens bins (doubling) until [lo_bin, hi_bin] fits in MAX_BINS, then extends."""
         while hi_bin - lo_bin + 1 > MAX_BINS:

@@ -8,7 +8,32 @@ import tensorflow as tf
 from tfcompress.errors import TfcError
 
 
-class GraphRunner:
+def imported_graph(graph_def) -> tf.Graph:
+    """A tf.Graph holding `graph_def` under its own node names; TfcError if it does not import."""
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf.graph_util.import_graph_def(graph_def, name="")
+        except Exception as e:
+            raise TfcError(f"graph does not import: {str(e).splitlines()[0]}") from e
+    return graph
+
+
+class SessionOwner:
+    """Closes `self.session` on close() and at the end of a `with` block."""
+    session: tf.compat.v1.Session
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class GraphRunner(SessionOwner):
     """Imports a GraphDef once and runs it many times.
 
     Args:
@@ -19,12 +44,7 @@ class GraphRunner:
     """
 
     def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str], threads: int = 0):
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            try:
-                tf.graph_util.import_graph_def(graph_def, name="")
-            except Exception as e:
-                raise TfcError(f"graph does not import: {str(e).splitlines()[0]}") from e
+        self.graph = imported_graph(graph_def)
         config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=threads)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         self.feeds = [self.graph.get_tensor_by_name(t) for t in feeds]
@@ -32,15 +52,6 @@ class GraphRunner:
 
     def run(self, *inputs: np.ndarray) -> List[np.ndarray]:
         return self.session.run(self.fetches, dict(zip(self.feeds, inputs)))
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def run_model(model, images: np.ndarray) -> np.ndarray:

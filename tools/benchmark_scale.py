@@ -1,0 +1,130 @@
+"""Scale benchmark: wall time and peak RSS of calibration and int8 conversion beside the stock converter.
+
+    .venv/bin/python tools/benchmark_scale.py                 # VGG16 at 256x256, 60 and 120 images
+    .venv/bin/python tools/benchmark_scale.py --models=VGG16,ResNet50 --images=60
+
+Every measurement is a fresh process (its peak RSS from wait4), all in one run:
+  - the stock TFLiteConverter's default int8 (Optimize.DEFAULT, representative dataset of the images);
+  - `tfcompress calibrate` on N images, then on 2N (peak memory must not grow with the image count);
+  - `tfcompress convert --quantize=int8` on N images.
+Models are keras.applications backbones with seeded weights (only cost is measured), a global-average
+pool and a 10-way softmax head: VGG16 at 256x256, ResNet50 and EfficientNetB0 at 224x224.  Images are the
+shipped patches (testdata/images/patches), resized to the model.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # noqa: E402
+else:
+    from . import common  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MODELS = flags.DEFINE_list("models", ["VGG16"], "keras.applications backbones: VGG16, ResNet50, EfficientNetB0.")
+_IMAGES = flags.DEFINE_integer("images", 60, "Calibration images N (calibration is also run on 2N).", lower_bound=1)
+SIZES = {"VGG16": 256, "ResNet50": 224, "EfficientNetB0": 224}
+NORMS = {"VGG16": ((123.68, 116.779, 103.939), 1.0, "bgr"), "ResNet50": ((123.68, 116.779, 103.939), 1.0, "bgr"),
+         "EfficientNetB0": ((0.0,), 1.0, "rgb")}
+
+_BUILD = """
+import sys, keras
+name, size, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+keras.utils.set_random_seed(0)
+base = getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(size, size, 3))
+out = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(base.output))
+model = keras.Model(base.input, out)
+model.save(path)
+print(model.count_params())
+"""
+
+_STOCK = """
+import sys, numpy as np, tensorflow as tf, keras
+from tfcompress.data.images import Preprocessing, iter_batches, list_images
+path, folder, size, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+mean = tuple(float(v) for v in sys.argv[5].split(","))
+prep = Preprocessing.for_input((None, size, size, 3), mean=mean if len(mean) > 1 else mean[0],
+                               std=float(sys.argv[6]), channel_order=sys.argv[7])
+model = keras.saving.load_model(path, safe_mode=True, compile=False)
+converter = tf.lite.TFLiteConverter.from_keras_model(model)
+converter.optimizations = [tf.lite.Optimize.DEFAULT]
+converter.representative_dataset = lambda: ([b] for b in iter_batches(list_images(folder), prep, batch_size=1))
+open(out, "wb").write(converter.convert())
+"""
+
+
+def run_child(argv):
+    """Runs argv and returns (wall seconds, peak RSS MB) measured by wait4 on the child itself."""
+    from tfcompress.errors import TfcError
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    start = time.monotonic()
+    with open(os.devnull, "w") as null, tempfile.TemporaryFile("w+") as err:
+        pid = subprocess.Popen(argv, stdout=null, stderr=err, env=env).pid
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.monotonic() - start
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            lines = err.read().strip().splitlines()
+            raise TfcError(f"{os.path.basename(argv[1])} failed: {lines[-1] if lines else status}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def main() -> None:
+    from tfcompress.errors import TfcError
+    from tfcompress.data.images import list_images
+    python = sys.executable
+    tool = {name: [python, os.path.join(ROOT, "tools", name + ".py")] for name in ("calibrate", "convert")}
+    images = list_images(os.path.join(ROOT, "testdata", "images", "patches"))
+    n = _IMAGES.value
+    if 2 * n > len(images):
+        raise TfcError(f"--images={n}: the shipped patches hold {len(images)} images, fewer than 2N")
+    rows = [["model", "params", "step", "images", "wall s", "peak RSS MB", "wall vs stock", "RSS vs stock",
+             "µs per MParam·image"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
+        for count in (n, 2 * n):
+            folder = os.path.join(tmp, f"images{count}")
+            os.mkdir(folder)
+            for i, path in enumerate(images[:count]):
+                os.symlink(path, os.path.join(folder, f"{i:04d}{os.path.splitext(path)[1]}"))
+            folders[count] = folder
+        for name in _MODELS.value:
+            if name not in SIZES:
+                raise TfcError(f"unknown model {name!r} (choose from {', '.join(SIZES)})")
+            size, (mean, std, order) = SIZES[name], NORMS[name]
+            path = os.path.join(tmp, f"{name}.keras")
+            params = int(subprocess.run([python, "-c", _BUILD, name, str(size), path], check=True, text=True,
+                                        capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                         .stdout.split()[-1])
+            norm = [f"--input_mean={','.join(str(v) for v in mean)}", f"--input_std={std}",
+                    f"--channel_order={order}"]
+            stock = run_child([python, "-c", _STOCK, path, folders[n], str(size), os.path.join(tmp, "stock.tflite"),
+                               ",".join(str(v) for v in mean), str(std), order])
+            steps = [("stock converter int8", n, stock)]
+            for count in (n, 2 * n):
+                steps.append(("calibrate", count, run_child(
+                    tool["calibrate"] + [f"--input={path}", f"--calibration_images={folders[count]}",
+                           f"--calibration_cache={tmp}/{name}_{count}.json", "--recalibrate"] + norm)))
+            steps.append(("convert int8", n, run_child(
+                tool["convert"] + [f"--input={path}", f"--calibration_images={folders[n]}",
+                       f"--output={tmp}/{name}_int8.tflite", "--overwrite"] + norm)))
+            for step, count, (wall, rss) in steps:
+                rows.append([name, f"{params / 1e6:.1f}M", step, count, f"{wall:.1f}", f"{rss:.0f}",
+                             f"{wall / stock[0]:.2f}×", f"{rss / stock[1]:.2f}×",
+                             f"{wall / (params / 1e6) / count * 1e6:.0f}"])
+    print(f"\nscale benchmark ({os.cpu_count()} cores; each step a fresh process, peak RSS from wait4)")
+    common.print_table(rows)
+
+
+def run() -> None:
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
