@@ -125,13 +125,15 @@ class StatsRunner(SessionOwner):
                 if x.shape.rank is None:
                     self.fetches.append(x)  # Streamed on the host.
                     continue
-                self.fetches.append(reduce[x.shape.rank >= 2](x, self.widths[i]))
+                readers = list(x.consumers())
+                # Comparisons (T float32, bool out) count too, as 0 and 1, as TensorStats.update reads them.
+                value = x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+                self.fetches.append(reduce[x.shape.rank >= 2](value, self.widths[i]))
                 # The tensor's readers wait for its statistics, so it is freed as the forward pass goes on,
                 # not kept until the pass ends.
                 done = self.fetches[-1][0].op
-                for consumer in x.consumers():
-                    if consumer is not done:
-                        consumer._add_control_input(done)  # pylint: disable=protected-access
+                for reader in readers:
+                    reader._add_control_input(done)  # pylint: disable=protected-access
         config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
         # Grappler would spend longer on the many small reductions than one batch takes to run.
         config.graph_options.rewrite_options.disable_meta_optimizer = True
