@@ -39,9 +39,7 @@ def calibration_tensors(model: FrozenModel) -> List[str]:
                     if not i.startswith("^") and not tensor_name(i).endswith(":0")})
     later_dtypes = {}
     if later:
-        imported = tf.Graph()
-        with imported.as_default():
-            tf.graph_util.import_graph_def(model.graph_def, name="")
+        imported = imported_graph(model.graph_def)
         later_dtypes = {t: imported.get_tensor_by_name(t).dtype for t in later}
     later_of = {}
     for t in later:
@@ -208,11 +206,9 @@ ACTIVATION_BUDGET_BYTES = 64 << 20
 MAX_AUTO_BATCH = 32
 
 
-def largest_activation_bytes(model: FrozenModel, tensors: List[str]) -> int:
-    """Bytes of the largest calibration tensor for one sample (unknown dimensions count as 1)."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(model.graph_def, name="")
+def largest_activation_bytes(graph: tf.Graph, tensors: List[str]) -> int:
+    """Bytes of the largest of `tensors` (in the imported `graph`) for one sample (unknown dimensions count
+    as 1)."""
     largest = 1
     for name in tensors:
         dims = graph.get_tensor_by_name(name).shape
@@ -230,7 +226,7 @@ def auto_batch_size(model: FrozenModel, tensors: List[str]) -> int:
     (1 to MAX_AUTO_BATCH samples).  A run's temporaries are a few times its largest activation, so peak
     memory is bounded by the model's widest layer, not by the batch size a user guessed.  (On VGG16 at
     256x256, 32 images a run took 3.5 GB; 2 took 1.5 GB in the same time.)"""
-    return _batch_within_budget(largest_activation_bytes(model, tensors))
+    return _batch_within_budget(largest_activation_bytes(imported_graph(model.graph_def), tensors))
 
 
 def _batch_within_budget(largest: int) -> int:
@@ -256,15 +252,16 @@ def collect_stats(model: FrozenModel, images=None, prep: Optional[Preprocessing]
     """
     tensors = calibration_tensors(model)
     stats = [TensorStats() for _ in tensors]
-    largest = largest_activation_bytes(model, tensors)
-    batch_size = batch_size or _batch_within_budget(largest)
     if data is not None:
-        feeds, total, batches = data.tensors, len(data), data.batches(batch_size)
+        feeds, total = data.tensors, len(data)
     else:
         source = as_source(images)
         feeds, total = [model.image_input().tensor], len(source)
-        batches = (([batch], len(batch)) for batch in source.batches(prep, batch_size))
     with StatsRunner(model.graph_def, feeds, tensors) as runner:
+        largest = largest_activation_bytes(runner.graph, tensors)
+        batch_size = batch_size or _batch_within_budget(largest)
+        batches = data.batches(batch_size) if data is not None else \
+            (([batch], len(batch)) for batch in source.batches(prep, batch_size))
         # A bar only on a terminal: in a log, its carriage returns would leave the next line (an error) mid-line.
         bar = tqdm(total=total, desc="calibrating", unit="sample" if data is not None else "img", leave=False,
                    disable=not (progress and sys.stderr.isatty()))

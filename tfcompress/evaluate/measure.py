@@ -28,10 +28,11 @@ def quantized_input_encoder(model: FrozenModel, sig):
     if sig.dtype != "quint8":
         return None
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tfcompress.graph.graph import Graph  # pylint: disable=import-outside-toplevel
-    graph = Graph(model.graph_def)
-    lo = float(graph.const_value(sig.node + "/quantized_min"))
-    hi = float(graph.const_value(sig.node + "/quantized_max"))
+    wanted = {sig.node + "/quantized_min": None, sig.node + "/quantized_max": None}
+    for node in model.graph_def.node:  # Two consts read where they are, not a copy of the whole graph.
+        if node.name in wanted:
+            wanted[node.name] = float(tf.make_ndarray(node.attr["value"].tensor))
+    lo, hi = wanted.values()
     step = (hi - lo) / 255.0
     return lambda x: np.clip(np.round((np.asarray(x, np.float64) - lo) / step), 0, 255).astype(
         tf.quint8.as_numpy_dtype)
