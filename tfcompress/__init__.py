@@ -27,6 +27,7 @@ _API = {
     "quantize_graph": "tfcompress.api.graph_jobs",
     "convert": "tfcompress.api.graph_jobs",
     "CalibrationOptions": "tfcompress.api.graph_jobs",
+    "ModelCard": "tfcompress.api.graph_jobs",
     "prune": "tfcompress.api.keras_jobs",
     "cluster": "tfcompress.api.keras_jobs",
     "pq": "tfcompress.api.keras_jobs",

@@ -25,7 +25,12 @@ _MODEL = common.define_model_flags()
 _CAL = common.define_calibration_flags()
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite file.")
 _QUANTIZE = flags.DEFINE_enum("quantize", "int8", ["none", "float16", "dynamic", "int8", "uint8", "int16x8"],
-                              "none | float16 | dynamic | int8 (int8 I/O) | uint8 (uint8 I/O, DSPs) | int16x8.")
+                              "none | float16 | dynamic | int8 | uint8 (DSPs) | int16x8.")
+_IO = flags.DEFINE_enum("io", None, ["float", "uint8", "int8"], "Input/output type (default: uint8 for int8 "
+                        "and uint8, which the Task Library and MediaPipe accept; float for the float modes).")
+_NAME = flags.DEFINE_string("metadata_name", None, "Model name in the TFLite Metadata (default: the file name).")
+_DESCRIPTION = flags.DEFINE_string("metadata_description", None, "Model description in the TFLite Metadata.")
+_VERSION = flags.DEFINE_string("metadata_version", "1", "Model version in the TFLite Metadata.")
 _PER_TENSOR = flags.DEFINE_boolean("per_tensor", False, "Per-tensor weights (default per-channel).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 _OVERWRITE = common.define_overwrite_flag()
@@ -50,7 +55,7 @@ _LABELS_FROM = flags.DEFINE_string("labels_from", None, "Labelled folder DIR/<la
 
 
 def main() -> None:
-    from tfcompress.api.graph_jobs import convert
+    from tfcompress.api.graph_jobs import ModelCard, convert
     from tfcompress.evaluate import measure
 
     input_path, images, _ = common.default_inputs(_MODEL, _CAL)
@@ -60,6 +65,8 @@ def main() -> None:
                      labels=_LABELS.value, labels_from=_LABELS_FROM.value, target=_TARGET.value,
                      strict=_STRICT.value, float_layers=_FLOAT_LAYERS.value, min_agreement=_MIN_AGREEMENT.value,
                      agreement_images=_AGREEMENT_IMAGES.value, layer_report=_LAYER_REPORT.value,
+                     io=_IO.value, card=ModelCard(name=_NAME.value, description=_DESCRIPTION.value,
+                                                  version=_VERSION.value),
                      options=common.calibration_options(_CAL), load=common.load_options(_MODEL),
                      overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
     if result.auto:
@@ -75,14 +82,15 @@ def main() -> None:
             [r.layer, r.op, f"{r.steps:.3f}", f"{r.relative:.4f}", f"{r.added:+.4f}"] for r in result.layer_errors])
     print("\n" + "\n".join(result.preflight.lines()))
     size = measure.path_size(_OUTPUT.value)
-    print(f"\nconvert: {input_path} -> {_OUTPUT.value} (quantize={result.quantize}, "
+    print(f"\nconvert: {input_path} -> {_OUTPUT.value} (quantize={result.quantize}, {result.io} I/O, "
           f"weights {'per-channel' if result.per_channel else 'per-tensor'})")
     print(f"calibration: {result.calibration}" + (f"; {result.ranges_applied} activation ranges from the cache "
                                                    f"({result.calibrator})" if result.calibrator else ""))
     for note in result.notes:
         print(note)
     mean, std = (",".join(f"{v:g}" for v in values) for values in (result.mean, result.std))
-    print(f"metadata: input mean {mean}, std {std}" + (f", {len(result.labels)} labels" if result.labels else ""))
+    print(f"TFLite Metadata: input mean {mean}, std {std}" + (f", {len(result.labels)} labels (labels.txt)"
+                                                              if result.labels else ""))
     common.print_table([["size", "raw bytes", "gzip -9 bytes"], ["output", size.raw, size.gzip]])
 
 

@@ -23,8 +23,9 @@ from absl import flags  # noqa: E402
 _MODELS = flags.DEFINE_list("models", None, "Comma-separated artifacts (any format eval takes).")
 flags.DEFINE_alias("input", "models")
 _REFERENCE = flags.DEFINE_string("reference", None, "Float reference for agreement (default: the first model).")
-_IMAGES = flags.DEFINE_string("images", None, "Evaluation folder (default: the shipped held-out digits).")
-_LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order.")
+_IMAGES = flags.DEFINE_string("images", None, "Evaluation folder (required; labelled DIR/<label>/* for accuracy).")
+_LABELS = flags.DEFINE_string("labels", None, "Labels file, one name per line in output order (default: the "
+                              "first .tflite's metadata labels, else the class folders in sorted order).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (a new one, or with --overwrite one that report "
                               "wrote earlier, replaced as a whole).")
 _OVERWRITE = common.define_overwrite_flag()
@@ -44,7 +45,16 @@ def main() -> None:
     from tfcompress.io.atomic import check_output
     check_output(_OUTPUT.value, [*_MODELS.value, _REFERENCE.value, _IMAGES.value, _LABELS.value],
                  overwrite=_OVERWRITE.value, directory=True)
-    images = FolderSource(_IMAGES.value or common.DEFAULT_EVAL, _LABELS.value)
+    for path in _MODELS.value:
+        if not os.path.exists(path):
+            raise TfcError(f"model {path} does not exist")
+    if not _IMAGES.value:
+        raise TfcError("--images is required: every artifact is measured on them (a labelled folder "
+                       "DIR/<label>/* gives accuracy too)")
+    from tfcompress.api.evaluate import metadata_of
+    labels = _LABELS.value or next((m.labels for m in map(metadata_of, _MODELS.value)
+                                    if m is not None and m.labels is not None), None)
+    images = FolderSource(_IMAGES.value, labels)
     reference = common.open_artifact_from_flags(_REFERENCE.value or _MODELS.value[0], _NORM, _RUN)[0]
     results = []
     for path in _MODELS.value:

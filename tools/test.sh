@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 # with it, their tests run instead of skipping.  The reference kernels' portability test
 # still runs a subprocess with oneDNN off.
 export TF_ENABLE_ONEDNN_OPTS=1
+# The clients the .tflite is checked in: MediaPipe (its own venv), LiteRT on aarch64 under qemu, and flatc
+# for the metadata bindings check.  Without apt (not root, no network) their tests skip, saying why.
+if ! command -v flatc >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flatbuffers-compiler >/dev/null || true
+fi
+bash tools/setup_clients.sh || echo "warning: no .venv-clients; the MediaPipe test will skip" >&2
+if [ "$(id -u)" = 0 ]; then
+  bash tools/setup_arm64.sh >/dev/null || echo "warning: no ARM emulation; the aarch64 test will skip" >&2
+fi
 if [ "${1:-}" = "--pytest" ]; then
   shift
   exec .venv/bin/python3 -m pytest -q tests "$@"

@@ -83,7 +83,9 @@ def test_eval_json_matches_an_independent_computation(artifacts):
     (s_in, z_in), (s_out, z_out) = inp["quantization"], outp["quantization"]
     got = []
     for x in images:
-        interp.set_tensor(inp["index"], np.clip(np.round(x[None] / s_in) + z_in, -128, 127).astype(np.int8))
+        info = np.iinfo(inp["dtype"])  # uint8: convert's default I/O
+        interp.set_tensor(inp["index"], np.clip(np.round(x[None] / s_in) + z_in, info.min, info.max)
+                          .astype(inp["dtype"]))
         interp.invoke()
         got.append((interp.get_tensor(outp["index"])[0].astype(np.float32) - z_out) * s_out)
     got = np.stack(got)
@@ -183,8 +185,8 @@ def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
     from tfcompress.evaluate.parity import check_parity
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import freeze_keras_model, load_model
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import parity as parity_tool  # noqa: E402
+    from tests.conftest import _tool_module  # pylint: disable=import-outside-toplevel
+    parity_tool = _tool_module("parity")  # another tool's flags, defined earlier in this process, are cleared
     flatbuffer = parity_tool._default_int8()  # pylint: disable=protected-access
     prep = Preprocessing(height=32, width=32, channels=3)
     images = np.concatenate(list(iter_batches(list_images(CALIBRATION)[:8], prep, 8)))
@@ -211,7 +213,7 @@ def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
 def test_report_writes_html_plots_and_markdown(artifacts, tmp_path):
     out, _ = artifacts
     models = [KERAS_MODEL, f"{out}/q8", f"{out}/int8.tflite", f"{out}/f16.tflite", f"{out}/m.onnx"]
-    proc = _tool("report", f"--models={','.join(models)}", f"--output={tmp_path}/report")
+    proc = _tool("report", f"--models={','.join(models)}", f"--images={HELDOUT}", f"--output={tmp_path}/report")
     files = sorted(os.listdir(f"{tmp_path}/report"))
     # The marker makes the folder one tfcompress wrote (replaceable with --overwrite).
     assert files == [".tfcompress-output", "index.html", "quality_vs_latency.png", "quality_vs_size.png",

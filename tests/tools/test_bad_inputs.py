@@ -105,9 +105,10 @@ def bad(tmp_path_factory):
     (root / "corrupt.tflite").write_bytes(tflite[:-200] + bytes(200))
     (root / "truncated.tflite").write_bytes(tflite[:len(tflite) // 3])
     (root / "text.tflite").write_text("not a flatbuffer\n")
-    from tfcompress.export import flatbuffer as fb
-    tagged = fb.parse(fb.with_metadata(tflite, mean=[0.0], std=[255.0]))
-    tagged.buffers[tagged.metadata[-1].buffer].data = np.frombuffer(b'{"input_normalization": 3}', np.uint8)
+    from tfcompress.export import flatbuffer as fb, metadata
+    tagged = fb.parse(metadata.attach(tflite, metadata.ModelInfo(name="digits")))
+    tagged.buffers[tagged.metadata[-1].buffer].data = np.frombuffer(b"\x04\x00\x00\x00M001\xff\xff\xff\x7f",
+                                                                    np.uint8)
     (root / "bad_metadata.tflite").write_bytes(fb.serialize(tagged))
     (root / "garbage.tfc").write_bytes(b"TFCP\x01" + bytes(range(200)))
     from tfcompress.export import entropy, tfc
@@ -236,6 +237,10 @@ CASES = [
     ("convert", ["--labels={bad}/duplicates.txt", "--output={out}/m.tflite"],
      "labels file {bad}/duplicates.txt has duplicate labels: a, b"),
     ("convert", ["--target=npu", "--output={out}/m.tflite"], "unknown --target 'npu'"),
+    ("convert", ["--quantize=uint8", "--io=int8", "--output={out}/m.tflite"],
+     "--quantize=uint8 cannot give --io=int8 (it gives uint8 or float)"),
+    ("convert", ["--quantize=none", "--io=uint8", "--output={out}/m.tflite"],
+     "--quantize=none cannot give --io=uint8 (it gives float)"),
     ("convert", ["--float_layers=nope", "--output={out}/m.tflite"], "--float_layers: no layer named 'nope'"),
     ("convert", ["--quantize=float16", "--min_agreement=0.99", "--output={out}/m.tflite"],
      "--float_layers, --min_agreement and --layer_report apply to --quantize=int8 and uint8 only"),
@@ -247,14 +252,16 @@ CASES = [
     ("eval", ["--model={bad}/truncated.tflite"], "{bad}/truncated.tflite is a truncated or corrupt TFLite"),
     ("eval", ["--model={bad}/text.tflite"], "{bad}/text.tflite is not a TFLite flatbuffer"),
     ("eval", ["--model={bad}/bad_metadata.tflite"],
-     "{bad}/bad_metadata.tflite: its tfcompress.metadata buffer is corrupt"),
+     "{bad}/bad_metadata.tflite: its TFLITE_METADATA buffer is corrupt"),
     ("eval", ["--model=" + TFLITE, "--labels={bad}/three.txt"],
      "class folder '0' of " + HELDOUT + " is not in the labels file {bad}/three.txt"),
     ("eval", ["--model=" + TFLITE, "--images={bad}/no_images"], "image folder {bad}/no_images has no images"),
     ("parity", ["--model={bad}/corrupt.tflite"], "LiteRT cannot load {bad}/corrupt.tflite: "),
     ("parity", ["--model={bad}/missing.tflite"], "model {bad}/missing.tflite does not exist"),
     ("report", ["--models={bad}/missing.tflite", "--output={out}/r.md"], "model {bad}/missing.tflite does not exist"),
-    ("report", ["--models={bad}/text.tflite", "--output={out}/r.md"], "{bad}/text.tflite is not a TFLite"),
+    ("report", ["--models={bad}/text.tflite", "--images=" + HELDOUT, "--output={out}/r.md"],
+     "{bad}/text.tflite is not a TFLite"),
+    ("report", ["--models=" + TFLITE, "--output={out}/r.md"], "--images is required"),
     ("pack", ["--input={bad}/text.tflite", "--output={out}/m.tfc"], "{bad}/text.tflite is not a TFLite"),
     ("pack", ["--input={bad}/truncated.tflite", "--output={out}/m.tfc"],
      "{bad}/truncated.tflite is a truncated or corrupt TFLite"),

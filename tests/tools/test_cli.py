@@ -109,10 +109,10 @@ def test_convert_layer_report_fallback_target_and_metadata(tmp_path):
     # The float layer is what a DSP cannot take; without --strict the preflight only reports it.
     assert "constraint: not fully 8-bit quantized: float outputs from DEQUANTIZE, FULLY_CONNECTED" in proc.stdout
     assert "10 labels" in proc.stdout
-    from tfcompress.export.flatbuffer import read_metadata
-    meta = read_metadata(out.read_bytes())
-    assert meta["labels"] == [str(i) for i in range(10)]
-    assert meta["input_normalization"]["mean"] == [0.0] and meta["input_normalization"]["std"] == [255.0]
+    from tfcompress.export.metadata import read
+    meta = read(out.read_bytes())
+    assert meta.labels == tuple(str(i) for i in range(10))
+    assert meta.mean == (0.0,) * 3 and meta.std == (255.0,) * 3
 
 
 def test_auto_calibrator_is_for_convert_only(tmp_path):

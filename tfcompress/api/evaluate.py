@@ -35,18 +35,24 @@ def _one_or_all(values):
     return float(values[0]) if len(set(values)) == 1 else tuple(float(v) for v in values)
 
 
+def metadata_of(path: str):
+    """The TFLite Metadata (`export.metadata.ModelInfo`) of a .tflite file, or None (no metadata, other format)."""
+    if not (path.lower().endswith(".tflite") and os.path.isfile(path)):
+        return None
+    from tfcompress.export.metadata import read  # pylint: disable=import-outside-toplevel
+    with open(path, "rb") as f:
+        return read(f.read(), path)
+
+
 def normalization(path: str, mean: Norm = None, std: Norm = None, channel_order: Optional[str] = None) -> Tuple:
     """(mean, std, channel order): those given, else the .tflite metadata's, else (0, 255, "rgb")."""
     if (path.lower().endswith(".tflite") and (mean is None or std is None or channel_order is None)
             and os.path.isfile(path)):
-        from tfcompress.export.flatbuffer import read_metadata  # pylint: disable=import-outside-toplevel
-        with open(path, "rb") as f:
-            meta = read_metadata(f.read(), path)
+        meta = metadata_of(path)
         if meta is not None:
-            norm = meta["input_normalization"]
-            mean = _one_or_all(norm["mean"]) if mean is None else mean
-            std = _one_or_all(norm["std"]) if std is None else std
-            channel_order = norm.get("channel_order", "rgb") if channel_order is None else channel_order
+            mean = _one_or_all(meta.mean) if mean is None else mean
+            std = _one_or_all(meta.std) if std is None else std
+            channel_order = meta.channel_order if channel_order is None else channel_order
     return ((0.0 if mean is None else mean), (255.0 if std is None else std),
             "rgb" if channel_order is None else channel_order)
 
@@ -77,7 +83,8 @@ def evaluate(artifact: str, images, *, reference: Optional[str] = None, labels: 
       images: a labelled folder DIR/<label>/*, a flat folder, a pixel array (with labels through
         `data.source.ArraySource`), or a tf.data.Dataset.
       reference: a float model to measure agreement against.
-      labels: for a folder: a labels file naming the classes in output order.
+      labels: for a folder: a labels file naming the classes in output order (default: a .tflite's
+        metadata labels, else the class folders in sorted order).
       runs, warmup: timed and untimed runs for the latency median (batch 1).
       options: normalization and runtime.
 
@@ -89,7 +96,8 @@ def evaluate(artifact: str, images, *, reference: Optional[str] = None, labels: 
     """
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
     from tfcompress.evaluate.run import evaluate as run_evaluation  # pylint: disable=import-outside-toplevel
-    source = as_source(images, labels_file=labels)
+    meta = metadata_of(artifact) if labels is None and isinstance(images, (str, os.PathLike)) else None
+    source = as_source(images, labels_file=labels if meta is None or meta.labels is None else meta.labels)
     model, prep = open_model(artifact, options)
     ref = open_model(reference, options)[0] if reference is not None else None
     try:

@@ -8,6 +8,7 @@ written atomically and never over an input (see `io.atomic`).
 """
 
 import dataclasses
+import os
 from typing import List, Optional, Sequence, Union
 
 from tfcompress.api.models import LoadOptions, load_frozen_released, model_path
@@ -258,6 +259,7 @@ class ConvertResult:
       output: the written .tflite.
       flatbuffer: its bytes.
       quantize, per_channel: the mode and weight granularity.
+      io: the input and output type (float, uint8, int8 or int16).
       calibration: how ranges were found; ranges_applied: activation ranges set from the cache.
       calibrator: the calibrator whose ranges were used (None when no range was needed).
       auto: with calibrator="auto", every candidate tried (`export.autocal` results); auto_best: the chosen one.
@@ -271,6 +273,7 @@ class ConvertResult:
     flatbuffer: bytes
     quantize: str
     per_channel: bool
+    io: str
     calibration: str
     ranges_applied: int
     calibrator: Optional[str]
@@ -323,11 +326,56 @@ def _labels(labels, labels_from, output_size: int) -> Optional[List[str]]:
     return None
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What the TFLite Metadata says of the model (None: from the model's file name, and the mode)."""
+    name: Optional[str] = None
+    description: Optional[str] = None
+    version: str = "1"
+
+
+_MODE_TEXT = {"none": "Float32", "float16": "Float16-weight", "dynamic": "Dynamic-range quantized",
+              "int8": "Int8 quantized", "uint8": "8-bit quantized", "int16x8": "16x8-bit quantized"}
+
+
+def _model_name(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.splitext(os.path.basename(os.path.normpath(os.fspath(model))))[0]
+    return str(getattr(model, "name", "") or "model")
+
+
+def _pixel_input_range(ranges, float_model, prep, notes: List[str]):
+    """`ranges` with the image input's range set to that of normalized pixels 0..255, where that is exact.
+
+    A client of an integer-input model (the Task Library, MediaPipe) feeds
+    raw uint8 pixels, so the input's quantization should map pixel p to
+    (p - mean) / std: a scale of 1/std and a zero point of the mean.  With an
+    integer mean that is exact, and lossless (one step per pixel level).  With
+    a mean such as 127.5 no integer zero point exists: every pixel would be
+    shifted by half a step, the same way, which costs more fidelity than the
+    calibrated range's rounding (measured on the shipped patches VGG: output
+    MSE +20%), so the calibrated range is kept and a note says so.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    name = float_model.inputs[0].tensor
+    if name not in ranges or len(float_model.inputs) != 1:
+        return ranges
+    mean, std = np.asarray(prep.means, np.float64), np.asarray(prep.stds, np.float64)
+    if np.any(mean != np.round(mean)) or len(set(std.tolist())) != 1:
+        notes.append(f"input quantization from the calibration images: with mean {prep.means} and std "
+                     f"{prep.stds} no integer input maps raw pixels exactly (a client feeding uint8 pixels "
+                     "sees its scale and zero point)")
+        return ranges
+    lo, hi = float(np.min((0.0 - mean) / std)), float(np.max((255.0 - mean) / std))
+    return {**ranges, name: (lo, hi)}
+
+
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
             recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
             labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
             min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
+            io: Optional[str] = None, card: ModelCard = ModelCard(),
             options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
             overwrite: bool = False, progress: bool = False) -> ConvertResult:
     """Converts `model` to a TFLite flatbuffer at `output`, int8/uint8 ranges from our calibration.
@@ -352,6 +400,10 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
       min_agreement: keep the worst layers float until top-1 agreement reaches this fraction.
       agreement_images: images for min_agreement, layer_report and calibrator="auto" (default: `images`).
       layer_report: how many per-layer error rows to return (-1: all).
+      io: input and output type, float, uint8 or int8 (None: the mode's default, uint8 for int8 and uint8,
+        which the Task Library and MediaPipe accept).  With integer I/O and an integer mean the image
+        input's range is the whole pixel range, so a client feeds raw uint8 pixels (`_pixel_input_range`).
+      card: the name, description and version the standard TFLite Metadata records.
       options: calibrator (minmax, percentile, kl, mse or auto) and preprocessing.
       load: how the model file is read.
       overwrite: replace an earlier output of tfcompress's.
@@ -366,10 +418,10 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
     from tfcompress.export import autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
-    from tfcompress.export.flatbuffer import with_metadata  # pylint: disable=import-outside-toplevel
+    from tfcompress.export.metadata import ModelInfo, attach  # pylint: disable=import-outside-toplevel
     from tfcompress.export.targets import get_target, preflight  # pylint: disable=import-outside-toplevel
     from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat,  # pylint: disable=import-outside-toplevel
-                                          convert_tflite, is_qat, quantize_calibrated)
+                                          convert_tflite, is_qat, quantize_calibrated, set_io)
     from tfcompress.graph.runner import run_model  # pylint: disable=import-outside-toplevel
     from tfcompress.io.atomic import check_output, write_bytes  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.bias_correction import correct_biases  # pylint: disable=import-outside-toplevel
@@ -377,7 +429,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     check_output(output, [model_path(model), _folder(images), cache, labels if isinstance(labels, str) else None,
                           labels_from, _folder(agreement_images)], overwrite=overwrite, directory=False)
     _cache_inputs(model, images, cache)
-    config = TfliteConfig(quantize=quantize, per_channel=per_channel)
+    config = TfliteConfig(quantize=quantize, per_channel=per_channel, io=io)
     if bias_correction not in BIAS_CORRECTIONS:
         raise TfcError(f"unknown --bias_correction {bias_correction!r} (choose from {', '.join(BIAS_CORRECTIONS)})")
     auto = options.calibrator == "auto"
@@ -414,6 +466,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     # Agreement is always measured against the float model itself.
     export_model = float_model
     ranges, dataset, note, tried, best, ebc_images = None, None, "not needed", [], None, None
+    pixel_notes: List[str] = []
     if qat:
         note = "quantization-aware model: ranges learned in training, no image read"
     elif config.needs_ranges:
@@ -433,6 +486,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
                                                     autocal.candidates(options.percentile), finish)
             calibrator = best.calibrator
         ranges = result.cache.ranges(calibrator)
+        if config.io != "float":
+            ranges = _pixel_input_range(ranges, float_model, prep, pixel_notes)
     elif config.quantize == "int16x8":
         if images is None:
             raise TfcError("--quantize=int16x8 needs --calibration_images (its quantizer runs the images itself)")
@@ -440,7 +495,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         note = f"{len(source)} images run by the converter's int16x8 quantizer"
         dataset = lambda: ([b] for b in source.batches(prep, 1))  # noqa: E731
 
-    notes, ranking = [], []
+    notes, ranking = list(pixel_notes), []
     calibrated = None
     if config.needs_ranges and not qat:
         calibrated, applied = calibrated_flatbuffer(export_model, ranges, config.per_channel)
@@ -483,8 +538,13 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         else:
             flatbuffer, corrected_layers = empirical_bias.correct(flatbuffer, calibrated, ebc_images)
             note += f"; empirical bias correction on {len(corrected_layers)} layers"
-    flatbuffer = with_metadata(flatbuffer, mean=prep.means, std=prep.stds, labels=names,
-                               channel_order=prep.channel_order)
+    if config.needs_ranges or qat:
+        flatbuffer = set_io(flatbuffer, config.io)
+    flatbuffer = attach(flatbuffer, ModelInfo(
+        name=card.name or _model_name(model), version=card.version, mean=prep.means, std=prep.stds,
+        labels=names, channel_order=prep.channel_order,
+        description=card.description or f"{_MODE_TEXT[config.quantize]} image model, {config.io} input and "
+        f"output, converted by tfcompress; input normalized as (pixel - mean) / std"))
 
     check = preflight(flatbuffer, target)
     if strict and not check.ok:
@@ -492,7 +552,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     write_bytes(output, flatbuffer, overwrite=overwrite)
     shown = ranking if layer_report < 0 else ranking[:layer_report]
     return ConvertResult(output=output, flatbuffer=flatbuffer, quantize=config.quantize,
-                         per_channel=config.per_channel, calibration=note, ranges_applied=len(applied),
+                         per_channel=config.per_channel, io=config.io, calibration=note, ranges_applied=len(applied),
                          calibrator=calibrator.method if config.needs_ranges and not qat else None, auto=tried,
                          auto_best=best, layer_errors=shown, agreement_count=len(memo[0][0]) if memo else 0,
                          notes=notes, preflight=check, mean=prep.means, std=prep.stds,

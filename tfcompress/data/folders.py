@@ -10,7 +10,7 @@ is unlabelled: all images below it are read, for agreement and latency only.
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -63,8 +63,12 @@ def read_labels_file(path: str) -> List[str]:
     return lines
 
 
-def read_image_set(folder: str, labels_file: Optional[str] = None, require_labels: bool = False) -> ImageSet:
+def read_image_set(folder: str, labels_file: Union[str, Sequence[str], None] = None,
+                   require_labels: bool = False) -> ImageSet:
     """Reads an evaluation folder (see the module docstring).
+
+    `labels_file` orders the classes: a labels file's path, or the names themselves (a model's metadata
+    labels, which do not require the folder to be labelled).
 
     Raises:
       TfcError: missing folder or no images; labels requested but the folder
@@ -76,16 +80,18 @@ def read_image_set(folder: str, labels_file: Optional[str] = None, require_label
                  if os.path.isfile(os.path.join(folder, f)) and f.lower().endswith(EXTENSIONS)]
     class_dirs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if top_level or not class_dirs:
-        if require_labels or labels_file:
+        if require_labels or isinstance(labels_file, str):
             raise TfcError(f"image folder {folder} has no classes: a labelled folder holds only class "
                            "subfolders (DIR/<label>/*.png)")
         return ImageSet(paths=paths)
-    names = read_labels_file(labels_file) if labels_file else class_dirs
+    names = (read_labels_file(labels_file) if isinstance(labels_file, str) else list(labels_file)) \
+        if labels_file else class_dirs
     index = {n: i for i, n in enumerate(names)}
     labelled_paths, labels = [], []
     for d in class_dirs:
         if d not in index:
-            raise TfcError(f"class folder {d!r} of {folder} is not in the labels file {labels_file}")
+            where = f"the labels file {labels_file}" if isinstance(labels_file, str) else "the model's labels"
+            raise TfcError(f"class folder {d!r} of {folder} is not in {where}")
         try:
             members = list_images(os.path.join(folder, d))
         except TfcError as e:

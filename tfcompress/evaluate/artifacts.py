@@ -53,6 +53,11 @@ class Artifact:
     def cost(self) -> Cost:
         raise NotImplementedError
 
+    def size(self):
+        """`evaluate.measure.Size` of what is deployed: the file (or SavedModel folder) as stored."""
+        from tfcompress.evaluate.measure import path_size  # pylint: disable=import-outside-toplevel
+        return path_size(self.path)
+
     def latency(self, sample: np.ndarray, runs: int = 50, warmup: int = 5) -> List[float]:
         """Seconds per call for one image (batch 1), `runs` timed calls after `warmup` untimed ones."""
         x = sample[:1]
@@ -146,6 +151,16 @@ class GraphArtifact(Artifact):
 
     def predict(self, batch):
         return np.asarray(self.runner.run(batch)[0], np.float32)
+
+    def size(self):
+        """A .keras or .h5 file is sized by its weights, the constants of its frozen graph: the file also
+        holds optimizer state and the architecture's JSON, which no exported model carries."""
+        if not self.path.lower().endswith((".keras", ".h5")):
+            return super().size()
+        from tensorflow.python.framework import tensor_util  # pylint: disable=import-outside-toplevel
+        from tfcompress.evaluate.measure import bytes_size  # pylint: disable=import-outside-toplevel
+        return bytes_size(b"".join(tensor_util.MakeNdarray(n.attr["value"].tensor).tobytes()
+                                   for n in self.model.graph_def.node if n.op == "Const"))
 
     def cost(self) -> Cost:
         # Counted on the optimized graph: batch norm folded into the conv, as every exporter does.

@@ -10,7 +10,6 @@ from tfcompress.data.images import Preprocessing
 from tfcompress.data.source import ImageSource, as_source
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.artifacts import Artifact, median_ms
-from tfcompress.evaluate.measure import path_size
 
 
 @dataclasses.dataclass
@@ -85,7 +84,7 @@ def evaluate(artifact: Artifact, images: ImageSource, prep: Preprocessing, *,
         max_err = float(np.max(np.abs(ref.astype(np.float64) - outputs)))
     sample = next(images.batches(prep, 1))
     times = artifact.latency(sample, runs=runs, warmup=warmup)
-    size = path_size(artifact.path)
+    size = artifact.size()
     cost = artifact.cost()
     return EvalResult(model=artifact.path, runtime=artifact.kind, images=len(images), top1=top1, top5=top5,
                       agreement_top1=agree, max_abs_error=max_err, latency_ms=median_ms(times), latency_runs=runs,

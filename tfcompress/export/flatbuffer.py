@@ -2,12 +2,11 @@
 
 One place for the parsing every other module needs: operator lists, tensor
 names, exposing intermediate tensors as outputs (so that a delegate has to
-materialize them), and the tfcompress metadata buffer.
+materialize them), and the older tfcompress metadata buffer name.
 """
 
 import dataclasses
 import functools
-import json
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -277,61 +276,15 @@ def expose_all_tensors(flatbuffer: bytes) -> bytes:
     return serialize(model)
 
 
-# The metadata buffer tfcompress writes: Model.metadata entry with this name,
-# holding UTF-8 JSON (see README, "TFLite metadata").
+# The metadata buffer tfcompress wrote before it wrote the standard TFLite Metadata
+# (`export.metadata`): a Model.metadata entry of this name holding UTF-8 JSON.
+# Now only a BGR channel order is written there; older files hold the input
+# normalization and labels, which `export.metadata.read` still reads.
 METADATA_NAME = "tfcompress.metadata"
-METADATA_FORMAT_VERSION = 1
 
 
-def with_metadata(flatbuffer: bytes, *, mean: Sequence[float], std: Sequence[float],
-                  labels: Optional[Sequence[str]] = None, channel_order: str = "rgb") -> bytes:
-    """Embeds input normalization (and a BGR channel order) and labels as the `tfcompress.metadata` buffer.
-
-    An old buffer of that name is replaced.  RGB, the default, is not written.
-    """
-    model = parse(flatbuffer)
-    schema = schema_module()
-    doc = {"format": METADATA_NAME, "version": METADATA_FORMAT_VERSION,
-           "input_normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
-                                   "formula": "(pixel - mean) / std"}}
-    if channel_order != "rgb":
-        doc["input_normalization"]["channel_order"] = channel_order
-    if labels is not None:
-        doc["labels"] = list(labels)
-    payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    entries = [m for m in (model.metadata or []) if text(m.name) != METADATA_NAME]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(payload, np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = entries + [entry]
-    return serialize(model)
-
-
-def read_metadata(flatbuffer: bytes, source: str = "flatbuffer") -> Optional[Dict]:
-    """The tfcompress metadata of a flatbuffer, or None if it has none.
-
-    Raises:
-      TfcError: a corrupt flatbuffer, or a metadata buffer that is not the documented JSON (normalization
-        as finite numbers with a positive std, rgb or bgr order, labels as strings).
-    """
-    model = parse(flatbuffer, source)
-    for entry in model.metadata or []:
-        if text(entry.name) == METADATA_NAME:
-            data = model.buffers[entry.buffer].data
-            try:
-                doc = json.loads(bytes(np.asarray(data if data is not None else [], np.uint8)).decode())
-                _check_metadata(doc)
-                return doc
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
-                raise TfcError(f"{source}: its {METADATA_NAME} buffer is corrupt ({type(e).__name__}: "
-                               f"{str(e)[:100]})") from e
-    return None
-
-
-def _check_metadata(doc) -> None:
+def check_metadata(doc) -> None:
+    """Checks an older tfcompress JSON metadata document (ValueError/KeyError/TypeError if malformed)."""
     norm = doc["input_normalization"]
     mean, std = [norm[k] if isinstance(norm[k], list) else [norm[k]] for k in ("mean", "std")]
     values = [float(v) for v in mean + std if not isinstance(v, bool)]

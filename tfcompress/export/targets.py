@@ -79,10 +79,14 @@ class Preflight:
       target: the target name.
       unsupported_ops: op name -> how many, for ops the delegate will not run.
       failed_constraints: one sentence per failed model-level constraint.
+      client_warnings: what an app's inference client (the Task Library, MediaPipe Tasks, ML Model
+        Binding) will refuse or cannot know: int8/int16 image inputs, no standard metadata.  They do not
+        fail the preflight (a delegate runs the model), and are printed after it.
     """
     target: str
     unsupported_ops: Dict[str, int]
     failed_constraints: List[str]
+    client_warnings: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,15 +94,16 @@ class Preflight:
 
     def lines(self) -> List[str]:
         t = TARGETS[self.target]
+        warnings = [f"  client: {w}" for w in self.client_warnings]
         if self.ok:
-            return [f"preflight {self.target}: ok ({t.description})"]
+            return [f"preflight {self.target}: ok ({t.description})"] + warnings
         out = [f"preflight {self.target}: {len(self.unsupported_ops)} op type(s) not run by the {t.delegate} "
                f"delegate, {len(self.failed_constraints)} constraint(s) failed ({t.description})"]
         out += [f"  op {name} x{n}: runs outside the {t.delegate} delegate" if t.ops else
                 f"  op {name} x{n}: not a builtin op; stock LiteRT cannot run it"
                 for name, n in sorted(self.unsupported_ops.items())]
         out += [f"  constraint: {c}" for c in self.failed_constraints]
-        return out
+        return out + warnings
 
 
 def get_target(name: str) -> Target:
@@ -161,4 +166,24 @@ def preflight(flatbuffer: bytes, target_name: str) -> Preflight:
                           + ", ".join(sorted({t.dtype.name for t in io})) + " I/O")
         if any(infos[t].dtype == np.int16 for t in activations):
             failed.append("int16 activations (int16x8) are not supported by the GPU delegate")
-    return Preflight(target=target.name, unsupported_ops=unsupported, failed_constraints=failed)
+    return Preflight(target=target.name, unsupported_ops=unsupported, failed_constraints=failed,
+                     client_warnings=client_warnings(model, infos))
+
+
+def client_warnings(model, infos) -> List[str]:
+    """What the Task Library and MediaPipe Tasks refuse or cannot see (any target: the client is the app's).
+
+    Their image pre-processing feeds uint8 pixels or normalized float32 and
+    rejects other input types ("Requested one of these types: uint8/float32"),
+    and it reads normalization and labels only from standard TFLite Metadata.
+    """
+    from tfcompress.export.metadata import METADATA_BUFFER_NAME  # pylint: disable=import-outside-toplevel
+    out = []
+    subgraph = model.subgraphs[0]
+    first = infos[subgraph.inputs[0]] if len(subgraph.inputs) else None
+    if first is not None and len(first.shape) == 4 and first.dtype not in (np.uint8, np.float32):
+        out.append(f"{first.dtype.name} image input: the Task Library and MediaPipe take uint8 or float32 "
+                   "images and refuse it (convert with --io=uint8 or --io=float)")
+    if not any(fb.text(m.name) == METADATA_BUFFER_NAME for m in model.metadata or []):
+        out.append("no TFLite Metadata: clients see no normalization and no labels (convert writes it)")
+    return out

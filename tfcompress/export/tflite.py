@@ -49,6 +49,11 @@ from tfcompress.io.frozen import FrozenModel
 
 MODES = ("none", "float16", "dynamic", "int8", "uint8", "int16x8")
 FULL_INTEGER = ("int8", "uint8")
+IO_TYPES = ("float", "uint8", "int8")
+# The I/O types each mode can give; the first is its default.  A full-integer model defaults to uint8
+# I/O: the Task Library and MediaPipe take uint8 or float32 inputs and refuse int8.
+MODE_IO = {"none": ("float",), "float16": ("float",), "dynamic": ("float",), "int8": ("uint8", "int8", "float"),
+           "uint8": ("uint8", "float"), "int16x8": ("int16", "float")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,15 +61,25 @@ class TfliteConfig:
     """How to convert.
 
     Attributes:
-      quantize: none | float16 | dynamic | int8 (int8 I/O) | uint8 (uint8 I/O) | int16x8.
+      quantize: none | float16 | dynamic | int8 | uint8 (int8 inside, a per-tensor-friendly uint8 target) |
+        int16x8.
       per_channel: per-channel weights (False: per-tensor, for targets that need it).
+      io: the input and output type: float, uint8 or int8 (None: the mode's default, `MODE_IO`).
     """
     quantize: str = "int8"
     per_channel: bool = True
+    io: Optional[str] = None
 
     def __post_init__(self):
         if self.quantize not in MODES:
             raise TfcError(f"unknown --quantize {self.quantize!r} (choose from {', '.join(MODES)})")
+        if self.io is None:
+            object.__setattr__(self, "io", MODE_IO[self.quantize][0])
+        elif self.io not in IO_TYPES:
+            raise TfcError(f"unknown --io {self.io!r} (choose from {', '.join(IO_TYPES)})")
+        elif self.io not in MODE_IO[self.quantize]:
+            raise TfcError(f"--quantize={self.quantize} cannot give --io={self.io} (it gives "
+                           f"{' or '.join(MODE_IO[self.quantize])})")
 
     @property
     def needs_ranges(self) -> bool:
@@ -201,6 +216,78 @@ def quantize_calibrated(calibrated: bytes, mode: str, per_channel: bool = True,
         raise TfcError(f"TFLite quantizer failed: {str(e).strip().splitlines()[0][:300]}") from e
 
 
+_IO_DTYPE = {"float": 0, "uint8": 3, "int8": 9}  # TensorType values
+
+
+def _op_code(model, builtin: int) -> int:
+    """The index of the operator code for a builtin op (added at version 2, the int8 kernels', if missing)."""
+    schema = fb.schema_module()
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and not code.customCode:
+            return i
+    model.operatorCodes.append(schema.OperatorCodeT(deprecatedBuiltinCode=min(builtin, 127), version=2,
+                                                    builtinCode=builtin))
+    return len(model.operatorCodes) - 1
+
+
+def set_io(flatbuffer: bytes, io: str) -> bytes:
+    """A full-integer flatbuffer (int8 or uint8 I/O) with `io` (float, uint8 or int8) at its boundaries.
+
+    Each integer input or output of another type gets a tensor of the wanted
+    type in its place, joined to it by a QUANTIZE (uint8 <-> int8: the same
+    scale, the zero point moved by 128; float -> integer) or a DEQUANTIZE
+    (integer -> float), as the converter's own `inference_input_type` does.
+    The scale is kept, so values are unchanged.
+    """
+    schema = fb.schema_module()
+    want = _IO_DTYPE[io]
+    model = fb.parse(flatbuffer)
+    subgraph = model.subgraphs[0]
+    subgraph.inputs, subgraph.outputs = [int(i) for i in subgraph.inputs], [int(i) for i in subgraph.outputs]
+    changed = False
+
+    def boundary(index: int):
+        tensor = subgraph.tensors[index]
+        if tensor.type not in (_IO_DTYPE["uint8"], _IO_DTYPE["int8"]) or tensor.type == want:
+            return None
+        new = schema.TensorT()
+        new.shape, new.shapeSignature, new.type = tensor.shape, tensor.shapeSignature, want
+        new.name = fb.text(tensor.name)
+        tensor.name = new.name + ("_int8" if tensor.type == _IO_DTYPE["int8"] else "_uint8")
+        new.buffer = 0
+        if want != _IO_DTYPE["float"]:
+            q = tensor.quantization
+            new.quantization = schema.QuantizationParametersT()
+            new.quantization.scale = list(q.scale)
+            shift = 128 if want == _IO_DTYPE["uint8"] else -128
+            new.quantization.zeroPoint = [int(z) + shift for z in q.zeroPoint]
+        subgraph.tensors.append(new)
+        return len(subgraph.tensors) - 1
+
+    head, tail = [], []
+    for position, index in enumerate(subgraph.inputs):
+        new = boundary(index)
+        if new is not None:
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = _op_code(model, 114), [new], [index]  # QUANTIZE
+            head.append(op)
+            subgraph.inputs[position] = new
+            changed = True
+    for position, index in enumerate(subgraph.outputs):
+        new = boundary(index)
+        if new is not None:
+            op = schema.OperatorT()
+            op.opcodeIndex = _op_code(model, 6 if io == "float" else 114)  # DEQUANTIZE or QUANTIZE
+            op.inputs, op.outputs = [index], [new]
+            tail.append(op)
+            subgraph.outputs[position] = new
+            changed = True
+    if not changed:
+        return flatbuffer
+    subgraph.operators = head + list(subgraph.operators) + tail
+    return fb.serialize(model)
+
+
 @contextlib.contextmanager
 def _native_stderr_discarded():
     """Discards what native code writes to file descriptor 2 meanwhile.
@@ -272,8 +359,9 @@ def convert_tflite(model: FrozenModel, config: TfliteConfig,
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        converter.inference_input_type = tf.int16
-        converter.inference_output_type = tf.int16
+        if config.io == "int16":
+            converter.inference_input_type = tf.int16
+            converter.inference_output_type = tf.int16
     converter._experimental_disable_per_channel = not config.per_channel  # pylint: disable=protected-access
     return TfliteResult(flatbuffer=_run_converter(converter), ranges_applied=[])
 

@@ -142,11 +142,11 @@ def read_cache(data: bytes, workdir: str) -> None:
 
 
 def read_flatbuffer(data: bytes, workdir: str) -> None:  # pylint: disable=unused-argument
-    from tfcompress.export import flatbuffer as fb, litert, tfc  # pylint: disable=import-outside-toplevel
+    from tfcompress.export import flatbuffer as fb, litert, metadata, tfc  # pylint: disable=import-outside-toplevel
     model = fb.parse(data, "case.tflite")
     fb.tensors(model)
     fb.operators(model)
-    fb.read_metadata(data)
+    metadata.read(data, "case.tflite")
     tfc.weight_buffers(data)
     litert.check_untrusted(data, "case.tflite", _sandbox())
     runner = litert.LiteRTRunner(data, source="case.tflite")  # As eval runs it, in this process.
