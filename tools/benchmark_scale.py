@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/benchmark_scale.py                 # VGG16 at 256x256, 60 and 120 images
     .venv/bin/python tools/benchmark_scale.py --models=VGG16,ResNet50 --images=60
+    .venv/bin/python tools/benchmark_scale.py --models= --pass_copies=1,4,16,64   # graph passes only, ~10 s
 
 Every measurement is a fresh process (its peak RSS from wait4), all in one run:
   - the stock TFLiteConverter's default int8 (Optimize.DEFAULT, representative dataset of the images);
@@ -10,6 +11,10 @@ Every measurement is a fresh process (its peak RSS from wait4), all in one run:
 Models are keras.applications backbones with seeded weights (only cost is measured), a global-average
 pool and a 10-way softmax head: VGG16 at 256x256, ResNet50 and EfficientNetB0 at 224x224.  Images are the
 shipped patches (testdata/images/patches), resized to the model.
+
+First, the float-graph passes (`graph.passes.optimize`) on 1x, 4x, 16x and 64x stacked copies of an
+inverted-residual block (`zoo.stacked_blocks`): nodes, time, time per node and pattern-match calls per
+node, which stay flat when a pass is linear in graph size.
 """
 
 import os
@@ -29,6 +34,8 @@ from absl import flags  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODELS = flags.DEFINE_list("models", ["VGG16"], "keras.applications backbones: VGG16, ResNet50, EfficientNetB0.")
 _IMAGES = flags.DEFINE_integer("images", 60, "Calibration images N (calibration is also run on 2N).", lower_bound=1)
+_PASS_COPIES = flags.DEFINE_list("pass_copies", ["1", "4", "16", "64"], "Stacked block copies for the graph-pass "
+                                 "table (empty: skip it).")
 SIZES = {"VGG16": 256, "ResNet50": 224, "EfficientNetB0": 224}
 NORMS = {"VGG16": ((123.68, 116.779, 103.939), 1.0, "bgr"), "ResNet50": ((123.68, 116.779, 103.939), 1.0, "bgr"),
          "EfficientNetB0": ((0.0,), 1.0, "rgb")}
@@ -75,9 +82,35 @@ def run_child(argv):
     return wall, usage.ru_maxrss / 1024.0
 
 
+def pass_rows():
+    """The graph-pass table: passes timed in this process on stacked blocks, best of 3."""
+    from tfcompress.evaluate.zoo import stacked_blocks
+    from tfcompress.graph.passes import optimize
+    from tfcompress.graph.rewriters import base
+    from tfcompress.io.loaders import freeze_keras_model
+    rows = [["block copies", "nodes", "rewrites", "optimize ms", "µs per node", "match calls per node"]]
+    for copies in [int(c) for c in _PASS_COPIES.value]:
+        frozen = freeze_keras_model(stacked_blocks(copies))
+        times = []
+        for _ in range(3):
+            base.MATCH_CALLS["count"] = 0
+            start = time.perf_counter()
+            _, results = optimize(frozen)
+            times.append(time.perf_counter() - start)
+        nodes = len(frozen.graph_def.node)
+        rows.append([copies, nodes, sum(r.rewrites for r in results), f"{1e3 * min(times):.0f}",
+                     f"{1e6 * min(times) / nodes:.0f}", f"{base.MATCH_CALLS['count'] / nodes:.2f}"])
+    return rows
+
+
 def main() -> None:
     from tfcompress.errors import TfcError
     from tfcompress.data.images import list_images
+    if _PASS_COPIES.value:
+        print("graph passes on stacked inverted-residual blocks (this process, best of 3)")
+        common.print_table(pass_rows())
+    if not _MODELS.value:
+        return
     python = sys.executable
     tool = {name: [python, os.path.join(ROOT, "tools", name + ".py")] for name in ("calibrate", "convert")}
     images = list_images(os.path.join(ROOT, "testdata", "images", "patches"))

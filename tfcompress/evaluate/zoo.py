@@ -46,6 +46,25 @@ def mobilenet_preprocessing(size: int) -> Preprocessing:
     return Preprocessing.for_input((None, size, size, 3), mean=127.5, std=127.5)
 
 
+def stacked_blocks(copies: int, *, size: int = 16, channels: int = 8, seed: int = 0):
+    """`copies` inverted-residual blocks in a row (1x1 conv, BN, ReLU6; depthwise, BN, ReLU; 1x1 conv, BN;
+    identity Add), for measuring how graph passes scale with graph size: every block holds the same
+    rewrites (three BN folds, two activation spellings), so the node count grows with `copies` and
+    nothing else does.  Untrained (seeded): only structure matters here.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    inputs = keras.Input((size, size, channels))
+    x = inputs
+    for _ in range(copies):
+        y = layers.ReLU(max_value=6.0)(layers.BatchNormalization()(layers.Conv2D(channels * 2, 1)(x)))
+        y = layers.ReLU()(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(y)))
+        x = layers.Add()([x, layers.BatchNormalization()(layers.Conv2D(channels, 1)(y))])
+    outputs = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs, name=f"stacked_{copies}")
+
+
 # keras.applications builders for scale, with the preprocessing each expects.
 APPLICATIONS = {
     "MobileNetV2": ("MobileNetV2", dict(mean=127.5, std=127.5)),

@@ -1,6 +1,13 @@
-"""A mutable view of a GraphDef with name lookup and consumer maps."""
+"""A mutable view of a GraphDef with name lookup and consumer maps.
 
-from typing import Dict, Iterable, List, Optional
+The consumer map is kept up to date by every mutation made through the
+`Graph` methods (add, remove, set_inputs, rewire), at a cost proportional to
+the inputs touched, so a pass that rewrites k places costs O(k), not O(k·n).
+Code that edits a NodeDef's inputs directly must call `invalidate()`, and
+the map is rebuilt on the next lookup.
+"""
+
+from typing import Dict, Iterable, List, Optional, Set
 
 import numpy as np
 import tensorflow as tf
@@ -70,21 +77,50 @@ class Graph:
         self.library.CopyFrom(graph_def.library)
         self.versions = graph_def.versions
         self.outputs = [node_name(o) for o in outputs]
-        self._consumers: Optional[Dict[str, List]] = None
+        # producer name -> {consumer name: how many of its inputs read the producer}
+        self._consumers: Optional[Dict[str, Dict[str, int]]] = None
+        self._touched: Optional[Set[str]] = None
 
     # -- lookup -----------------------------------------------------------
     def node(self, name: str):
         return self.nodes.get(node_name(name))
 
     def consumers(self, name: str) -> List:
-        """Nodes that take any output (or a control edge) of node `name`."""
+        """Nodes that take any output (or a control edge) of node `name` (once per input that reads it)."""
         if self._consumers is None:
-            table: Dict[str, List] = {}
+            self._consumers = {}
             for n in self.nodes.values():
-                for inp in n.input:
-                    table.setdefault(node_name(inp), []).append(n)
-            self._consumers = table
-        return self._consumers.get(node_name(name), [])
+                self._index(n, +1)
+        readers = self._consumers.get(node_name(name), {})
+        return [self.nodes[c] for c, k in readers.items() if c in self.nodes for _ in range(k)]
+
+    def _index(self, node, sign: int) -> None:
+        """Adds (+1) or removes (-1) the consumer-map entries of `node`'s inputs."""
+        if self._consumers is None:
+            return
+        for inp in node.input:
+            readers = self._consumers.setdefault(node_name(inp), {})
+            readers[node.name] = readers.get(node.name, 0) + sign
+            if readers[node.name] <= 0:
+                del readers[node.name]
+
+    def _touch(self, node) -> None:
+        """Records a node whose inputs changed, and its producers (whose consumers changed)."""
+        if self._touched is not None:
+            self._touched.add(node.name)
+            self._touched.update(node_name(i) for i in node.input)
+
+    def track_changes(self) -> None:
+        """Starts recording the nodes that mutations touch (see `take_touched`)."""
+        self._touched = set()
+
+    def take_touched(self) -> Set[str]:
+        """Names touched since `track_changes` or the last call; recording goes on until `stop_tracking`."""
+        touched, self._touched = self._touched or set(), set()
+        return touched
+
+    def stop_tracking(self) -> None:
+        self._touched = None
 
     def is_output(self, name: str) -> bool:
         return node_name(name) in self.outputs
@@ -104,12 +140,28 @@ class Graph:
 
     # -- mutation ---------------------------------------------------------
     def add(self, node) -> None:
+        old = self.nodes.get(node.name)
+        if old is not None:
+            self._index(old, -1)
+            self._touch(old)
         self.nodes[node.name] = node
-        self._consumers = None
+        self._index(node, +1)
+        self._touch(node)
 
     def remove(self, name: str) -> None:
-        self.nodes.pop(name, None)
-        self._consumers = None
+        old = self.nodes.pop(name, None)
+        if old is not None:
+            self._index(old, -1)
+            self._touch(old)
+
+    def set_inputs(self, node, inputs: Iterable[str]) -> None:
+        """Replaces the inputs of `node` (a node of this graph)."""
+        self._index(node, -1)
+        self._touch(node)
+        del node.input[:]
+        node.input.extend(list(inputs))
+        self._index(node, +1)
+        self._touch(node)
 
     def set_const(self, name: str, value, dtype=None) -> None:
         """Replaces node `name` by a Const holding `value` (same name)."""
@@ -119,13 +171,13 @@ class Graph:
         """Makes every consumer of tensor `old` read tensor `new` instead."""
         old_t = tensor_name(old)
         new_ref = new[:-2] if new.endswith(":0") else new
-        for n in self.nodes.values():
-            for i, inp in enumerate(n.input):
-                if not inp.startswith("^") and tensor_name(inp) == old_t:
-                    n.input[i] = new_ref
-        self._consumers = None
+        for n in {c.name: c for c in self.consumers(old)}.values():
+            inputs = [new_ref if not inp.startswith("^") and tensor_name(inp) == old_t else inp for inp in n.input]
+            if inputs != list(n.input):
+                self.set_inputs(n, inputs)
 
     def invalidate(self) -> None:
+        """After NodeDef inputs were edited directly: the consumer map is rebuilt on next use."""
         self._consumers = None
 
     # -- output -----------------------------------------------------------

@@ -28,6 +28,10 @@ class OpTypePattern:
         self.commutative = commutative
         self.single_consumer = single_consumer
 
+    def depth(self) -> int:
+        """Nodes on the longest path from the root to a leaf pattern (1 for a single node)."""
+        return 1 + max((p.depth() for p in self.inputs), default=0)
+
     def match(self, graph: Graph, node) -> Optional[Dict[str, object]]:
         found: Dict[str, object] = {}
         return found if self._match(graph, node, found) else None

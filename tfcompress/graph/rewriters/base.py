@@ -1,5 +1,6 @@
 """Shared driver for pattern rewrites and weight-layout helpers."""
 
+import heapq
 from typing import Callable, Optional
 
 import numpy as np
@@ -10,20 +11,53 @@ from tfcompress.graph.pattern import OpTypePattern
 LINEAR_OPS = "Conv2D|DepthwiseConv2dNative|MatMul"
 
 
+# Pattern.match calls made by apply_pattern, for tests and benchmarks that check passes stay linear.
+MATCH_CALLS = {"count": 0}
+
+
 def apply_pattern(graph: Graph, pattern: OpTypePattern, rewrite: Callable[[Graph, dict], bool]) -> int:
-    """Runs `rewrite` on every match of `pattern`, producers first, until none applies."""
+    """Runs `rewrite` on every match of `pattern`, producers first, until none applies.
+
+    One walk with a worklist: every node is tried once in topological order,
+    and after a rewrite only what it could have changed is tried again — the
+    nodes it touched (added, replaced, rewired, removed, and their producers,
+    whose consumer counts changed) and their consumers up to the pattern's
+    depth, since a match rooted there may now differ.  Revisits keep the
+    topological position of what they replace (new nodes take the rewritten
+    root's), so producers still come first.  The cost is O(nodes + rewrites x
+    pattern neighbourhood), not a restart per rewrite.
+    """
+    order = graph.topo_order()
+    position = {n.name: i for i, n in enumerate(order)}
+    heap = [(i, n.name) for i, n in enumerate(order)]
+    queued = set(position)
+    depth = pattern.depth()
     count = 0
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.topo_order():
-            if node.name not in graph.nodes:
+    graph.track_changes()
+    try:
+        while heap:
+            at, name = heapq.heappop(heap)
+            queued.discard(name)
+            node = graph.nodes.get(name)
+            if node is None:
                 continue
+            MATCH_CALLS["count"] += 1
             match = pattern.match(graph, node)
-            if match is not None and rewrite(graph, match):
-                count += 1
-                changed = True
-                break
+            if match is None or not rewrite(graph, match):
+                graph.take_touched()  # a declined rewrite must not have changed anything
+                continue
+            count += 1
+            frontier = {t for t in graph.take_touched() if t in graph.nodes}
+            revisit = set(frontier)
+            for _ in range(depth - 1):
+                frontier = {c.name for f in frontier for c in graph.consumers(f)} - revisit
+                revisit |= frontier
+            for name in revisit:
+                if name not in queued and name in graph.nodes:
+                    queued.add(name)
+                    heapq.heappush(heap, (position.setdefault(name, at), name))
+    finally:
+        graph.stop_tracking()
     return count
 
 

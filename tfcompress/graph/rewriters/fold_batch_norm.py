@@ -58,7 +58,7 @@ def _fold(graph: Graph, match, scale: np.ndarray, shift: np.ndarray, last) -> bo
     new_b = (bias.reshape(-1).astype(np.float64) * scale + shift).astype(dtype)
     w_name = graph.unique_name(linear.name + "/folded_weights")
     graph.add(make_const(w_name, new_w))
-    linear.input[1] = w_name
+    graph.set_inputs(linear, [linear.input[0], w_name, *linear.input[2:]])
     b_name = graph.unique_name(last.name + "/folded_bias")
     graph.add(make_const(b_name, new_b))
     fmt = {}

@@ -46,8 +46,7 @@ def run(graph: Graph) -> int:
             return False
         name = g.unique_name(m["reshape"].name + "/static_shape")
         g.add(make_const(name, np.array([-1, size], np.int32)))
-        m["reshape"].input[1] = name
-        g.invalidate()
+        g.set_inputs(m["reshape"], [m["reshape"].input[0], name, *m["reshape"].input[2:]])
         return True
 
     count = apply_pattern(graph, FLATTEN, flatten)

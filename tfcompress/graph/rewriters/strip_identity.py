@@ -22,9 +22,7 @@ def run(graph: Graph) -> int:
     for node in graph.nodes.values():
         controls = [i for i in node.input if i.startswith("^")]
         if controls:
-            kept = [i for i in node.input if not i.startswith("^")]
-            del node.input[:]
-            node.input.extend(kept)
+            graph.set_inputs(node, [i for i in node.input if not i.startswith("^")])
             count += 1
     for node in list(graph.nodes.values()):
         if node.op == "NoOp" and not graph.is_output(node.name):
@@ -40,5 +38,4 @@ def run(graph: Graph) -> int:
                 graph.rewire(f"{node.name}:{k}", source)
             graph.remove(node.name)
             count += 1
-    graph.invalidate()
     return count
