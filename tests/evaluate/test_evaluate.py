@@ -210,6 +210,21 @@ def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
     assert report.first_kernel_divergence == unchanged.first_kernel_divergence
 
 
+# Constants of the frozen graph that are not weights (reduction axes, shapes): at most this many bytes.
+NON_WEIGHT_CONST_BYTES = 1024
+
+
+def test_a_keras_model_is_sized_by_its_weights_not_its_file():
+    import keras
+    from tfcompress.evaluate.artifacts import GraphArtifact
+    weights = sum(w.nbytes for w in keras.saving.load_model(KERAS_MODEL, safe_mode=True).get_weights())
+    # The shipped .keras holds its optimizer's state too (Adam: two slots per weight) and its config.
+    assert os.path.getsize(KERAS_MODEL) > 3 * weights
+    artifact = GraphArtifact(KERAS_MODEL)
+    assert weights <= artifact.size().raw <= weights + NON_WEIGHT_CONST_BYTES, (artifact.size(), weights)
+    artifact.close()
+
+
 def test_report_writes_html_plots_and_markdown(artifacts, tmp_path):
     out, _ = artifacts
     models = [KERAS_MODEL, f"{out}/q8", f"{out}/int8.tflite", f"{out}/f16.tflite", f"{out}/m.onnx"]
