@@ -94,12 +94,12 @@ def run_tool_in_process(tool: str, *args) -> ToolResult:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         flags.FLAGS.unparse_flags()
         try:
-            flags.FLAGS([f"tfcompress {tool}", *args])
+            rest = flags.FLAGS([f"tfcompress {tool}", *args])[1:]
         except flags.Error as e:
             print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
             return ToolResult(1, out.getvalue(), err.getvalue())
         try:
-            module.main()
+            module.main(rest) if rest else module.main()  # Arguments after the flags: only tools that take them.
             code = 0
         except TfcError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _API = {
     "calibrate": "tfcompress.api.graph_jobs",
+    "merge_caches": "tfcompress.api.graph_jobs",
     "quantize_graph": "tfcompress.api.graph_jobs",
     "convert": "tfcompress.api.graph_jobs",
     "CalibrationOptions": "tfcompress.api.graph_jobs",

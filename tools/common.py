@@ -329,10 +329,11 @@ def print_help(argv0: str, out=sys.stdout) -> None:
             print(f"  --{flag.name}: {flag.help}{default}", file=out)
 
 
-def run_main(main) -> None:
+def run_main(main, positional: bool = False) -> None:
     """absl's app.run, with TfcError turned into one line on stderr and exit status 1.
 
     `--help` (or -h) prints the command's own flags and exits 0; `--helpfull` also lists absl's.
+    With `positional`, main takes the arguments after the flags; otherwise any is an error.
     """
     if any(a in ("--help", "-h", "-?") for a in sys.argv[1:]):
         print_help(sys.argv[0])
@@ -342,7 +343,7 @@ def run_main(main) -> None:
         # Under `bazel run`, relative paths mean the user's directory, not the runfiles tree.
         if os.environ.get("BUILD_WORKING_DIRECTORY"):
             os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
-        if len(argv) > 1:
+        if len(argv) > 1 and not positional:
             print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
             sys.exit(2)
         import tensorflow as tf
@@ -351,7 +352,11 @@ def run_main(main) -> None:
         logging.set_verbosity(logging.WARNING)  # The TFLite converter logs routine INFO lines.
         from tfcompress.errors import TfcError
         try:
-            main()
+            if "distribute" in flags.FLAGS and flags.FLAGS.distribute == "multi_worker":
+                # Collectives are set up before TensorFlow runs anything (it refuses them later).
+                from tfcompress.keras.distribute import strategy
+                strategy("multi_worker")
+            main(argv[1:]) if positional else main()
         except TfcError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

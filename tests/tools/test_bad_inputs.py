@@ -215,6 +215,12 @@ CASES = [
     ("calibrate", ["--input={bad}/model_copy.keras", "--calibration_cache={bad}/model_copy.keras", "--recalibrate"],
      "--calibration_cache {bad}/model_copy.keras is inside the input"),
     ("calibrate", ["--calibration_images={bad}/no_images"], "image folder {bad}/no_images has no images"),
+    ("calibrate", ["--merge", "{bad}/good.ranges.json", "{bad}/stale.ranges.json"],
+     "calibration caches {bad}/good.ranges.json and {bad}/stale.ranges.json were made for different models"),
+    ("calibrate", ["--merge", "{bad}/good.ranges.json", "{bad}/garbage.ranges.json"],
+     "calibration cache {bad}/garbage.ranges.json is unreadable or corrupt"),
+    ("calibrate", ["--merge", "{bad}/good.ranges.json"], "--merge needs at least two calibration caches"),
+    ("calibrate", ["--shard=2/2"], "--shard=2/2: give K/N with 0 <= K < N"),
     ("calibrate", ["--input={bad}/variant_sm"], "model {bad}/variant_sm: output v has dtype variant"),
     # Outputs over inputs, existing outputs, unwritable places.
     ("quantize_graph", ["--input={bad}/model_copy.keras", "--output={bad}"],

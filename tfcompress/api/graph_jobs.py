@@ -9,7 +9,7 @@ written atomically and never over an input (see `io.atomic`).
 
 import dataclasses
 import os
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from tfcompress.api.models import LoadOptions, load_frozen_released, model_path
 from tfcompress.errors import TfcError
@@ -108,8 +108,11 @@ class CalibrateResult:
 
 def calibrate(model, images=None, *, data=None, cache: Optional[str] = None, recalibrate: bool = False,
               options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
-              progress: bool = False) -> CalibrateResult:
+              shard: Optional[Tuple[int, int]] = None, progress: bool = False) -> CalibrateResult:
     """Collects activation statistics of `model` on `images`, reusing or writing the cache at `cache`.
+
+    Sharded over several workers, each calls this with its `shard` and its own cache, and `merge_caches`
+    joins the caches into the one a single process makes from all the images.
 
     Args:
       model: a SavedModel directory, .keras, .h5 or frozen .pb path, or a keras.Model.
@@ -121,6 +124,7 @@ def calibrate(model, images=None, *, data=None, cache: Optional[str] = None, rec
       recalibrate: ignore an existing cache and replace it (only a tfcompress cache is ever replaced).
       options: calibrator and preprocessing.
       load: how the model file is read.
+      shard: (index, count): read only images (samples) index, index + count, … of the set.
       progress: show a progress bar.
 
     Returns:
@@ -136,9 +140,42 @@ def calibrate(model, images=None, *, data=None, cache: Optional[str] = None, rec
     prep, bound = options.calibration_feed(float_model, images, data)
     result = run_calibration(float_model, prep=prep, calibrator=options.calibrator_config(), images=images,
                              data=bound, cache_path=cache, recalibrate=recalibrate,
-                             batch_size=options.batch_size, progress=progress)
+                             batch_size=options.batch_size, shard=shard, progress=progress)
     return CalibrateResult(cache=result.cache, reused=result.reused, images_read=result.images_read,
                            cache_path=cache)
+
+
+def merge_caches(caches: Sequence[str], cache: str):
+    """Merges the calibration caches of shards of one calibration (`calibrate(..., shard=)`) into `cache`.
+
+    The histograms, minima, maxima and counts equal a single process's over all the shards' images, bit for
+    bit, so every calibrator gives the same ranges; per-channel sums agree to float64 rounding.  `cache` is
+    written atomically, only over an earlier tfcompress cache, and never over one being merged.
+
+    Returns:
+      The merged `CalibrationCache`.
+
+    Raises:
+      TfcError: fewer than two caches, an unreadable one, caches of different models, preprocessing or
+        tensors, the same shard twice, or `cache` one of the inputs; nothing is written.
+    """
+    from tfcompress.calibrate import cache as cache_lib  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.atomic import check_no_overlap  # pylint: disable=import-outside-toplevel
+    if not cache:
+        raise TfcError("--calibration_cache is required: the merged cache is written there")
+    if any(os.path.realpath(cache) == os.path.realpath(path) for path in caches):
+        raise TfcError(f"--calibration_cache {cache} is one of the caches being merged; name a new file")
+    check_no_overlap(cache, list(caches), what="--calibration_cache")
+    loaded = []
+    for path in caches:
+        if not os.path.isfile(path):
+            raise TfcError(f"calibration cache {path} does not exist")
+        loaded.append((path, cache_lib.load(path)))
+    merged = cache_lib.merge(loaded)
+    if os.path.isdir(cache):
+        raise TfcError(f"--calibration_cache {cache} is a directory; name a .json file")
+    cache_lib.save(merged, cache)
+    return merged
 
 
 def _pair(values: Optional[Sequence[float]], flag: str):
@@ -220,6 +257,8 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
     from tfcompress.io.writers import write_model  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.config import QuantConfig  # pylint: disable=import-outside-toplevel
     from tfcompress.quantize.convert import quantize_model  # pylint: disable=import-outside-toplevel
+    if output_format not in ("saved_model", "frozen_pb"):
+        raise TfcError(f"output_format {output_format!r}: give saved_model or frozen_pb")
     check_output(output, [model_path(model), _folder(images), _folder(data), cache, _folder(eval_images)],
                  overwrite=overwrite, directory=output_format == "saved_model")
     _cache_inputs(model, images, cache)

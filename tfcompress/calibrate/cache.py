@@ -21,6 +21,11 @@ Schema (version 2):
       }
     }
 
+A cache made from a shard of the data (`calibrate --shard`) merges with the
+other shards' (`merge`) into the cache of the whole: the same histograms and
+ranges bit for bit, the per-channel sums to float64 rounding (see `stats`).  The merged `images.sha256` (and, for tensor data, the
+data's sha256) is a digest of the shards' digests, not of the data itself.
+
 `fingerprint` decides validity: a different model, preprocessing or collector
 makes the cache stale; for tensor calibration data (`data.tensors`), the
 data's digest stands in for the preprocessing.  `range` is what `calibrator` derived; another
@@ -30,9 +35,10 @@ names (TFLite) map them through the graph's layer names.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from tfcompress.calibrate.calibrators import CalibratorConfig, compute_ranges
 from tfcompress.calibrate.stats import MAX_BINS, TensorStats
@@ -187,6 +193,71 @@ def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, prep
                          if cache.preprocessing.get(k) != preprocessing.get(k))
         raise TfcError(f"calibration cache {path} is stale: preprocessing differs ({', '.join(changed)}); "
                        "pass --recalibrate to overwrite it")
+
+
+def merge(caches: Sequence[Tuple[str, CalibrationCache]]) -> CalibrationCache:
+    """The cache of the union of the shards the `caches` ((path, cache) pairs) were made from.
+
+    The statistics merge exactly (`TensorStats.merge`), in any order.  The calibrator is the first cache's.
+
+    Raises:
+      TfcError: fewer than two caches; caches of different models, preprocessing, input layouts or tensor
+        sets; two caches of the same images.
+    """
+    if len(caches) < 2:
+        raise TfcError("--merge needs at least two calibration caches")
+    (first_path, first), rest = caches[0], caches[1:]
+    seen = {first.image_sha256: first_path}
+    for path, cache in rest:
+        if cache.model_fingerprint != first.model_fingerprint:
+            raise TfcError(f"calibration caches {first_path} and {path} were made for different models; "
+                           "only shards of one model's calibration merge")
+        if _layout(cache.preprocessing) != _layout(first.preprocessing):
+            raise TfcError(f"calibration caches {first_path} and {path} were made with different preprocessing "
+                           "or input layouts")
+        if set(cache.stats) != set(first.stats):
+            name = sorted(set(cache.stats) ^ set(first.stats))[0]
+            raise TfcError(f"calibration caches {first_path} and {path} hold different tensors (first: {name})")
+        if cache.image_sha256 in seen:
+            raise TfcError(f"calibration caches {seen[cache.image_sha256]} and {path} were made from the same "
+                           "images; merge each shard once")
+        seen[cache.image_sha256] = path
+    stats = {}
+    for name in first.stats:
+        merged = TensorStats()
+        for path, cache in caches:
+            try:
+                merged.merge(cache.stats[name])
+            except TfcError as e:
+                raise TfcError(f"calibration cache {path}: tensor {name}: {e}") from e
+        stats[name] = merged
+    digest = _digest_of(sorted(cache.image_sha256 for _, cache in caches))
+    preprocessing = first.preprocessing
+    if "calibration_data" in preprocessing:
+        inputs = {name: dict(spec, shape=[sum(c.preprocessing["calibration_data"]["inputs"][name]["shape"][0]
+                                              for _, c in caches)] + spec["shape"][1:])
+                  for name, spec in preprocessing["calibration_data"]["inputs"].items()}
+        shas = sorted(c.preprocessing["calibration_data"]["sha256"] for _, c in caches)
+        preprocessing = {"calibration_data": {"inputs": inputs, "sha256": _digest_of(shas)}}
+    return CalibrationCache(model_fingerprint=first.model_fingerprint, preprocessing=preprocessing, stats=stats,
+                            calibrator=first.calibrator, image_count=sum(c.image_count for _, c in caches),
+                            image_sha256=digest, full_range=first.full_range)
+
+
+def _layout(preprocessing: dict) -> dict:
+    """What shards of one calibration share: the image preprocessing, or the tensor data's inputs without
+    their sample counts and digest."""
+    if "calibration_data" not in preprocessing:
+        return preprocessing
+    inputs = preprocessing["calibration_data"].get("inputs", {})
+    return {name: (spec.get("dtype"), list(spec.get("shape", []))[1:]) for name, spec in inputs.items()}
+
+
+def _digest_of(digests: Sequence[str]) -> str:
+    h = hashlib.sha256(b"tfcompress merged shards\0")
+    for d in digests:
+        h.update(d.encode() + b"\0")
+    return h.hexdigest()
 
 
 def exists(path: Optional[str]) -> bool:

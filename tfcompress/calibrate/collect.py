@@ -157,9 +157,10 @@ class StatsRunner(SessionOwner):
             total = tf.cast(tf.reduce_sum(flat), tf.float64)
         # The sum is finite exactly when every value is (an empty tensor is skipped on the host).
         ok = tf.math.is_finite(total) & (count > 0)
-        # The first batch's width, as TensorStats.update picks it; later ones take the host's width.
-        span = tf.maximum(tf.maximum(hi - lo, tf.abs(hi)), tf.maximum(tf.abs(lo), 1e-30))
-        width = tf.where(width > 0, width, _pow2(_exponent(tf.where(ok, span, 1.0) / max_bins)))
+        # The batch's own width (`stats.batch_width`) or the host's, whichever is coarser, as TensorStats
+        # takes them.
+        span = tf.maximum(tf.maximum(tf.abs(hi), tf.abs(lo)), 1e-30)
+        width = tf.maximum(width, _pow2(_exponent(tf.where(ok, span, 1.0) / max_bins)))
         lo_bin = tf.cast(tf.floor(tf.where(ok, lo, 0.0) / width), tf.int64)
         hi_bin = tf.cast(tf.floor(tf.where(ok, hi, 0.0) / width), tf.int64)
 

@@ -2,13 +2,13 @@
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from tfcompress.calibrate import cache as cache_lib
 from tfcompress.calibrate.calibrators import CalibratorConfig
 from tfcompress.calibrate.collect import calibration_tensors, collect_stats, full_range_tensors
 from tfcompress.data.images import Preprocessing
-from tfcompress.data.source import as_source
+from tfcompress.data.source import as_source, shard as source_shard
 from tfcompress.data.tensors import BoundData
 from tfcompress.errors import TfcError
 from tfcompress.io.frozen import FrozenModel
@@ -23,7 +23,8 @@ class CalibrationResult:
 
 def calibrate(model: FrozenModel, *, prep: Optional[Preprocessing], calibrator: CalibratorConfig,
               images=None, data: Optional[BoundData] = None, cache_path: Optional[str] = None,
-              recalibrate: bool = False, batch_size: Optional[int] = None, progress: bool = True) -> CalibrationResult:
+              recalibrate: bool = False, batch_size: Optional[int] = None, shard: Optional[Tuple[int, int]] = None,
+              progress: bool = True) -> CalibrationResult:
     """Returns calibration statistics for the (optimized, float) `model`.
 
     A cache at `cache_path` that matches the model and preprocessing is reused
@@ -45,12 +46,16 @@ def calibrate(model: FrozenModel, *, prep: Optional[Preprocessing], calibrator: 
       cache_path: the cache file to reuse or write (None: no cache).
       recalibrate: ignore an existing cache and replace it.
       batch_size: images (samples) per graph run (None: sized to the model, see `collect.auto_batch_size`).
+      shard: (index, count): read only every count-th image (sample) from the index-th, for one worker of
+        a sharded calibration; `cache.merge` joins the shards' caches into the whole's.
       progress: show a progress bar.
 
     Raises:
       TfcError: stale or corrupt cache, missing/empty image folder, bad images.
     """
     fingerprint = model.fingerprint()
+    if shard is not None and data is not None:
+        data = data.shard(*shard)
     made_from = data.fingerprint() if data is not None else prep.as_dict() if prep is not None else None
     if cache_lib.exists(cache_path) and not recalibrate:
         cached = cache_lib.load(cache_path)
@@ -63,6 +68,8 @@ def calibrate(model: FrozenModel, *, prep: Optional[Preprocessing], calibrator: 
         if cache_path:
             raise TfcError(f"calibration cache {cache_path} does not exist and no {what} given")
         raise TfcError(f"eightbit mode needs {what} (or an existing --calibration_cache)")
+    if shard is not None and data is None:
+        images = source_shard(as_source(images), *shard)
     if data is not None:
         count, digest = len(data), made_from["calibration_data"]["sha256"]
         stats = collect_stats(model, data=data, batch_size=batch_size, progress=progress)

@@ -1,9 +1,16 @@
 """Streaming per-tensor statistics: min, max, count and a mergeable histogram.
 
-The histogram has fixed-count bins of width 2^k aligned at zero.  When new
-values fall outside it, the width doubles and pairs of bins merge, which is
-exact, so the result depends only on the data, not on the batch order.  Memory
-per tensor is bounded by MAX_BINS however many images are seen.
+The histogram has fixed-count bins of width 2^k aligned at zero.  Each batch
+asks for a width, the power of two at or below its largest magnitude /
+MAX_BINS (`batch_width`); the histogram's width is the largest any batch asked
+for, doubled while [min, max] of everything seen needs more than MAX_BINS bins.
+Coarsening merges pairs of bins, which is exact, so the width and the counts
+are a function of the set of values alone: not of the batch order, and not of
+how the data was split.  Statistics of shards, `merge`d, equal those of the
+whole (what `calibrate --merge` relies on): the histogram, min, max and count
+bit for bit, so every calibrator's range is the same; the per-channel sums
+(float64) to rounding, since they are added in another order.  Memory per tensor is
+bounded by MAX_BINS however many images are seen.
 """
 
 import dataclasses
@@ -51,10 +58,10 @@ class TensorStats:
             raise TfcError("a calibration activation is NaN or Inf; check the model and the images")
         lo, hi = float(values.min()), float(values.max())
         self.min, self.max, self.count = min(self.min, lo), max(self.max, hi), self.count + values.size
+        wanted = batch_width(lo, hi)
         if self.bin_width == 0.0:
-            span = max(hi - lo, abs(hi), abs(lo), 1e-30)
-            self.bin_width = 2.0 ** math.floor(math.log2(span / MAX_BINS))
-            self.first_bin = math.floor(lo / self.bin_width)
+            self.bin_width, self.first_bin = wanted, math.floor(lo / wanted)
+        self._coarsen(wanted)
         self._fit(math.floor(self.min / self.bin_width), math.floor(self.max / self.bin_width))
         idx = np.floor(values / self.bin_width).astype(np.int64) - self.first_bin
         self.counts += np.bincount(idx, minlength=self.counts.size)[:self.counts.size]
@@ -63,8 +70,8 @@ class TensorStats:
                   bin_width: float, counts: np.ndarray) -> None:
         """Adds a batch summarized where it was computed (see `collect.StatsRunner`): its count, min, max,
         per-channel sums (empty for rank < 2) and its histogram at `bin_width`, a power of two no finer than
-        this histogram's width and no coarser than [min, max] needs.  The result is what `update` would
-        give on the batch's values."""
+        this histogram's width or the batch's own `batch_width`, and no coarser than [min, max] needs.  The
+        result is what `update` would give on the batch's values."""
         if count == 0:
             return
         if channel_sum.size:
@@ -77,6 +84,7 @@ class TensorStats:
         if self.bin_width == 0.0:
             self.bin_width, self.first_bin, self.counts = bin_width, first_bin, np.asarray(counts, np.int64)
             return
+        self._coarsen(bin_width)
         self._fit(math.floor(self.min / self.bin_width), math.floor(self.max / self.bin_width))
         factor = int(round(self.bin_width / bin_width))
         if factor < 1 or factor * bin_width != self.bin_width:
@@ -84,14 +92,32 @@ class TensorStats:
         idx = (np.arange(len(counts)) + first_bin) // factor - self.first_bin
         np.add.at(self.counts, idx, np.asarray(counts, np.int64))
 
+    def merge(self, other: "TensorStats") -> None:
+        """Adds another set of statistics of the same tensor (a shard of the data): exactly what `update`
+        on both shards' values would give.
+
+        Raises:
+          TfcError: the two have different channel counts.
+        """
+        if other.count == 0:
+            return
+        shard = _coarsened(other, max(other.bin_width, self.bin_width))
+        self.add_batch(shard.count, shard.min, shard.max, shard.channel_sum, shard.first_bin, shard.bin_width,
+                       shard.counts)
+
+    def _coarsen(self, width: float) -> None:
+        """Doubles the bin width (merging pairs of bins) until it is at least `width`."""
+        while self.bin_width < width:
+            first = self.first_bin
+            new_first = first // 2
+            merged = np.zeros(max((first + self.counts.size - 1) // 2 - new_first + 1, 0), np.int64)
+            np.add.at(merged, (np.arange(self.counts.size) + first) // 2 - new_first, self.counts)
+            self.counts, self.first_bin, self.bin_width = merged, new_first, self.bin_width * 2
+
     def _fit(self, lo_bin: int, hi_bin: int) -> None:
         """Widens bins (doubling) until [lo_bin, hi_bin] fits in MAX_BINS, then extends."""
         while hi_bin - lo_bin + 1 > MAX_BINS:
-            first = self.first_bin
-            new_first = first // 2
-            merged = np.zeros((first + self.counts.size - 1) // 2 - new_first + 1, np.int64)
-            np.add.at(merged, (np.arange(self.counts.size) + first) // 2 - new_first, self.counts)
-            self.counts, self.first_bin, self.bin_width = merged, new_first, self.bin_width * 2
+            self._coarsen(self.bin_width * 2)
             lo_bin, hi_bin = lo_bin // 2, hi_bin // 2
         start = min(lo_bin, self.first_bin) if self.counts.size else lo_bin
         end = max(hi_bin, self.first_bin + self.counts.size - 1) if self.counts.size else hi_bin
@@ -167,6 +193,23 @@ class TensorStats:
             raise ValueError("the histogram does not cover [min, max]")
         return cls(min=lo, max=hi, count=count, bin_width=width, first_bin=first_bin,
                    counts=np.asarray(values, dtype=np.int64), channel_sum=channel_sum)
+
+
+def batch_width(lo: float, hi: float) -> float:
+    """The bin width a batch with values in [lo, hi] asks for: the power of two at or below
+    max(|lo|, |hi|) / MAX_BINS.  The largest magnitude of a set is the largest over any split of it, so the
+    largest width asked for is the same however the data is batched or sharded.  (The span hi - lo needs
+    no say: a width that fits [min, max] in MAX_BINS bins is already coarser than span / MAX_BINS.)"""
+    span = max(abs(hi), abs(lo), 1e-30)
+    return 2.0 ** math.floor(math.log2(span / MAX_BINS))
+
+
+def _coarsened(stats: TensorStats, width: float) -> TensorStats:
+    """A copy of `stats` with its histogram at a coarser power-of-two `width`."""
+    copy = TensorStats(min=stats.min, max=stats.max, count=stats.count, bin_width=stats.bin_width,
+                       first_bin=stats.first_bin, counts=stats.counts.copy(), channel_sum=stats.channel_sum.copy())
+    copy._coarsen(width)  # pylint: disable=protected-access
+    return copy
 
 
 def _integer(value, name: str) -> int:

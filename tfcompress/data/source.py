@@ -15,6 +15,7 @@ from an array of that folder's decoded pixels gets byte-identical ranges.
 - a `tf.data.Dataset` of such batches, or of (pixels, labels) batches.
 """
 
+import copy
 import hashlib
 import os
 from typing import Iterator, List, Optional, Sequence
@@ -97,6 +98,31 @@ class FolderSource(ImageSource):
 
     def fingerprint(self) -> str:
         return fingerprint_files(self.paths, self.folder)
+
+
+def shard(source: ImageSource, index: int, count: int) -> ImageSource:
+    """Every `count`-th image of `source` from the `index`-th (0-based): one worker's part of a calibration
+    sharded over `count` workers.  The shards of 0..count-1 hold every image once.
+
+    Raises:
+      TfcError: `index` outside [0, count), or an empty shard (more workers than images).
+    """
+    if not 0 <= index < count:
+        raise TfcError(f"shard {index}/{count}: the index must be in [0, {count})")
+    if len(source) <= index:
+        raise TfcError(f"shard {index}/{count} of {source.description} ({len(source)} images) is empty")
+    if isinstance(source, DatasetSource):
+        source = source._array  # pylint: disable=protected-access
+    if isinstance(source, ArraySource):
+        return ArraySource(source.pixels[index::count], None if source.labels is None else source.labels[index::count],
+                           source.class_names)
+    if isinstance(source, FolderSource):
+        part = copy.copy(source)
+        part.paths = source.paths[index::count]
+        part.labels = None if source.labels is None else source.labels[index::count]
+        part.description = f"{source.description} (shard {index}/{count})"
+        return part
+    raise TfcError(f"{type(source).__name__} cannot be sharded")
 
 
 def fingerprint_files(paths: Sequence[str], root: str) -> str:

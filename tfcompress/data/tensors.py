@@ -168,6 +168,19 @@ class BoundData:
         for i in range(len(self)):
             yield [a[i:i + 1] if b else a[i] for a, b in zip(self.arrays, self.batched)], 1
 
+    def shard(self, index: int, count: int) -> "BoundData":
+        """Every `count`-th sample from the `index`-th (0-based), as `data.source.shard` takes images.
+
+        Raises:
+          TfcError: `index` outside [0, count), or an empty shard.
+        """
+        if not 0 <= index < count:
+            raise TfcError(f"shard {index}/{count}: the index must be in [0, {count})")
+        if len(self) <= index:
+            raise TfcError(f"shard {index}/{count} of {self.description} ({len(self)} samples) is empty")
+        return dataclasses.replace(self, arrays=[a[index::count] for a in self.arrays],
+                                   description=f"{self.description} (shard {index}/{count})")
+
     def fingerprint(self) -> dict:
         """What the calibration cache records in place of image preprocessing: the inputs and a digest."""
         h = hashlib.sha256()

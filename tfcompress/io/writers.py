@@ -10,6 +10,7 @@ import os
 
 import tensorflow as tf
 
+from tfcompress.errors import TfcError
 from tfcompress.io.atomic import atomic_dir, write_bytes
 from tfcompress.io.frozen import FrozenModel
 
@@ -47,7 +48,13 @@ def write_saved_model(model: FrozenModel, path: str, signature: str = "serving_d
 
 def write_model(model: FrozenModel, path: str, output_format: str = "saved_model", *,
                 overwrite: bool = False) -> None:
-    """Writes `model` to `path` atomically; an existing output is replaced only with `overwrite`."""
+    """Writes `model` to `path` atomically; an existing output is replaced only with `overwrite`.
+
+    Raises:
+      TfcError: `output_format` is neither saved_model nor frozen_pb.
+    """
+    if output_format not in ("saved_model", "frozen_pb"):
+        raise TfcError(f"output format {output_format!r}: give saved_model or frozen_pb")
     if output_format == "frozen_pb":
         write_frozen_pb(model, path, overwrite=overwrite)
     else:
