@@ -195,6 +195,10 @@ def define_training_flags(epochs: int, model_flag: str = "input"):
         **define_normalization_flags(0.0, 255.0),
         progress=flags.DEFINE_boolean("progress", True, "Show progress bars."),
         overwrite=define_overwrite_flag(),
+        distribute=flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
+                                     "Data-parallel training: mirrored over this machine's devices, or "
+                                     "multi_worker over the processes TF_CONFIG lists (every worker runs the same "
+                                     "command; the chief writes --output).  --batch_size is the global batch."),
     )
 
 
@@ -214,7 +218,7 @@ def keras_job(f, extra_inputs=()):
                            learning_rate=f["learning_rate"].value, temperature=f["temperature"].value,
                            alpha=f["alpha"].value, seed=f["seed"].value, input_mean=f["input_mean"].value,
                            input_std=f["input_std"].value, channel_order=f["channel_order"].value,
-                           progress=f["progress"].value)
+                           progress=f["progress"].value, distribute=f["distribute"].value)
     kwargs = dict(train_images=f["train_images"].value or DEFAULT_CALIBRATION, labels=f["labels"].value,
                   options=options)
     if "distill_from" in f:
@@ -230,6 +234,19 @@ def print_job(command: str, input_path: str, f, result) -> None:
         print(note)
 
 
+def save_output(model, f) -> bool:
+    """Saves `model` atomically to --output, unless this process is a multi_worker worker other than the
+    chief (which only says so); whether it saved."""
+    from tfcompress.io.atomic import save_keras
+    from tfcompress.keras.distribute import cluster_spec, is_chief
+    if not is_chief(f["distribute"].value):
+        task = cluster_spec()["task"]
+        print(f"{task['type']} {task['index']}: trained; the chief writes {f['output'].value}")
+        return False
+    save_keras(model, f["output"].value, overwrite=f["overwrite"].value)
+    return True
+
+
 def save_and_report(result, f, default_run: bool) -> None:
     """Saves `result.model` atomically, then prints params/MACs, .keras sizes and agreement with the original."""
     import tempfile
@@ -239,7 +256,8 @@ def save_and_report(result, f, default_run: bool) -> None:
     from tfcompress.io.atomic import save_keras
     from tfcompress.keras.cost import count
     output = f["output"].value
-    save_keras(result.model, output, overwrite=f["overwrite"].value)
+    if not save_output(result.model, f):
+        return
     before_cost, after_cost = count(result.original), count(result.model)
     print_table([["model", "params", "MACs"], ["original", *before_cost], ["result", *after_cost],
                  ["ratio", f"{after_cost[0] / before_cost[0]:.2f}", f"{after_cost[1] / before_cost[1]:.2f}"]])

@@ -64,8 +64,7 @@ def main() -> None:
             print(f"student accuracy on {len(xe)} images: {np.mean(preds['before'] == images.labels):.2%} before, "
                   f"{np.mean(preds['after'] == images.labels):.2%} after")
     common.print_table(rows)
-    from tfcompress.io.atomic import save_keras
-    save_keras(result.model, _JOB["output"].value, overwrite=_JOB["overwrite"].value)
+    common.save_output(result.model, _JOB)
 
 
 def run() -> None:

@@ -31,6 +31,9 @@ class TrainOptions:
       seed: seeds shuffling, sampling and TF.
       input_mean, input_std, channel_order: how pixels become input.
       progress: Keras progress: bars on a terminal, one line per epoch otherwise (logs, pipes).
+      distribute: none, mirrored or multi_worker: data-parallel training with tf.distribute (see
+        `keras.distribute`); batch_size is the global batch.  multi_worker reads TF_CONFIG and must start
+        before TensorFlow runs anything (`keras.distribute.strategy`).
     """
     epochs: Optional[int] = None
     batch_size: int = 32
@@ -42,6 +45,7 @@ class TrainOptions:
     input_std: Union[float, Sequence[float]] = 255.0
     channel_order: str = "rgb"
     progress: bool = False
+    distribute: str = "none"
 
 
 @dataclasses.dataclass
@@ -111,7 +115,8 @@ class _Training:
         epochs = default_epochs if options.epochs is None else options.epochs
         self.config = TrainConfig(epochs=epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
                                   temperature=options.temperature, alpha=options.alpha, seed=options.seed,
-                                  verbose=(1 if sys.stdout.isatty() else 2) if options.progress else 0)
+                                  verbose=(1 if sys.stdout.isatty() else 2) if options.progress else 0,
+                                  distribute=options.distribute)
 
     @property
     def batches(self):

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
+from tfcompress.keras import distribute
+from tfcompress.keras.distribute import check_kind
 from tfcompress.keras.heads import Head, heads, is_softmax, predict_all, unwrapped
 from tfcompress.keras.registry import register
 
@@ -44,6 +46,8 @@ class TrainConfig:
       alpha: weight of the hard-label term for labelled images, in [0, 1].
       seed: seeds Python, numpy, TF and the shuffle order.
       verbose: Keras progress bars (1) or none (0).
+      distribute: none, mirrored or multi_worker (see `keras.distribute`); batch_size is then the global
+        batch over every replica.
     """
     epochs: int = 1
     batch_size: int = 32
@@ -52,8 +56,10 @@ class TrainConfig:
     alpha: float = 0.5
     seed: int = 0
     verbose: int = 1
+    distribute: str = "none"
 
     def __post_init__(self):
+        check_kind(self.distribute)
         if self.epochs < 0 or self.batch_size < 1:
             raise TfcError(f"--epochs must be >= 0 and --batch_size >= 1 (got {self.epochs}, {self.batch_size})")
         if not self.temperature > 0:
@@ -274,19 +280,34 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     framework = _framework(student)
     if (shared or features) and framework is not keras:
         raise TfcError("weight sharing and feature distillation train Keras 3 models only")
-    optimizer = _optimizer(framework, config.learning_rate, shared)
     if features:
         trained, probes = _feature_model(student, teacher, features)
         feature_targets = probes.predict(x, batch_size=64, verbose=0)
         feature_targets = feature_targets if isinstance(feature_targets, list) else [feature_targets]
-        trained.compile(optimizer=optimizer, loss=[loss] + ["mse"] * len(features),
-                        loss_weights=[1.0] + [float(feature_weight)] * len(features))
-        return trained.fit(x, [target] + feature_targets, batch_size=config.batch_size, epochs=config.epochs,
-                           shuffle=True, verbose=config.verbose, callbacks=list(callbacks))
+        mse = "mse" if config.distribute == "none" else keras.losses.MeanSquaredError()
+        return _train(trained, x, [target] + feature_targets, [loss] + [mse] * len(features),
+                      lambda: _optimizer(framework, config.learning_rate, shared), config, callbacks,
+                      loss_weights=[1.0] + [float(feature_weight)] * len(features))
+    if config.distribute != "none":
+        return _train(student, x, [target], [loss], lambda: _optimizer(framework, config.learning_rate, shared),
+                      config, callbacks)
     # tf_keras takes the loss as a plain function of tensors (keras.ops runs on TF tensors).
-    student.compile(optimizer=optimizer, loss=loss if framework is keras else loss.call)
+    student.compile(optimizer=_optimizer(framework, config.learning_rate, shared),
+                    loss=loss if framework is keras else loss.call)
     return student.fit(x, target, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
                        verbose=config.verbose, callbacks=list(callbacks))
+
+
+def _train(model, x, targets, losses, make_optimizer, config: TrainConfig, callbacks=(), loss_weights=None):
+    """compile + fit on one device, or the `distribute.fit` loop under config.distribute."""
+    if config.distribute != "none":
+        return distribute.fit(model, x, targets, losses, make_optimizer, kind=config.distribute,
+                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                              verbose=config.verbose, loss_weights=loss_weights, callbacks=callbacks)
+    single = len(losses) == 1
+    model.compile(optimizer=make_optimizer(), loss=losses[0] if single else list(losses), loss_weights=loss_weights)
+    return model.fit(x, targets[0] if single else list(targets), batch_size=config.batch_size, epochs=config.epochs,
+                     shuffle=True, verbose=config.verbose, callbacks=list(callbacks))
 
 
 def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfig,
@@ -319,9 +340,8 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
             f"output {head.name} has {head.width} classes"))
         losses.append(DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities))
     keras.utils.set_random_seed(config.seed)
-    student.compile(optimizer=_optimizer(framework, config.learning_rate, shared), loss=losses)
-    return student.fit(x, targets, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-                       verbose=config.verbose, callbacks=list(callbacks))
+    return _train(student, x, targets, losses, lambda: _optimizer(framework, config.learning_rate, shared), config,
+                  callbacks)
 
 
 def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: TrainConfig,
@@ -340,9 +360,8 @@ def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: T
     try:
         if config.epochs and probe.trainable_weights:
             keras.utils.set_random_seed(config.seed)
-            probe.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
-            probe.fit(x, target, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-                      verbose=config.verbose)
+            _train(probe, x, [target], ["mse" if config.distribute == "none" else keras.losses.MeanSquaredError()],
+                   lambda: keras.optimizers.Adam(config.learning_rate), config)
         return float(np.mean((probe.predict(x, batch_size=64, verbose=0) - target) ** 2))
     finally:
         for l in model.layers:
