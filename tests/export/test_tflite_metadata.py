@@ -90,6 +90,18 @@ def test_read_back_and_rewrite_is_stable(float_tflite):
         zipfile.ZipFile(io.BytesIO(bgr))  # no labels: no archive left behind
 
 
+def test_one_std_stands_for_every_channel_as_the_flags_take_it(float_tflite):
+    """Caffe-style normalization: a mean per channel and one std (--input_mean=123.68,116.779,103.939
+    --input_std=1); the metadata records the std for each channel, as its schema asks."""
+    caffe = metadata.read(metadata.attach(float_tflite, metadata.ModelInfo(
+        name="x", mean=(123.68, 116.779, 103.939), std=(1.0,), channel_order="bgr")))
+    np.testing.assert_array_equal(caffe.mean, np.float32([123.68, 116.779, 103.939]))  # stored as float32
+    assert caffe.std == (1.0, 1.0, 1.0)
+    assert metadata.ModelInfo(name="x", mean=(127.5,), std=(1.0, 2.0, 4.0)).mean == (127.5,) * 3
+    with pytest.raises(TfcError, match="as many finite means as positive stds"):
+        metadata.ModelInfo(name="x", mean=(1.0, 2.0), std=(1.0, 2.0, 3.0))
+
+
 def test_io_types_and_pixel_input_quantization(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
     seen = {}

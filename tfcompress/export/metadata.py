@@ -71,6 +71,11 @@ class ModelInfo:
 
     def __post_init__(self):
         mean, std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
+        # One value stands for every channel, as in the normalization flags: (123.7, 116.8, 103.9) and (1,).
+        if len(mean) == 1 and len(std) > 1:
+            mean = mean * len(std)
+        if len(std) == 1 and len(mean) > 1:
+            std = std * len(mean)
         if not mean or len(mean) != len(std) or not np.all(np.isfinite(mean + std)) or min(std) <= 0:
             raise TfcError(f"metadata needs as many finite means as positive stds, got {mean} and {std}")
         if self.channel_order not in ("rgb", "bgr"):
