@@ -251,7 +251,8 @@ def test_automatic_batch_size_follows_the_widest_activation():
 
     assert auto_batch_size(model(32, 32, 3), ["y:0"]) == MAX_AUTO_BATCH
     per_image = 256 * 256 * 64 * 4  # VGG16's first block at 256x256.
-    assert auto_batch_size(model(256, 256, 64), ["y:0"]) == ACTIVATION_BUDGET_BYTES // per_image == 4
+    assert auto_batch_size(model(256, 256, 64), ["y:0"]) == ACTIVATION_BUDGET_BYTES // per_image == 1
+    assert auto_batch_size(model(112, 112, 96), ["y:0"]) == 3  # EfficientNetB0's widest at 224x224.
     assert auto_batch_size(model(2048, 2048, 64), ["y:0"]) == 1
 
 

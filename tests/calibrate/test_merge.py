@@ -118,6 +118,36 @@ def test_quantize_graph_reads_the_merged_cache_as_the_whole(shards, tmp_path):
     assert outputs[0] == outputs[1]
 
 
+def test_two_calibrate_processes_and_a_merge_give_the_single_process_cache(tmp_path):
+    """The command line as a cluster runs it: two worker processes at once, each on its shard, then --merge."""
+    import subprocess
+    from tests.conftest import ROOT
+    from tfcompress.calibrate import cache as cache_lib
+    from tfcompress.evaluate.zoo import ZOO
+    entry = ZOO["mobilenetv2_patches"]
+    common = [sys.executable, os.path.join(ROOT, "tools", "calibrate.py"), f"--input={entry.path}",
+              f"--calibration_images={entry.calibration}", f"--input_mean={entry.mean}", f"--input_std={entry.std}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    workers = [subprocess.Popen(common + [f"--shard={k}/2", f"--calibration_cache={tmp_path}/part{k}.json"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    single = subprocess.run(common + [f"--calibration_cache={tmp_path}/all.json"], env=env, capture_output=True,
+                            text=True)
+    assert single.returncode == 0 and [w.wait(timeout=600) for w in workers] == [0, 0], single.stderr[-800:]
+    merge = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "calibrate.py"), "--merge",
+                            f"{tmp_path}/part0.json", f"{tmp_path}/part1.json",
+                            f"--calibration_cache={tmp_path}/merged.json"], env=env, capture_output=True, text=True)
+    assert merge.returncode == 0, merge.stderr[-800:]
+    assert "from 2 shards" in merge.stdout
+    one, merged = cache_lib.load(f"{tmp_path}/all.json"), cache_lib.load(f"{tmp_path}/merged.json")
+    assert merged.image_count == one.image_count and sorted(merged.stats) == sorted(one.stats)
+    for name, stats in one.stats.items():
+        _same_histogram(stats, merged.stats[name])
+        np.testing.assert_allclose(merged.stats[name].channel_sum, stats.channel_sum, rtol=CHANNEL_SUM_RTOL,
+                                   atol=CHANNEL_SUM_RTOL * float(np.abs(stats.channel_sum).max(initial=1.0)))
+    assert json.load(open(f"{tmp_path}/merged.json"))["tensors"].keys() == \
+        json.load(open(f"{tmp_path}/all.json"))["tensors"].keys()
+
+
 def _doctored(path, out, **changes):
     doc = json.load(open(path))
     for key, value in changes.items():

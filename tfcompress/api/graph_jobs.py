@@ -24,7 +24,7 @@ class CalibrationOptions:
     Attributes:
       calibrator: minmax, percentile, kl or mse (convert also takes auto).
       percentile: kept by the percentile calibrator.
-      batch_size: images per calibration run (None: as many as keep the largest activation within 64 MiB,
+      batch_size: images per calibration run (None: as many as keep the largest activation within 16 MiB,
         at most 32).
       input_mean, input_std: normalization (pixel - mean) / std, one value or one per channel.
       channel_order: "rgb", or "bgr" for Caffe-style 3-channel models.
@@ -516,11 +516,13 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
             export_model, corrected = correct_biases(float_model, result.cache.stats, config.per_channel)
             note += f"; analytic bias correction on {corrected} layers"
         if bias_correction == "empirical" and images is not None:
-            ebc_images = _first_images(images, prep, empirical_bias.MAX_IMAGES)
+            # Read when used, after the conversion: not held through the converter's peak.
+            ebc_images = lambda: _first_images(images, prep, empirical_bias.MAX_IMAGES)  # noqa: E731
         if auto:
             x, reference = agreement_set()
-            finish = None if ebc_images is None else (
-                lambda quantized, calibrated: empirical_bias.correct(quantized, calibrated, ebc_images)[0])
+            ebc = None if ebc_images is None else ebc_images()  # Read once for every candidate.
+            finish = None if ebc is None else (
+                lambda quantized, calibrated: empirical_bias.correct(quantized, calibrated, ebc)[0])
             best, tried = autocal.choose_calibrator(export_model, result.cache.ranges, config, x, reference,
                                                     autocal.candidates(options.percentile), finish)
             calibrator = best.calibrator
@@ -575,7 +577,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         if ebc_images is None:
             note += "; empirical bias correction skipped (no calibration images: the cache holds no pixels)"
         else:
-            flatbuffer, corrected_layers = empirical_bias.correct(flatbuffer, calibrated, ebc_images)
+            flatbuffer, corrected_layers = empirical_bias.correct(flatbuffer, calibrated, ebc_images())
             note += f"; empirical bias correction on {len(corrected_layers)} layers"
     if config.needs_ranges or qat:
         flatbuffer = set_io(flatbuffer, config.io)
