@@ -22,6 +22,8 @@ if __package__ in (None, ""):
 else:
     from . import common  # noqa: E402
 
+common.use_system_allocator()
+
 _MODEL = common.define_model_flags()
 _CAL = common.define_calibration_flags()
 _DATA = common.define_calibration_data_flag()

@@ -32,6 +32,8 @@ if __package__ in (None, ""):
 else:
     from . import common  # noqa: E402
 
+common.use_system_allocator()
+
 from absl import flags  # noqa: E402
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(common.TOOLS_DIR), "recipes", "prune_cluster_int8.yaml")

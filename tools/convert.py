@@ -19,6 +19,8 @@ if __package__ in (None, ""):
 else:
     from . import common  # noqa: E402
 
+common.use_system_allocator()
+
 from absl import flags  # noqa: E402
 
 _MODEL = common.define_model_flags()

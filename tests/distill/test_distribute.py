@@ -142,12 +142,14 @@ def test_two_workers_train_as_one_worker_and_only_the_chief_writes(tmp_path, too
     """On the shipped digits model and its 100 calibration images (lowrank; magnitude pruning, whose pruning
     callback runs in the loop): a 1-worker cluster, then 2 workers on localhost splitting every batch."""
     import keras
-    args = JOBS[tool] + ["--distribute=multi_worker", "--progress"]
+    from tests.conftest import CALIBRATION
+    args = JOBS[tool] + ["--distribute=multi_worker", "--progress", f"--eval_images={CALIBRATION}"]
     one, two = tmp_path / "one.keras", tmp_path / "two.keras"
     logs = [tmp_path / f"{name}.log" for name in ("one", "two0", "two1")]
+    # The 1-worker cluster and the 2-worker one run at once (separate ports).
     [single] = _start_workers(1, args + [f"--output={one}"], logs[:1], tool)
-    assert single.wait(timeout=300) == 0, logs[0].read_text()[-1500:]
     pair = _start_workers(2, args + [f"--output={two}"], logs[1:], tool)
+    assert single.wait(timeout=300) == 0, logs[0].read_text()[-1500:]
     assert [p.wait(timeout=300) for p in pair] == [0, 0], logs[1].read_text()[-1500:] + logs[2].read_text()[-1500:]
     texts = [log.read_text() for log in logs]
     one_loss, chief_loss, worker_loss = _losses(texts[0], 1), _losses(texts[1], 2), _losses(texts[2], 2)
