@@ -148,6 +148,36 @@ def test_two_calibrate_processes_and_a_merge_give_the_single_process_cache(tmp_p
         json.load(open(f"{tmp_path}/all.json"))["tensors"].keys()
 
 
+def test_shards_of_tensor_data_merge_into_the_whole(tmp_path):
+    """--calibration_data shards: the same statistics, and the merged record counts every sample."""
+    from tfcompress import calibrate, merge_caches
+    from tfcompress.calibrate import cache as cache_lib
+    from tfcompress.evaluate.zoo import ZOO
+    entry = ZOO["se_patches"]
+    import keras
+    shape = tuple(keras.saving.load_model(entry.path, safe_mode=True, compile=False).inputs[0].shape[1:])
+    samples = np.random.default_rng(5).standard_normal((24,) + shape).astype(np.float32)
+    data = str(tmp_path / "data.npz")
+    np.savez(data, patch=samples)
+    calibrate(entry.path, data=data, cache=str(tmp_path / "all.json"))
+    parts = [str(tmp_path / f"part{k}.json") for k in range(3)]
+    for k, part in enumerate(parts):
+        calibrate(entry.path, data=data, cache=part, shard=(k, 3))
+    merged = merge_caches(parts, str(tmp_path / "merged.json"))
+    one = cache_lib.load(str(tmp_path / "all.json"))
+    for name, stats in one.stats.items():
+        _same_histogram(stats, merged.stats[name])
+    [spec] = merged.preprocessing["calibration_data"]["inputs"].values()
+    assert spec["shape"][0] == 24 and merged.image_count == 24
+    doc = json.load(open(parts[1]))
+    for spec in doc["fingerprint"]["preprocessing"]["calibration_data"]["inputs"].values():
+        spec["shape"] = "broken"
+    json.dump(doc, open(parts[1], "w"))
+    with pytest.raises(TfcError, match="different preprocessing or input layouts"):
+        merge_caches(parts, str(tmp_path / "again.json"))
+    assert not (tmp_path / "again.json").exists()
+
+
 def _doctored(path, out, **changes):
     doc = json.load(open(path))
     for key, value in changes.items():

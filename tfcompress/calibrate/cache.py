@@ -23,8 +23,9 @@ Schema (version 2):
 
 A cache made from a shard of the data (`calibrate --shard`) merges with the
 other shards' (`merge`) into the cache of the whole: the same histograms and
-ranges bit for bit, the per-channel sums to float64 rounding (see `stats`).  The merged `images.sha256` (and, for tensor data, the
-data's sha256) is a digest of the shards' digests, not of the data itself.
+ranges bit for bit, the per-channel sums to float64 rounding (see `stats`).
+The merged `images.sha256` (and, for tensor data, the data's sha256) is a
+digest of the shards' digests, not of the data itself.
 
 `fingerprint` decides validity: a different model, preprocessing or collector
 makes the cache stale; for tensor calibration data (`data.tensors`), the
@@ -234,10 +235,14 @@ def merge(caches: Sequence[Tuple[str, CalibrationCache]]) -> CalibrationCache:
     digest = _digest_of(sorted(cache.image_sha256 for _, cache in caches))
     preprocessing = first.preprocessing
     if "calibration_data" in preprocessing:
-        inputs = {name: dict(spec, shape=[sum(c.preprocessing["calibration_data"]["inputs"][name]["shape"][0]
-                                              for _, c in caches)] + spec["shape"][1:])
-                  for name, spec in preprocessing["calibration_data"]["inputs"].items()}
-        shas = sorted(c.preprocessing["calibration_data"]["sha256"] for _, c in caches)
+        try:
+            inputs = {name: dict(spec, shape=[sum(int(c.preprocessing["calibration_data"]["inputs"][name]["shape"][0])
+                                                  for _, c in caches)] + list(spec["shape"][1:]))
+                      for name, spec in preprocessing["calibration_data"]["inputs"].items()}
+            shas = sorted(str(c.preprocessing["calibration_data"]["sha256"]) for _, c in caches)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+            raise TfcError(f"the calibration caches to merge hold a malformed calibration_data fingerprint "
+                           f"({type(e).__name__}); recalibrate the shards") from e
         preprocessing = {"calibration_data": {"inputs": inputs, "sha256": _digest_of(shas)}}
     return CalibrationCache(model_fingerprint=first.model_fingerprint, preprocessing=preprocessing, stats=stats,
                             calibrator=first.calibrator, image_count=sum(c.image_count for _, c in caches),
@@ -249,8 +254,12 @@ def _layout(preprocessing: dict) -> dict:
     their sample counts and digest."""
     if "calibration_data" not in preprocessing:
         return preprocessing
-    inputs = preprocessing["calibration_data"].get("inputs", {})
-    return {name: (spec.get("dtype"), list(spec.get("shape", []))[1:]) for name, spec in inputs.items()}
+    data = preprocessing["calibration_data"]
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    if not isinstance(inputs, dict) or not all(isinstance(spec, dict) and isinstance(spec.get("shape"), list)
+                                               for spec in inputs.values()):
+        return {"malformed": repr(preprocessing)}
+    return {name: (spec.get("dtype"), spec["shape"][1:]) for name, spec in inputs.items()}
 
 
 def _digest_of(digests: Sequence[str]) -> str:
