@@ -210,11 +210,19 @@ def define_training_flags(epochs: int, model_flag: str = "input"):
         **define_normalization_flags(0.0, 255.0),
         progress=flags.DEFINE_boolean("progress", True, "Show progress bars."),
         overwrite=define_overwrite_flag(),
+        onednn_training=define_onednn_training_flag(),
         distribute=flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
                                      "Data-parallel training: mirrored over this machine's devices, or "
                                      "multi_worker over the processes TF_CONFIG lists (every worker runs the same "
                                      "command; the chief writes --output).  --batch_size is the global batch."),
     )
+
+
+def define_onednn_training_flag():
+    """--onednn_training: read by run_main before TensorFlow starts (`tfcompress.keras.kernels`)."""
+    return flags.DEFINE_boolean("onednn_training", False, "Train with TF's oneDNN kernels: faster, but TF 2.21's "
+                                "crash training (SIGSEGV) on some CPUs and shapes, so TF's own kernels train "
+                                "by default.")
 
 
 def keras_job(f, extra_inputs=()):
@@ -382,6 +390,9 @@ def run_main(main, positional: bool = False) -> None:
         if len(argv) > 1 and not positional:
             print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
             sys.exit(2)
+        if "onednn_training" in flags.FLAGS:  # A command that trains: TF reads this once, at import.
+            from tfcompress.keras.kernels import set_training_kernels
+            set_training_kernels(flags.FLAGS.onednn_training)
         import tensorflow as tf
         tf.get_logger().setLevel("ERROR")
         from absl import logging

@@ -7,15 +7,22 @@ keras.Model (uncompiled; save it with `io.atomic.save_keras`).  Training
 distils from the original by default (Hinton et al., arXiv:1503.02531), with
 hard labels mixed in when the images are labelled; `distill_from="none"`
 trains on labels alone.
+
+Imported before TensorFlow, these jobs start it with oneDNN's kernels off unless TF_ENABLE_ONEDNN_OPTS is
+set: oneDNN's training kernels crash on some CPUs (`keras.kernels`).
 """
 
 import dataclasses
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
-from tfcompress.api.models import load_keras_model
-from tfcompress.errors import TfcError
-from tfcompress.keras.heads import class_head, heads
+from tfcompress.keras import kernels
+
+kernels.prefer_tf_kernels()  # Before anything below imports TensorFlow.
+
+from tfcompress.api.models import load_keras_model  # noqa: E402
+from tfcompress.errors import TfcError  # noqa: E402
+from tfcompress.keras.heads import class_head, heads  # noqa: E402
 
 DISTILL_FROM = ("original", "none")
 

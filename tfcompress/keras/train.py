@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
-from tfcompress.keras import distribute
+from tfcompress.keras import distribute, kernels
 from tfcompress.keras.distribute import check_kind
 from tfcompress.keras.heads import Head, heads, is_softmax, predict_all, unwrapped
 from tfcompress.keras.registry import register
@@ -267,6 +267,7 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
         raise TfcError("training needs labelled images or a teacher to distill from")
     if features and teacher is None:
         raise TfcError("feature distillation needs a teacher")
+    kernels.warn_if_onednn_training()
     outputs = heads(student)
     if len(outputs) > 1 or outputs[0].kind != "class":
         if features:
@@ -300,6 +301,7 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
 
 def _train(model, x, targets, losses, make_optimizer, config: TrainConfig, callbacks=(), loss_weights=None):
     """compile + fit on one device, or the `distribute.fit` loop under config.distribute."""
+    kernels.warn_if_onednn_training()
     if config.distribute != "none":
         return distribute.fit(model, x, targets, losses, make_optimizer, kind=config.distribute,
                               epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,

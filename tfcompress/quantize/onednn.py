@@ -45,17 +45,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.graph.graph import make_node, node_name
+# Whether this process runs oneDNN's kernels: the fused quantized ops need them.
+from tfcompress.keras.kernels import onednn_enabled as mkl_enabled  # noqa: F401
 from tfcompress.quantize import reference
 from tfcompress.quantize.builder import S8, U7, Builder, Emission, QTensor, attr_dtype, data_inputs, encoded_range
 from tfcompress.quantize.weights import quantize_symmetric_per_channel
 
 ACTIVATIONS = ("Relu", "Relu6")
-
-
-def mkl_enabled() -> bool:
-    """Whether this TF process runs oneDNN's kernels (the fused quantized ops need them)."""
-    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
-    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _sole_consumer(builder: Builder, name: str):
