@@ -46,11 +46,12 @@ def assert_close(actual, expected, rtol=FLOAT_RTOL, atol=FLOAT_ATOL):
                                err_msg=f"mean error {diff.mean():.3g}, mean abs error {np.abs(diff).mean():.3g}")
 
 
-def run_tool(tool: str, *args, timeout: int = 900):
-    """Runs tools/<tool>.py with `args`; the CompletedProcess (text output)."""
+def run_tool(tool: str, *args, timeout: int = 900, env=None):
+    """Runs tools/<tool>.py with `args` (and `env` over this process's environment); the CompletedProcess
+    (text output)."""
     import subprocess
     import sys
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
