@@ -55,7 +55,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed passed to every step.")
 _NORM = common.define_normalization_flags(0.0, 255.0)
 _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per artifact (0: no latency).", lower_bound=0)
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show the steps' progress bars.")
-_ONEDNN_TRAINING = common.define_onednn_training_flag()
+common.define_onednn_training_flag()  # Read by common.run_main, before TensorFlow starts.
 
 
 def main() -> None:

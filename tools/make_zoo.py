@@ -32,10 +32,6 @@ Seeded: the same package versions give the same files.
 import os
 import sys
 
-# TF's oneDNN rewrites crash (SIGSEGV) while training separable-conv models on some CPUs (seen on AVX-512
-# machines, TF 2.21); the zoo is trained with TF's own kernels.  Set before TensorFlow is imported.
-os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # noqa: E402
@@ -48,6 +44,9 @@ from absl import flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output", common.TESTDATA, "testdata directory to write zoo/ and images/boxes/ into.")
 _MODELS = flags.DEFINE_list("models", None, "Only these zoo models (default: all).")
+# The zoo trains with TF's own kernels unless --onednn_training (`tfcompress.keras.kernels`): run_main sets
+# that before TensorFlow starts.
+common.define_onednn_training_flag()
 _EPOCHS = flags.DEFINE_float("epoch_scale", 1.0, "Scale every model's epoch count (for a quick look).")
 
 SIZE = 32

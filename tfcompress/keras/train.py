@@ -267,7 +267,6 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
         raise TfcError("training needs labelled images or a teacher to distill from")
     if features and teacher is None:
         raise TfcError("feature distillation needs a teacher")
-    kernels.warn_if_onednn_training()
     outputs = heads(student)
     if len(outputs) > 1 or outputs[0].kind != "class":
         if features:
@@ -292,6 +291,7 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     if config.distribute != "none":
         return _train(student, x, [target], [loss], lambda: _optimizer(framework, config.learning_rate, shared),
                       config, callbacks)
+    kernels.warn_if_onednn_training()
     # tf_keras takes the loss as a plain function of tensors (keras.ops runs on TF tensors).
     student.compile(optimizer=_optimizer(framework, config.learning_rate, shared),
                     loss=loss if framework is keras else loss.call)
