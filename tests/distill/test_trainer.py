@@ -53,5 +53,33 @@ def test_config_and_input_errors():
         fit(model, np.zeros((2, 4), np.float32), np.array([0, 5]), TrainConfig(verbose=0))
 
 
+# Batch-norm statistics pooled in float64 from float32 batch moments.
+BN_STATS_RTOL = 1e-4
+
+
+def test_bn_statistics_are_the_whole_sets_whatever_the_order():
+    """A first batch norm's moving mean and variance become its input's mean and variance over every image, as
+    numpy computes them, also when the batches come class by class (as from class folders read in order: an
+    exponential average would hold mostly the last class), and the same when shuffled."""
+    import keras
+    from tfcompress.keras.train import batches, set_bn_statistics
+    rng = np.random.default_rng(0)
+    # Two "classes" with different statistics, sorted: the first 96 images dark, the last 64 bright.
+    x = np.concatenate([rng.normal(0.0, 1.0, (96, 6, 6, 2)), rng.normal(3.0, 0.5, (64, 6, 6, 2))]).astype(np.float32)
+    inp = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(4, 3, name="conv")
+    out = keras.layers.BatchNormalization(name="bn")(conv(inp))
+    model = keras.Model(inp, keras.layers.BatchNormalization(name="bn2")(keras.layers.ReLU()(out)))
+    features = keras.Model(inp, conv.output).predict(x, verbose=0).astype(np.float64).reshape(-1, 4)
+    for order in (np.arange(len(x)), rng.permutation(len(x))):
+        set_bn_statistics(model, batches(x[order], 32))
+        bn = model.get_layer("bn")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), features.mean(0), rtol=BN_STATS_RTOL,
+                                   atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), features.var(0),
+                                   rtol=BN_STATS_RTOL)
+    assert model.get_layer("bn").momentum == 0.99  # The layer's own momentum is given back.
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -370,31 +370,46 @@ def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: T
             l.trainable = saved[l.name]
 
 
-BN_PASSES = 4
-BN_MOMENTUM = 0.5
+def set_bn_statistics(model, batches: Sequence[np.ndarray]) -> None:
+    """Sets every BatchNormalization layer's moving mean/variance to its input's mean and variance over all of
+    `batches`, whatever their order.
 
-
-def set_bn_statistics(model, batches: Sequence[np.ndarray], passes: int = BN_PASSES,
-                      momentum: float = BN_MOMENTUM) -> None:
-    """Sets every BatchNormalization layer's moving mean/variance from `batches`.
-
-    Each pass runs all batches in training mode with `momentum`, so after a
-    few passes the moving statistics are those of the data (within
-    momentum**passes of the starting values).  Used after pruning, whose
-    changed weights leave the old statistics stale, and for models built with
-    random weights.
+    One pass in training mode (each layer's input normalized by its batch's statistics, as in training), with
+    momentum 0 so that each batch's statistics can be read back; they are pooled on the host, weighted by
+    batch size (the variance by the law of total variance).  An exponential moving average would weight the
+    last few batches most: read from class folders in order, those hold the last classes only.  Used after
+    pruning, whose changed weights leave the old statistics stale, and for models built with random weights.
     """
     bns = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=protected-access
-    if not bns:  # Nothing to set: skip the passes over the images.
+    if not bns or not len(batches):  # Nothing to set: skip the pass over the images.
         return
     saved = [l.momentum for l in bns]
+    before = [(keras.ops.convert_to_numpy(l.moving_mean), keras.ops.convert_to_numpy(l.moving_variance)) for l in bns]
     for l in bns:
-        l.momentum = momentum
+        l.momentum = 0.0
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     # One traced step rather than eager layer-by-layer calls (about 20x faster on small models).
     step = tf.function(lambda batch: model(batch, training=True), reduce_retracing=True)
-    for _ in range(passes):
+    count, means, squares = 0, [0.0] * len(bns), [0.0] * len(bns)
+    try:
         for batch in batches:
             step(tf.convert_to_tensor(batch))
-    for l, m in zip(bns, saved):
-        l.momentum = m
+            n = len(batch)
+            count += n
+            for i, l in enumerate(bns):
+                mean = keras.ops.convert_to_numpy(l.moving_mean).astype(np.float64)
+                var = keras.ops.convert_to_numpy(l.moving_variance).astype(np.float64)
+                means[i] = means[i] + n * mean
+                squares[i] = squares[i] + n * (var + mean ** 2)
+    except BaseException:
+        for l, (mean, var) in zip(bns, before):  # No half-set statistics.
+            l.moving_mean.assign(mean)
+            l.moving_variance.assign(var)
+        raise
+    finally:
+        for l, m in zip(bns, saved):
+            l.momentum = m
+    for l, total, square in zip(bns, means, squares):
+        mean = total / count
+        l.moving_mean.assign(mean.astype(np.float32))
+        l.moving_variance.assign(np.maximum(square / count - mean ** 2, 0.0).astype(np.float32))
