@@ -24,6 +24,8 @@ else:
 
 from absl import flags  # noqa: E402
 
+common.define_onednn_training_flag()  # Fine-tuning runs TF's own kernels unless --onednn_training.
+
 _RATIO = flags.DEFINE_float("ratio", 0.5, "Fraction of channels removed from each thinned layer.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Global fine-tuning epochs.", lower_bound=0)
 _LAYER_EPOCHS = flags.DEFINE_integer("layer_epochs", 1, "Fine-tuning epochs after each layer.", lower_bound=0)

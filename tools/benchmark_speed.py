@@ -3,26 +3,41 @@
     python tools/benchmark_speed.py
     python tools/benchmark_speed.py --models=digits --epochs=2
 
+    python tools/benchmark_speed.py --models=zoo --epochs=10
+
 Models:
 - digits: the shipped residual CNN (testdata/models/digits_resnet.keras);
 - mobilenet_v2: Keras MobileNetV2(alpha=0.35) at --mobilenet_size, trained
   here (seeded, labels) on the 1,397 scikit-learn digits that are not
   shipped, upscaled: no pretrained weights can be fetched offline, and a
-  network with random weights has no accuracy to lose.
+  network with random weights has no accuracy to lose;
+- zoo (or any zoo model's name): the trained zoo in testdata/zoo, each
+  fine-tuned on --zoo_images unlabelled images of its task that testdata
+  does not ship (unshipped digits, patches from the photos' top 65%, digits
+  placed on canvases) and measured on its shipped held-out folder, with the
+  --zoo_methods rows.
 
 Every method starts from the same model and is fine-tuned for --epochs by
 distillation from it (no labels) on those 1,397 digits; block dropping uses
 the first 500 only (a tiny set, as PRACTISE intends).  Rows:
 - magnitude:S  unstructured magnitude pruning to sparsity S (polynomial);
-- thinet:R     ThiNet filter thinning at ratio R;
+- thinet:R     ThiNet filter thinning at ratio R, every channel group
+               (residual and SE groups included);
+- thinet_inside:R  the same inside blocks only (groups with one producer, as
+               ThiNet's paper prunes ResNet-50);
 - lowrank:P    channel SVD of every layer that shrinks, factors at P of the weights;
 - blocks:T     PRACTISE block dropping to a LiteRT latency cut of T;
 - blocks:T+thinet:R  both, blocks first.
 
 Columns: parameters and MACs, float32 .tflite bytes raw and gzip -9, LiteRT
 latency (XNNPACK, 1 thread, batch 1, median, all variants of a model timed
-interleaved), top-1 accuracy and agreement with the unpruned model on the 300
-shipped held-out digits.  Latency and sizes are ratios to the unpruned row.
+interleaved), top-1 accuracy and agreement with the unpruned model on the
+held-out images, and for a model with regression heads the mean absolute
+difference of those outputs from the unpruned model's.  MACs, latency and
+sizes are ratios to the unpruned row.  The papers' figures are printed
+beside the table: ThiNet's 3.23x fewer FLOPs on VGG-16 (Luo et al.,
+arXiv:1707.06342) and PRACTISE's 22% latency cut (Wang & Wu,
+arXiv:2202.07861).
 
 Unstructured sparsity leaves every multiply in a dense kernel: it shrinks the
 gzip size and nothing else.  XNNPACK has sparse kernels only for 1x1 convs in
@@ -35,12 +50,17 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # noqa: E402
+    import testdata_sources as sources  # noqa: E402
 else:
     from . import common  # noqa: E402
+    from . import testdata_sources as sources  # noqa: E402
 
 from absl import flags  # noqa: E402
 
-_MODELS = flags.DEFINE_list("models", ["digits", "mobilenet_v2"], "digits and/or mobilenet_v2.")
+common.define_onednn_training_flag()  # Fine-tuning runs TF's own kernels unless --onednn_training.
+
+_MODELS = flags.DEFINE_list("models", ["digits", "mobilenet_v2"],
+                            "digits, mobilenet_v2, zoo (the six zoo models) or zoo model names.")
 _METHODS = flags.DEFINE_list("methods", ["magnitude:0.5", "magnitude:0.9", "thinet:0.5", "lowrank:0.5",
                                          "blocks:0.3", "blocks:0.3+thinet:0.5",
                                          "blocks:0.3+thinet:0.6", "blocks:0.5+thinet:0.5"],
@@ -50,6 +70,10 @@ _MOBILENET_SIZE = flags.DEFINE_integer("mobilenet_size", 64, "MobileNetV2 input 
                                        lower_bound=32)
 _MOBILENET_EPOCHS = flags.DEFINE_integer("mobilenet_epochs", 15, "Epochs to train MobileNetV2 on digits.",
                                          lower_bound=1)
+_ZOO_METHODS = flags.DEFINE_list("zoo_methods", ["thinet:0.5", "thinet_inside:0.5", "blocks:0.3+thinet:0.5"],
+                                 "Rows for the zoo models.")
+_ZOO_IMAGES = flags.DEFINE_integer("zoo_images", 200, "Unlabelled fine-tuning images per zoo model.",
+                                   lower_bound=1)
 _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per model.", lower_bound=20)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for training and sampling.")
 
@@ -82,9 +106,10 @@ def _variant(method, original, x, train):
             schedule = magnitude.schedule_for("polynomial", value, train.steps(len(x)))
             model = magnitude.prune_and_train(model, schedule, x, None,
                                               train, teacher=original)
-        elif kind in filters.CRITERIA:
-            model = filters.prune_and_finetune(model, filters.FilterConfig(criterion=kind, ratio=value), x, None,
-                                               train, teacher=original).model
+        elif kind in filters.CRITERIA or kind == "thinet_inside":
+            config = filters.FilterConfig(criterion=kind.replace("_inside", ""), ratio=value,
+                                          residual_groups=kind != "thinet_inside")
+            model = filters.prune_and_finetune(model, config, x, None, train, teacher=original).model
         elif kind == "lowrank":
             model = factorize(model, LowRankConfig(param_ratio=value)).model
             fit(model, x, None, train, teacher=original)
@@ -97,34 +122,56 @@ def _variant(method, original, x, train):
     return model
 
 
-def _rows(name, original, x, held, labels, train):
+def _rows(name, original, methods, x, held, labels, train):
+    """One table row per method: the variants of `original`, fine-tuned on x, measured on held."""
     import numpy as np
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.evaluate.measure import bytes_size
     from tfcompress.export.tflite import keras_float_flatbuffer
     from tfcompress.keras.cost import count
-    methods, models, failed = ["(unpruned)"], [original], []
-    for method in _METHODS.value:
+    from tfcompress.keras.heads import class_head, heads, predict_all
+    names, models, failed = ["(unpruned)"], [original], []
+    for method in methods:
         try:
             models.append(_variant(method, original, x, train))
-            methods.append(method)
+            names.append(method)
         except TfcError as e:  # E.g. a latency target no set of blocks reaches: say so in the table.
-            failed.append([name, method] + ["-"] * 6 + [f"not possible: {e}"])
+            failed.append([name, method] + ["-"] * 7 + [f"not possible: {e}"])
     flatbuffers = [keras_float_flatbuffer(m) for m in models]
     latency = interleaved_latency(flatbuffers, held[:1], _RUNS.value)
-    reference = original.predict(held, verbose=0).argmax(1)
+    head = class_head(original)
+    values = [h.index for h in heads(original) if h.kind != "class"]
+    reference = predict_all(original, held)
     base = bytes_size(flatbuffers[0])
+    params0, macs0 = count(original)
     rows = []
-    for method, model, fb, t in zip(methods, models, flatbuffers, latency):
+    for method, model, fb, t in zip(names, models, flatbuffers, latency):
         params, macs = count(model)
-        predicted = model.predict(held, verbose=0).argmax(1)
+        outputs = predict_all(model, held)
+        predicted = outputs[head.index].argmax(1)
         size = bytes_size(fb)
-        rows.append([name, method, params, macs, f"{size.raw} ({size.raw / base.raw:.2f}x)",
-                     f"{size.gzip} ({size.gzip / base.gzip:.2f}x)",
+        error = (f"{np.mean([np.mean(np.abs(outputs[i] - reference[i])) for i in values]):.4f}" if values else "-")
+        rows.append([name, method, params, f"{macs / 1e6:.1f} M ({macs / macs0:.2f}x)",
+                     f"{size.raw} ({size.raw / base.raw:.2f}x)", f"{size.gzip} ({size.gzip / base.gzip:.2f}x)",
                      f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{np.mean(predicted == labels):.2%}",
-                     f"{np.mean(predicted == reference):.2%}"])
+                     f"{np.mean(predicted == reference[head.index].argmax(1)):.2%}", error])
     return rows + failed
+
+
+def _zoo_images(task: str, count: int, seed: int):
+    """`count` unlabelled training images of a zoo task that testdata does not ship, as the model takes them."""
+    import numpy as np
+    from tfcompress.evaluate.zoo import ZOO, digits_training_set
+    rng = np.random.default_rng(seed)
+    if task == "digits":
+        x = digits_training_set()[0][..., :1]
+    elif task == "patches":
+        x = (sources.training_patches()[0].astype(np.float32) - 127.5) / 127.5
+    else:
+        small, _, (_, _, train) = sources.small_digits()
+        x = sources.place_digits(small[train], rng, copies=1)[0][..., None].astype(np.float32) / 255.0
+    return x[np.sort(rng.choice(len(x), min(count, len(x)), replace=False))]
 
 
 def main() -> None:
@@ -135,7 +182,7 @@ def main() -> None:
     from tfcompress.data.images import Preprocessing, iter_batches
     from tfcompress.keras.train import TrainConfig
     from tfcompress.errors import TfcError
-    from tfcompress.evaluate.zoo import digits_training_set
+    from tfcompress.evaluate.zoo import ZOO, digits_training_set
 
     tf.config.experimental.enable_op_determinism()
     x, y = digits_training_set()
@@ -143,12 +190,24 @@ def main() -> None:
     xh = np.concatenate(list(iter_batches(held.paths, Preprocessing(height=32, width=32, channels=3), 100)))
     train = TrainConfig(epochs=_EPOCHS.value, seed=_SEED.value, verbose=0)
     table = [["model", "method", "params", "MACs", ".tflite bytes", "gzip -9 bytes", "LiteRT latency",
-              "accuracy", "agreement"]]
-    for name in _MODELS.value:
+              "accuracy", "agreement", "regression heads: mean abs diff"]]
+    zoo_names = [n for m in _MODELS.value for n in (list(ZOO) if m == "zoo" else [m]) if n in ZOO]
+    for name in [m for m in _MODELS.value if m != "zoo" and m not in ZOO] + zoo_names:
         keras.utils.set_random_seed(_SEED.value)
-        if name == "digits":
+        if name in ZOO:
+            zoo = ZOO[name]
+            original = keras.saving.load_model(zoo.path, safe_mode=True, compile=False)
+            h, w, c = original.inputs[0].shape[1:]
+            zoo_held = read_image_set(zoo.heldout)
+            hz = np.concatenate(list(iter_batches(zoo_held.paths, Preprocessing(
+                height=h, width=w, channels=c, mean=zoo.mean, std=zoo.std), 100)))
+            xz = _zoo_images(next(t for t in ("digits", "patches", "boxes") if t in name), _ZOO_IMAGES.value,
+                             _SEED.value)
+            table += _rows(name, original, _ZOO_METHODS.value, xz, hz, zoo_held.labels, train)
+            common.print_table(table)
+        elif name == "digits":
             original = keras.saving.load_model(common.DEFAULT_MODEL, safe_mode=True, compile=False)
-            table += _rows(name, original, x, xh, held.labels, train)
+            table += _rows(name, original, _METHODS.value, x, xh, held.labels, train)
             common.print_table(table)  # Each model's rows as soon as they are measured.
         elif name == "mobilenet_v2":
             size = _MOBILENET_SIZE.value
@@ -158,12 +217,14 @@ def main() -> None:
 
             xs, hs = scale(x), scale(xh)
             original = _mobilenet(xs, y, size, _MOBILENET_EPOCHS.value, _SEED.value)
-            table += _rows(f"mobilenet_v2 ({size}x{size})", original, xs, hs, held.labels, train)
+            table += _rows(f"mobilenet_v2 ({size}x{size})", original, _METHODS.value, xs, hs, held.labels, train)
         else:
-            raise TfcError(f"unknown model {name!r} in --models (digits, mobilenet_v2)")
+            raise TfcError(f"unknown model {name!r} in --models (digits, mobilenet_v2, zoo, {', '.join(ZOO)})")
     print(f"\nbenchmark_speed: float32 .tflite, LiteRT XNNPACK 1 thread batch 1 ({_RUNS.value} runs, interleaved); "
-          f"fine-tuned {_EPOCHS.value} epochs by distillation on {len(x)} unshipped digits; accuracy and agreement "
-          f"on the {len(xh)} shipped held-out digits")
+          f"fine-tuned {_EPOCHS.value} epochs by distillation on {len(x)} unshipped digits (zoo: {_ZOO_IMAGES.value} "
+          "unshipped images of its task); accuracy and agreement on the shipped held-out images")
+    print("anchors: ThiNet on VGG-16 (Luo et al.): 3.23x fewer FLOPs (0.31x); PRACTISE (Wang & Wu): 22% latency cut "
+          "(0.78x)")
     common.print_table(table)
 
 

@@ -216,55 +216,23 @@ def patches_data():
     import numpy as np
     from tfcompress.data.images import Preprocessing
     from tfcompress.data.source import FolderSource
-    rng = np.random.default_rng(1)
-    xs, ys = [], []
-    for label, photo in enumerate(sources.patch_sources().values()):
-        h, w = photo.shape[:2]
-        train = sources.sample_patches(photo, (0, int(h * 0.65)), (0, w), 600, rng)
-        flip = rng.random(len(train)) < 0.5
-        train[flip] = train[flip, :, ::-1]
-        xs.append(train)
-        ys.extend([label] * len(train))
-    x = (np.concatenate(xs).astype(np.float32) - 127.5) / 127.5
+    x, y = sources.training_patches()
     held = FolderSource(os.path.join(common.TESTDATA, "images", "patches", "heldout"))
     prep = Preprocessing(height=SIZE, width=SIZE, channels=3, mean=127.5, std=127.5)
-    return x, np.asarray(ys, np.int64), held.array(prep), held.labels
-
-
-def place_digits(images, rng, copies):
-    """Canvases with each 8x8-derived digit resized to 12..24 px at a random place; (canvases, boxes)."""
-    import numpy as np
-    from PIL import Image
-    canvases, boxes = [], []
-    for _ in range(copies):
-        for img in images:
-            side = int(rng.integers(12, 25))
-            y0, x0 = (int(v) for v in rng.integers(0, SIZE - side + 1, 2))
-            canvas = np.zeros((SIZE, SIZE), np.uint8)
-            canvas[y0:y0 + side, x0:x0 + side] = np.asarray(
-                Image.fromarray(img).resize((side, side), Image.Resampling.BILINEAR))
-            canvases.append(canvas)
-            boxes.append([x0 / SIZE, y0 / SIZE, (x0 + side) / SIZE, (y0 + side) / SIZE])
-    return np.stack(canvases), np.asarray(boxes, np.float32)
+    return (x.astype(np.float32) - 127.5) / 127.5, y, held.array(prep), held.labels
 
 
 def boxes_data(out):
     """Training canvases from the unshipped digits; writes testdata/images/boxes from the shipped ones."""
     import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
     rng = np.random.default_rng(2)
-    digits = load_digits()
-    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    from tfcompress.evaluate.zoo import shipped_digits
-    cal, held = (np.array(i) for i in shipped_digits(labels))
-    train = np.array(sorted(set(range(len(labels))) - set(cal) - set(held)))
-    x, box = place_digits(small[train], rng, copies=4)
+    small, labels, (cal, held, train) = sources.small_digits()
+    x, box = sources.place_digits(small[train], rng, copies=4)
     y = np.tile(labels[train], 4)
     root = os.path.join(out, "images", "boxes")
     for name, idx in (("calibration", cal), ("heldout", held)):
-        canvases, boxes = place_digits(small[idx], rng, copies=1)
+        canvases, boxes = sources.place_digits(small[idx], rng, copies=1)
         for k, (canvas, label) in enumerate(zip(canvases, labels[idx])):
             folder = os.path.join(root, name) if name == "calibration" else os.path.join(root, name, str(label))
             os.makedirs(folder, exist_ok=True)

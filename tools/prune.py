@@ -35,6 +35,9 @@ _RATIO = flags.DEFINE_float("ratio", 0.5, "Filter methods: fraction of each prun
 _LAYERS = flags.DEFINE_list("layers", [], "Filter methods: only these layers (default: every prunable one).")
 _LAYER_EPOCHS = flags.DEFINE_integer("layer_epochs", 1, "Filter methods: fine-tuning epochs after each layer.",
                                      lower_bound=0)
+_RESIDUAL_GROUPS = flags.DEFINE_bool(
+    "residual_groups", True, "Filter methods: also thin channel groups tied by residual Adds and SE Multiplies "
+    "(every producer of the group at once); false thins inside blocks only.")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.5, "Final fraction of zero weights per layer, in [0, 1).")
 _SCHEDULE = flags.DEFINE_enum("schedule", "polynomial", ["constant", "polynomial"],
                               "constant: the final sparsity from the first step; polynomial: rising from 0 "
@@ -53,7 +56,8 @@ def main() -> None:
     result = prune(input_path, method=_METHOD.value, sparsity=_SPARSITY.value, ratio=_RATIO.value,
                    schedule=_SCHEDULE.value, ramp=_RAMP.value, frequency=_FREQUENCY.value,
                    sparsity_map=_SPARSITY_MAP.value, exclude=_EXCLUDE.value, m_by_n=_M_BY_N.value,
-                   layers=_LAYERS.value, layer_epochs=_LAYER_EPOCHS.value, **kwargs)
+                   layers=_LAYERS.value, layer_epochs=_LAYER_EPOCHS.value,
+                   residual_groups=_RESIDUAL_GROUPS.value, **kwargs)
     common.print_job("prune", input_path, _JOB, result)
     common.save_and_report(result, _JOB, default_run)
 

@@ -175,7 +175,7 @@ FILTER_METHODS = ("l1", "l2", "apoz", "thinet", "random")
 def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: float = 0.5, train_images=None,
           labels=None, distill_from: Optional[str] = None, schedule: str = "polynomial", ramp: float = 0.6,
           frequency: int = 10, sparsity_map=(), exclude: Sequence[str] = (), m_by_n=None,
-          layers: Sequence[str] = (), layer_epochs: int = 1,
+          layers: Sequence[str] = (), layer_epochs: int = 1, residual_groups: bool = True,
           options: TrainOptions = TrainOptions()) -> KerasResult:
     """Magnitude pruning (Zhu & Gupta, arXiv:1710.01878) or filter pruning with physical thinning.
 
@@ -193,7 +193,9 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
       exclude: layers left unpruned (magnitude).
       m_by_n: structured N:M sparsity, "2:4" or (2, 4).
       layers: filter methods: only these layers.
-      layer_epochs: filter methods: fine-tuning epochs after each layer.
+      layer_epochs: filter methods: fine-tuning epochs after each layer (each channel group).
+      residual_groups: filter methods: also thin channel groups tied by residual Adds and SE Multiplies (all
+        their producers at once, after DepGraph, Fang et al., arXiv:2301.12900); False thins inside blocks only.
       options: training options (default 10 epochs).
 
     Raises:
@@ -236,7 +238,8 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
         if job.tf_keras:
             what += ", tf_keras model through tensorflow-model-optimization"
         return job.result(result, what, rows)
-    config = filters.FilterConfig(criterion=method, ratio=ratio, layers=tuple(layers), seed=options.seed)
+    config = filters.FilterConfig(criterion=method, ratio=ratio, layers=tuple(layers), seed=options.seed,
+                                  residual_groups=residual_groups)
     thinned = filters.prune_and_finetune(job.original, config, job.x, job.labels, job.config, teacher=job.teacher,
                                          layer_epochs=layer_epochs)
     rows = [["layer", "channels before", "channels after"]]

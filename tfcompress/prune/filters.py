@@ -14,7 +14,13 @@ Criteria (each picks which output channels of a prunable layer to keep):
   ICCV 2017, arXiv:1707.06342);
 - random: a seeded random choice, the baseline.
 
-Schedule: one layer at a time (thinned, then fine-tuned for a short while),
+Each criterion scores a channel *group* (`thinning.plan`): a lone conv's
+filters, or the producers tied by a residual Add or an SE Multiply together,
+whose importance is summed over the group (DepGraph, Fang et al.,
+arXiv:2301.12900); ThiNet's reconstruction then covers every consumer of the
+group's channels.
+
+Schedule: one group at a time (thinned, then fine-tuned for a short while),
 then a global fine-tune, all with the shared distillation trainer.
 """
 
@@ -38,13 +44,16 @@ class FilterConfig:
     """Attributes:
       criterion: one of CRITERIA.
       ratio: fraction of each prunable layer's channels removed, in (0, 1).
-      layers: restrict to these layers (empty: every prunable layer).
+      layers: restrict to the channel groups of these layers (empty: every prunable group).
       seed: for random choice and ThiNet's sampling.
+      residual_groups: also thin groups with several producers (tied by a residual Add or an SE Multiply);
+        False thins only inside blocks, as ThiNet's paper does on ResNet-50.
     """
     criterion: str = "l1"
     ratio: float = 0.5
     layers: Tuple[str, ...] = ()
     seed: int = 0
+    residual_groups: bool = True
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
@@ -69,27 +78,56 @@ def _top(scores: np.ndarray, keep: int) -> np.ndarray:
 
 
 def norm_keep(model, target: thinning.Prunable, keep: int, p: int) -> np.ndarray:
-    kernel = keras.ops.convert_to_numpy(thinning.output_kernel(model.get_layer(target.name)))
-    flat = kernel.reshape(-1, kernel.shape[-1])
-    return _top(np.abs(flat).sum(0) if p == 1 else np.sqrt((flat ** 2).sum(0)), keep)
+    """The channels whose filters have the largest Lp norm.  In a group, each producer's norms are divided by
+    their mean (batch norm after a conv makes its scale arbitrary) and summed over the producers, DepGraph's
+    group importance (Fang et al., arXiv:2301.12900)."""
+    score = np.zeros(target.channels)
+    for name in target.producers:
+        kernel = keras.ops.convert_to_numpy(thinning.output_kernel(model.get_layer(name)))
+        flat = np.abs(kernel.reshape(-1, kernel.shape[-1]).astype(np.float64))
+        norms = flat.sum(0) if p == 1 else np.sqrt((flat ** 2).sum(0))
+        score += norms / (norms.mean() or 1.0) if len(target.producers) > 1 else norms
+    return _top(score, keep)
 
 
 def apoz_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray) -> np.ndarray:
-    act = _activations(model, target.activation, x)
-    zeros = (act <= 0).reshape(-1, act.shape[-1]).mean(0)
+    """The channels with the fewest zeros after activation, averaged over the group's activation layers."""
+    zeros = np.zeros(target.channels)
+    for name in target.activations:
+        act = _activations(model, name, x)
+        zeros += (act <= 0).reshape(-1, act.shape[-1]).mean(0) / len(target.activations)
     return _top(-zeros, keep)
 
 
-def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums."""
+def _grouped(contrib: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Per-input-row contributions [samples, rows] summed per group channel (`origin`: row -> channel or -1;
+    every channel has at least one row)."""
+    mine = np.flatnonzero(origin >= 0)
+    order = mine[np.argsort(origin[mine], kind="stable")]
+    starts = np.searchsorted(origin[order], np.arange(int(origin.max()) + 1))
+    return np.add.reduceat(contrib[:, order], starts, axis=1)
+
+
+def _contributions(consumer, a: np.ndarray, rng, samples: int,
+                   origin: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums.
+
+    With `origin` (input row -> group channel or -1), X is summed per group channel and y is the sum of those.
+    """
+    if origin is None:
+        origin = np.arange(a.shape[-1] if not isinstance(consumer, keras.layers.Dense) else
+                           int(np.prod(a.shape[1:])))
     if isinstance(consumer, keras.layers.SeparableConv2D):
-        return _separable_contributions(consumer, a, rng, samples)
+        x = _grouped(_separable_contributions(consumer, a, rng, samples)[0], origin)
+        return x, x.sum(1)
     w = keras.ops.convert_to_numpy(consumer.kernel).astype(np.float64)
     if isinstance(consumer, keras.layers.Dense):
         a2 = a.reshape(len(a), -1)
         n = rng.integers(0, len(a2), samples)
         o = rng.integers(0, w.shape[1], samples)
-        x = a2[n].astype(np.float64) * w[:, o].T
+        # In chunks: after a Flatten a row of products is positions x channels long.
+        x = np.concatenate([_grouped(a2[n[i:i + 256]].astype(np.float64) * w[:, o[i:i + 256]].T, origin)
+                            for i in range(0, samples, 256)])
         return x, x.sum(1)
     if tuple(consumer.dilation_rate) != (1, 1) or consumer.groups != 1:
         raise TfcError(f"ThiNet handles undilated, ungrouped convs; {consumer.name} is not one")
@@ -108,6 +146,7 @@ def _contributions(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarr
     for i in range(samples):
         patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :].astype(np.float64)
         x[i] = np.einsum("hwc,hwc->c", patch, w[:, :, :, o[i]])
+    x = _grouped(x, origin)
     return x, x.sum(1)
 
 
@@ -133,30 +172,31 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
                 ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
     """ThiNet's greedy channel choice and least-squares rescaling; (kept, {consumer: scales}).
 
-    With several conv/dense consumers (a trunk feeding two heads), the
-    channels removed are those whose summed contributions disturb all the
-    consumers' sampled outputs least, each consumer's samples scaled to unit
-    RMS so that none dominates; each consumer then gets its own
-    least-squares rescaling.  The consumers must be fed through per-channel
-    layers only (no concat or flatten in between); otherwise TfcError.
+    With several conv/dense consumers (a trunk feeding two heads, or a
+    residual group read by every block of a stage), the channels removed
+    are those whose summed contributions disturb all the consumers' sampled
+    outputs least, each consumer's samples scaled to unit RMS so that none
+    dominates; each consumer then gets its own least-squares rescaling.  A
+    consumer reached through a Concatenate or a Flatten counts only its rows
+    that carry the group's channels (a channel's contribution is the sum
+    over its flattened positions); the other rows keep their weights.
+    Scales are over each consumer's original input rows.
     """
-    if not target.consumers or any(
-            type(model.get_layer(p)).__name__ in ("Concatenate", "Flatten") for p in target.path):
-        raise TfcError(f"ThiNet needs {target.name} to feed conv or dense layers through per-channel layers")
     rng = np.random.default_rng(seed)
+    rows = thinning.consumer_rows(model, target)
+    channels = target.channels
     blocks = []
     for name in target.consumers:
         consumer = model.get_layer(name)
         feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
         # Captured in float32 (half the memory); each sampled product is formed in float64.
         a = _activations(model, feeding, x)
-        contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES)
+        contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES, rows[name])
         if len(target.consumers) > 1:
             rms = float(np.sqrt(np.mean(total ** 2))) or 1.0
             contrib, total = contrib / rms, total / rms
         blocks.append((consumer.name, contrib, total))
     contrib = np.concatenate([b[1] for b in blocks])
-    channels = contrib.shape[1]
     removed: List[int] = []
     running = np.zeros(len(contrib))
     norms = (contrib ** 2).sum(0)
@@ -171,9 +211,10 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
     scales = {}
     for name, block, total in blocks:
         scale, *_ = np.linalg.lstsq(block[:, kept], total, rcond=None)
-        factors = np.ones(channels)
-        factors[kept] = scale
-        scales[name] = factors
+        per_channel = np.ones(channels)
+        per_channel[kept] = scale
+        origin = rows[name]
+        scales[name] = np.where(origin >= 0, per_channel[np.maximum(origin, 0)], 1.0)
     return kept, scales
 
 
@@ -200,32 +241,37 @@ class FilterResult:
 
 def prune_filters(model, config: FilterConfig, x: np.ndarray,
                   finetune: Optional[Callable[[object, int], None]] = None) -> FilterResult:
-    """Thins every prunable layer (or config.layers) one at a time, fine-tuning after each.
+    """Thins every prunable channel group (or those of config.layers) one at a time, fine-tuning after each.
 
     Args:
       model: the functional Keras model (not modified).
       config: criterion and ratio.
       x: images for APoZ and ThiNet statistics (float NHWC).
-      finetune: called as finetune(model, layer_index) after each layer is thinned.
+      finetune: called as finetune(model, group_index) after each group is thinned.
+
+    Returns:
+      The thinned model; `pruned` and `skipped` name every producer of a group.
 
     Raises:
       TfcError: nothing to prune, or a named layer cannot be pruned.
     """
     opaque: Dict[str, str] = {}
-    targets = thinning.plan(model, untracked_reach=opaque)
+    targets = [t for t in thinning.plan(model, untracked_reach=opaque)
+               if config.residual_groups or len(t.producers) == 1]
     names = [t.name for t in targets]
     if config.layers:
-        unknown = [n for n in config.layers if n not in names]
+        producers = {p for t in targets for p in t.producers}
+        unknown = [n for n in config.layers if n not in producers]
         if unknown:
             why = "; ".join(f"{n}: {opaque[n]}" for n in unknown if n in opaque)
-            raise TfcError(f"cannot thin {', '.join(unknown)}: not a conv/dense layer whose channels reach only "
-                           "conv/dense layers (residual Adds and outputs keep their channels)"
+            raise TfcError(f"cannot thin {', '.join(unknown)}: not a conv/dense layer whose channel group reaches "
+                           "only conv/dense layers (model inputs and outputs keep their channels)"
                            + (f" ({why})" if why else ""))
-        names = [n for n in names if n in config.layers]
+        names = [t.name for t in targets if set(t.producers) & set(config.layers)]
         opaque = {n: why for n, why in opaque.items() if n in config.layers}
     if not names:
         untracked_note = f"; {'; '.join(f'{n}: {why}' for n, why in opaque.items())}" if opaque else ""
-        raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a residual Add, "
+        raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a model input, "
                        f"an output or a layer thinning does not track{untracked_note})")
     current = copy_model(model)
     pruned, skipped = {}, dict(opaque)
@@ -236,10 +282,10 @@ def prune_filters(model, config: FilterConfig, x: np.ndarray,
         except TfcError as e:
             if config.criterion != "thinet":
                 raise
-            skipped[name] = str(e)
+            skipped.update({p: str(e) for p in target.producers})
             continue
-        current = thinning.thin(current, {name: kept}, scales)
-        pruned[name] = (target.channels, len(kept))
+        current = thinning.thin(current, target.keep(kept), scales)
+        pruned.update({p: (target.channels, len(kept)) for p in target.producers})
         if finetune is not None:
             finetune(current, i)
     return FilterResult(model=current, pruned=pruned, skipped=skipped)

@@ -1,25 +1,32 @@
 """Filter pruning with physical removal: a Keras 3 functional model rebuilt with fewer channels.
 
-Removing output channel c of a conv (or unit c of a dense layer) removes,
-along every path its output takes,
-- channel c of each per-channel layer (batch norm, depthwise conv with
-  multiplier 1, activations, pooling, padding, dropout);
-- the matching slice of a Concatenate's output (shifted by the offset of that
-  input);
-- input channel c of each conv, separable conv or dense layer that consumes
-  it (for a separable conv: its depthwise channel c and the pointwise rows
-  that channel feeds), and after a Flatten every flattened position of
-  channel c.
+Channels are pruned by *group*, after DepGraph (Fang et al., "DepGraph:
+Towards Any Structural Pruning", CVPR 2023, arXiv:2301.12900): every layer
+output whose channels are tied to another's by an identity mapping shares
+one channel space with it, and removing channel c of a space removes it
+everywhere at once.  The ties followed here are
+- per-channel layers (batch norm, activations, PReLU/LeakyReLU, pooling,
+  padding, dropout, a depthwise conv with multiplier 1, a Reshape that keeps
+  the last axis): input and output are one space;
+- elementwise merges (residual Add, Subtract, Multiply, Maximum, Minimum,
+  Average) whose operands all have the output's channels: every operand is in
+  the result's space.  A squeeze-and-excitation block (global pooling, two
+  dense or 1x1 layers, a Multiply) is then one group: the excitation layer
+  produces the same channels as the conv it scales.
 
-Channel groups tied by a residual Add are left whole: a conv whose channels
-reach an Add (or a model output) is not pruned.  So is a conv whose channels
-reach a layer thinning does not track (Reshape, Permute, Rescaling, ...):
-that layer is named in the report, and the rest of the model is thinned.  ThiNet prunes only inside
-residual blocks for the same reason, and so does every criterion here.
+A space is prunable when every layer that produces it is a conv, separable
+conv or dense layer (the group's *producers*: they lose output filters) and
+it reaches, directly or through Concatenate slices (shifted by the offset of
+that input) and Flatten positions, only conv/dense *consumers* (they lose
+input rows; for a separable conv, its depthwise channel c and the pointwise
+rows that channel feeds).  A space that a model input or output, or a layer
+whose channel mapping is not followed (Permute, Rescaling, a broadcasting
+Multiply, ...) belongs to or reaches is left whole; an untracked layer is
+named in the report, and the rest of the model is thinned.
 
-`plan` finds the prunable convs and dense layers; `thin` rebuilds the model
-from its config with the kept channels and copies the sliced weights, so the
-saved model really has fewer parameters and MACs.
+`plan` finds the groups; `thin` rebuilds the model from its config with the
+kept channels and copies the sliced weights, so the saved model really has
+fewer parameters and MACs.
 """
 
 import dataclasses
@@ -37,8 +44,13 @@ PER_CHANNEL = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU",
                "GaussianNoise", "Identity", "Cropping2D", "UpSampling2D")
 # Layers that reduce the spatial axes but keep channels.
 CHANNEL_VECTOR = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+# Elementwise merges: with equal channel axes every operand and the result share one channel space.
+MERGE = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")
+# Per-channel layers whose zeros APoZ counts in a group with several producers.
+ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU")
 LINEAR = ("Conv2D", "Dense", "SeparableConv2D")
-KNOWN = PER_CHANNEL + CHANNEL_VECTOR + LINEAR + ("InputLayer", "DepthwiseConv2D", "Add", "Concatenate", "Flatten")
+KNOWN = PER_CHANNEL + CHANNEL_VECTOR + LINEAR + MERGE + ("InputLayer", "DepthwiseConv2D", "Concatenate", "Flatten",
+                                                         "Reshape")
 
 
 def output_kernel(layer):
@@ -59,12 +71,23 @@ def _slice_linear(kind: str, weights, in_keep: np.ndarray, out_keep: np.ndarray)
     return [kernel] + [np.take(w, out_keep, axis=-1) for w in weights[1:]]
 
 
-def untracked(nodes: Dict[str, LayerNode]) -> Dict[str, str]:
+def _shape(model, node: LayerNode):
+    """The layer's output shape, or None for a layer with several outputs."""
+    if node.kind == "InputLayer":  # (A sequential model does not list its InputLayer as a layer.)
+        specs = {t._keras_history[0].name: t for t in model.inputs}  # pylint: disable=protected-access
+        return tuple(specs.get(node.name, model.inputs[0]).shape)
+    output = model.get_layer(node.name).output
+    return tuple(output.shape) if hasattr(output, "shape") else None
+
+
+def untracked(model, nodes: Dict[str, LayerNode]) -> Dict[str, str]:
     """Layers whose channel mapping thinning does not follow: layer name -> a description for reports.
 
-    A layer type thinning does not know (Reshape, Permute, LayerNormalization,
-    Rescaling, ...) or a depthwise conv with a channel multiplier other than 1.
-    Channels that reach one are left whole; the rest of the model is thinned.
+    A layer type thinning does not know (Permute, LayerNormalization,
+    Rescaling, ...), a depthwise conv with a channel multiplier other than 1,
+    a merge whose operands do not all have the result's channels (a
+    broadcasting Multiply) and a Reshape that moves the last axis.  Channels
+    that reach one are left whole; the rest of the model is thinned.
     """
     found = {}
     for node in nodes.values():
@@ -72,89 +95,187 @@ def untracked(nodes: Dict[str, LayerNode]) -> Dict[str, str]:
             found[node.name] = node.kind
         elif node.kind == "DepthwiseConv2D" and node.config.get("depth_multiplier", 1) != 1:
             found[node.name] = f"DepthwiseConv2D with depth_multiplier {node.config['depth_multiplier']}"
+        elif node.kind in MERGE + ("Reshape",):
+            out = _shape(model, node)
+            shapes = [_shape(model, nodes[src]) for src in node.inputs]
+            same_rank = node.kind == "Reshape" or all(s is not None and len(s) == len(out) for s in shapes)
+            if out is None or not same_rank or any(s is None or s[-1] != out[-1] for s in shapes):
+                found[node.name] = (f"{node.kind} that moves the channel axis" if node.kind == "Reshape"
+                                    else f"{node.kind} broadcasting over channels")
     return found
+
+
+def _transparent(nodes: Dict[str, LayerNode], opaque: Dict[str, str]) -> set:
+    """Layers whose output channels are their inputs' channels, one for one."""
+    return {name for name, node in nodes.items() if name not in opaque
+            and node.kind in PER_CHANNEL + CHANNEL_VECTOR + MERGE + ("Reshape", "DepthwiseConv2D")}
+
+
+def _spaces(nodes: Dict[str, LayerNode], transparent: set) -> Dict[str, List[str]]:
+    """The channel spaces: representative layer -> the layers whose outputs share its channels (config order).
+
+    A transparent layer joins its inputs' spaces and its own; any other layer's output starts a space.
+    """
+    parent = {name: name for name in nodes}
+    index = {name: i for i, name in enumerate(nodes)}
+
+    def find(name):
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+    for name in nodes:
+        if name in transparent:
+            for src in nodes[name].inputs:
+                a, b = find(src), find(name)
+                if a != b:
+                    parent[max(a, b, key=index.get)] = min(a, b, key=index.get)
+    spaces: Dict[str, List[str]] = {}
+    for name in nodes:
+        spaces.setdefault(find(name), []).append(name)
+    return spaces
 
 
 @dataclasses.dataclass
 class Prunable:
-    """A conv or dense layer whose output channels can be removed.
+    """A channel group: conv/dense layers whose output channels are one space, removed together.
 
     Attributes:
-      name: the layer.
-      channels: its output channel count.
-      consumers: conv/dense layers that take these channels as input.
-      path: the per-channel, depthwise, pooling and concat layers in between.
-      activation: the last layer of the per-channel chain right after it (for APoZ).
+      name: the group, by its first producer.
+      channels: the space's channel count.
+      producers: the conv/dense layers that lose output filters (several when tied by a residual Add or an SE
+        Multiply), in model order.
+      consumers: conv/dense layers that take these channels as input (they lose input rows).
+      path: the per-channel, depthwise, pooling, merge, concat and flatten layers in between.
+      activations: the layers whose output zeros APoZ counts: the last layer of the per-channel chain right
+        after a lone producer, or the group's activation layers.
     """
     name: str
     channels: int
     consumers: List[str]
     path: List[str]
-    activation: str
+    activations: List[str]
+    producers: List[str]
+
+    def keep(self, kept) -> Dict[str, np.ndarray]:
+        """`thin`'s `keep` for this group: the same channels for every producer."""
+        return {name: kept for name in self.producers}
+
+
+def _chain_end(nodes: Dict[str, LayerNode], name: str, transparent: set) -> str:
+    """The last layer of the single per-channel chain right after `name` (the tensor APoZ reads)."""
+    while len(nodes[name].consumers) == 1:
+        nxt = nodes[name].consumers[0]
+        if nxt not in transparent or nodes[nxt].kind not in PER_CHANNEL:
+            break
+        name = nxt
+    return name
 
 
 def plan(model, untracked_reach: Optional[Dict[str, str]] = None) -> List[Prunable]:
-    """The conv and dense layers whose channels reach only conv/dense consumers (no Add, no output, no layer
-    thinning does not track).
+    """The prunable channel groups, in model order: spaces produced only by conv/dense layers that reach only
+    conv/dense consumers (no model input or output, no layer thinning does not track).
 
     Args:
       untracked_reach: if given, filled with layer name -> why it is left whole, for each conv/dense layer
-        whose channels reach an untracked layer (see `untracked`).
+        whose channels reach (or are tied to) an untracked layer (see `untracked`).
     """
     nodes = layer_graph(model)
-    opaque = untracked(nodes)
+    opaque = untracked(model, nodes)
+    transparent = _transparent(nodes, opaque)
+    spaces = _spaces(nodes, transparent)
+    space_of = {name: rep for rep, names in spaces.items() for name in names}
     outputs = {t._keras_history[0].name for t in model.outputs}  # pylint: disable=protected-access
+    index = {name: i for i, name in enumerate(nodes)}
+
+    def reach(names, consumers, path) -> Optional[str]:
+        """Collects the consumers and path of a space's layers; returns why it is blocked ("" untold), or None."""
+        path.extend(n for n in names if n in transparent)
+        for name in names:
+            if name in outputs:
+                return ""
+            for reader in nodes[name].consumers:
+                kind = nodes[reader].kind
+                if reader in transparent:
+                    continue  # The same space.
+                if kind in LINEAR:
+                    consumers.append(reader)
+                elif reader in opaque:
+                    return f"its channels reach {reader} ({opaque[reader]}), which thinning does not track"
+                elif kind in ("Concatenate", "Flatten") and reader not in path:
+                    derived = spaces[space_of[reader]]
+                    if [n for n in derived if n not in transparent] != [reader]:
+                        return ""  # Tied by a merge to channels of another origin.
+                    path.append(reader)
+                    why = reach(derived, consumers, path)
+                    if why is not None:
+                        return why
+                elif kind not in ("Concatenate", "Flatten"):
+                    return ""
+        return None
+
     result = []
-    for node in nodes.values():
-        if node.kind not in LINEAR or node.name in outputs:
+    for names in spaces.values():
+        producers = [n for n in names if n not in transparent]
+        if not any(nodes[p].kind in LINEAR for p in producers):
             continue
-        layer = model.get_layer(node.name)
-        channels = int(output_kernel(layer).shape[-1])
-        frontier, seen, consumers, path, ok = list(node.consumers), set(), [], [], True
-        activation = node.name
-        chain_open = True  # Still in the single chain right after the layer (for the APoZ tensor).
-        while frontier and ok:
-            name = frontier.pop(0)
-            if name in seen:
-                continue
-            seen.add(name)
-            kind = nodes[name].kind
-            if kind in LINEAR:  # Its input rows go; its own outputs stay, even if they are the model's.
-                consumers.append(name)
-                chain_open = False
-            elif name in outputs or kind == "Add":
-                ok = False
-            elif name in opaque:
-                ok = False
-                if untracked_reach is not None:
-                    untracked_reach[node.name] = (f"its channels reach {name} ({opaque[name]}), which thinning "
-                                                  "does not track")
-            elif kind in PER_CHANNEL + CHANNEL_VECTOR + ("DepthwiseConv2D", "Concatenate", "Flatten"):
-                path.append(name)
-                if chain_open and kind in PER_CHANNEL and len(nodes[name].consumers) <= 1:
-                    activation = name
-                else:
-                    chain_open = False
-                frontier.extend(nodes[name].consumers)
-            else:
-                ok = False
-        if ok and consumers and channels > 1:
-            result.append(Prunable(node.name, channels, consumers, path, activation))
-    return result
+        linear = [p for p in producers if nodes[p].kind in LINEAR]
+        others = [p for p in producers if nodes[p].kind not in LINEAR]
+        consumers, path = [], []
+        if others:
+            why = next((f"its channels are tied to {p} ({opaque[p]}), which thinning does not track"
+                        for p in others if p in opaque), "")
+        else:
+            why = reach(names, consumers, path)
+        if why:
+            if untracked_reach is not None:
+                untracked_reach.update({p: why for p in linear})
+            continue
+        channels = int(output_kernel(model.get_layer(linear[0])).shape[-1])
+        if why is not None or not consumers or channels < 2:
+            continue
+        activations = [n for n in names if n in transparent and nodes[n].kind in ACTIVATIONS]
+        if len(linear) == 1 or not activations:
+            activations = [_chain_end(nodes, p, transparent) for p in linear]
+        result.append(Prunable(linear[0], channels, sorted(set(consumers), key=index.get),
+                               sorted(set(path), key=index.get), activations, linear))
+    return sorted(result, key=lambda p: index[p.name])
+
+
+def consumer_rows(model, target: Prunable) -> Dict[str, np.ndarray]:
+    """For each consumer of a group: the group channel each of its input rows carries, or -1 for a row of
+    another origin (the other inputs of a Concatenate).  After a Flatten, row p*C + c is channel c at
+    position p."""
+    nodes = layer_graph(model)
+    origin = {name: np.arange(target.channels) for name in target.producers}
+    path = set(target.path)
+    for name, node in nodes.items():
+        if name not in path:
+            continue
+        if node.kind == "Concatenate":
+            origin[name] = np.concatenate([origin[src] if src in origin
+                                           else np.full(int(_shape(model, nodes[src])[-1]), -1)
+                                           for src in node.inputs])
+        elif node.kind == "Flatten":
+            positions = int(np.prod([int(d) for d in _shape(model, nodes[node.inputs[0]])[1:-1]]))
+            origin[name] = np.tile(origin[node.inputs[0]], positions)
+        else:  # Per-channel layers and merges: every operand carries the group's channels.
+            origin[name] = origin[node.inputs[0]]
+    return {name: origin[nodes[name].inputs[0]] for name in target.consumers}
 
 
 def _kept_indices(model, nodes, keep: Dict[str, np.ndarray], opaque: Dict[str, str]) -> Dict[str, np.ndarray]:
     """For every layer output, the original channel indices that survive (propagated in topological order);
-    `opaque` is `untracked(nodes)`."""
+    `opaque` is `untracked(model, nodes)`.
+
+    Raises:
+      TfcError: a merge whose operands would keep different channels (`keep` splits a group).
+    """
     kept: Dict[str, np.ndarray] = {}
-    order = [entry["config"]["name"] for entry in model.get_config()["layers"]]
-    for name in order:
-        node = nodes[name]
-        if node.kind == "InputLayer":  # (A sequential model does not list its InputLayer as a layer.)
-            kept[name] = np.arange(int(model.inputs[0].shape[-1]))
-            continue
-        full = np.arange(int(model.get_layer(name).output.shape[-1]))
-        if name in opaque:  # Its input is whole (plan keeps such channels); so is its output.
+    for name, node in nodes.items():
+        shape = _shape(model, node)
+        full = np.arange(int(shape[-1])) if shape is not None else None
+        if node.kind == "InputLayer" or name in opaque:  # An untracked layer's input is whole (see plan).
             kept[name] = full
         elif node.kind in LINEAR:
             kept[name] = keep.get(name, full)
@@ -162,15 +283,18 @@ def _kept_indices(model, nodes, keep: Dict[str, np.ndarray], opaque: Dict[str, s
             parts, offset = [], 0
             for src in node.inputs:
                 parts.append(kept[src] + offset)
-                offset += int(model.get_layer(src).output.shape[-1])
+                offset += int(_shape(model, nodes[src])[-1])
             kept[name] = np.concatenate(parts)
         elif node.kind == "Flatten":
-            src_shape = model.get_layer(node.inputs[0]).output.shape
+            src_shape = _shape(model, nodes[node.inputs[0]])
             c = int(src_shape[-1])
             positions = int(np.prod([int(d) for d in src_shape[1:-1]]))
             kept[name] = (np.arange(positions)[:, None] * c + kept[node.inputs[0]][None, :]).reshape(-1)
-        else:  # Per-channel, channel-vector, depthwise, Add (inputs are whole by plan()).
+        else:  # Per-channel, channel-vector, depthwise, Reshape keeping the last axis, merges.
             kept[name] = kept[node.inputs[0]]
+            if any(not np.array_equal(kept[src], kept[name]) for src in node.inputs[1:]):
+                raise TfcError(f"thinning must keep the same channels in every operand of {name} (a channel "
+                               "group's producers are thinned together)")
     return kept
 
 
@@ -179,15 +303,19 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
 
     Args:
       model: the functional Keras model.
-      keep: layer name -> sorted output-channel indices to keep (from `plan`'s layers).
+      keep: layer name -> sorted output-channel indices to keep (for a group from `plan`, the same indices for
+        each of its producers: `Prunable.keep`).
       scales: consumer layer name -> per-input-channel factors over its *original*
         input channels, applied to its kernel rows (ThiNet's least-squares step).
 
     Returns:
       The thinned model (uncompiled), with weights copied.
+
+    Raises:
+      TfcError: every channel of a layer removed, or a group split.
     """
     nodes = layer_graph(model)
-    opaque = untracked(nodes)
+    opaque = untracked(model, nodes)
     keep = {k: np.asarray(sorted(v), np.int64) for k, v in keep.items()}
     for name, idx in keep.items():
         if len(idx) == 0:
@@ -200,6 +328,8 @@ def thin(model, keep: Dict[str, Sequence[int]], scales: Optional[Dict[str, np.nd
         if name in keep:
             key = "units" if entry["class_name"] == "Dense" else "filters"
             entry["config"][key] = int(len(keep[name]))
+        elif entry["class_name"] == "Reshape" and name not in opaque:
+            entry["config"]["target_shape"] = [*entry["config"]["target_shape"][:-1], int(len(kept[name]))]
     thinned = model.__class__.from_config(config)
     for layer in thinned.layers:
         name = layer.name
