@@ -98,7 +98,7 @@ def test_thinet_halves_the_blocks_and_keeps_agreement(trained, tmp_path):
     path, images, held, reference = trained
     out = str(tmp_path / "thin.keras")
     proc = _tool("prune", f"--input={path}", f"--output={out}", f"--train_images={images}", "--method=thinet",
-                 "--ratio=0.5", "--layer_epochs=1", "--epochs=2")
+                 "--ratio=0.5", "--layer_epochs=1", "--epochs=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distilled from the original, 600 images" in proc.stdout
     thin = keras.saving.load_model(out, safe_mode=True, compile=False)
