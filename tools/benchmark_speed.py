@@ -144,7 +144,7 @@ def _rows(name, original, methods, x, held, labels, train):
     values = [h.index for h in heads(original) if h.kind != "class"]
     reference = predict_all(original, held)
     base = bytes_size(flatbuffers[0])
-    params0, macs0 = count(original)
+    macs0 = count(original)[1]
     rows = []
     for method, model, fb, t in zip(names, models, flatbuffers, latency):
         params, macs = count(model)
@@ -162,7 +162,7 @@ def _rows(name, original, methods, x, held, labels, train):
 def _zoo_images(task: str, count: int, seed: int):
     """`count` unlabelled training images of a zoo task that testdata does not ship, as the model takes them."""
     import numpy as np
-    from tfcompress.evaluate.zoo import ZOO, digits_training_set
+    from tfcompress.evaluate.zoo import digits_training_set
     rng = np.random.default_rng(seed)
     if task == "digits":
         x = digits_training_set()[0][..., :1]

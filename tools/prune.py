@@ -6,8 +6,10 @@
         --layer_epochs=1 --epochs=4 --train_images=data/unlabelled
 
 --method=l1|l2|apoz|thinet|random removes whole channels (the saved model has
-fewer parameters and MACs): one layer at a time, each followed by
---layer_epochs of fine-tuning, then --epochs of global fine-tuning.
+fewer parameters and MACs) by channel group: the convs tied by a residual
+Add or an SE Multiply lose the same channels together (--noresidual_groups:
+inside blocks only).  One group at a time, each followed by --layer_epochs of
+fine-tuning, then --epochs of global fine-tuning.
 
 With labelled --train_images (DIR/<label>/*) the loss mixes hard labels and
 the original model's soft targets (--alpha); with an unlabelled folder it
