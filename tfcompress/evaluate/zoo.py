@@ -25,9 +25,34 @@ from tfcompress.keras.train import set_bn_statistics
 from tfcompress.io.keras_models import copy_model
 
 
+# The random-weight fixtures' batch norms keep this share of the initial statistics (mean 0, variance 1).
+RANDOM_NET_PRIOR = 1.0 / 16.0
+
+
+def _random_net_statistics(model, batches) -> None:
+    """Batch-norm statistics of a random-weight fixture: the images' (`set_bn_statistics`), mixed with a
+    RANDOM_NET_PRIOR share of the initial mean 0 and variance 1.
+
+    With the images' statistics alone, the random MobileNetV2's late depthwise channels (variance about
+    1e-3 on 32 images) are amplified about 20x, and the result is so ill-conditioned that the stock TFLite
+    converter's int8 agrees with it on 22% of held-out images (measured).  The prior keeps these fixtures the
+    well-conditioned stand-ins for trained nets they were built as (it is what the earlier four passes at
+    momentum 0.5 left over one batch).
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    set_bn_statistics(model, batches)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean = keras.ops.convert_to_numpy(layer.moving_mean)
+            var = keras.ops.convert_to_numpy(layer.moving_variance)
+            layer.moving_mean.assign((1.0 - RANDOM_NET_PRIOR) * mean)
+            layer.moving_variance.assign((1.0 - RANDOM_NET_PRIOR) * var + RANDOM_NET_PRIOR)
+
+
 def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int = 96, seed: int = 0,
                  logits: bool = True):
-    """Keras `MobileNetV2(alpha, weights=None)` at size×size×3, BN statistics set from `image_paths`.
+    """Keras `MobileNetV2(alpha, weights=None)` at size×size×3, BN statistics set from `image_paths`
+    (`_random_net_statistics`).
 
     Inputs are in [-1, 1] (the MobileNetV2 convention: mean 127.5, std 127.5).
     With `logits` the classifier has no softmax, so errors are measured on
@@ -38,7 +63,7 @@ def mobilenet_v2(image_paths: Sequence[str], *, alpha: float = 0.35, size: int =
     model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None,
                                            classifier_activation=None if logits else "softmax")
     prep = mobilenet_preprocessing(size)
-    set_bn_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=32)))
+    _random_net_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=32)))
     return model
 
 
@@ -91,7 +116,7 @@ def application(name: str, image_paths: Sequence[str], *, size: int = 224, seed:
     model = getattr(keras.applications, builder)(input_shape=(size, size, 3), weights=None, classes=classes)
     prep = Preprocessing.for_input((None, size, size, 3), **norm)
     if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
-        set_bn_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=16)))
+        _random_net_statistics(model, list(iter_batches(list(image_paths), prep, batch_size=16)))
     return model, prep
 
 
