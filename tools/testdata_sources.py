@@ -6,16 +6,22 @@ Flag-free, so tools/make_testdata.py, tools/make_zoo.py and the benchmarks impor
 SIZE = 32
 
 
+def _digits_8x8():
+    """(uint8 8x8 images scaled from sklearn's 0..16 to 0..255, labels)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8), digits.target.astype(np.int64)
+
+
 def digit_images():
     """(uint8 images [N, 32, 32], labels [N]) from sklearn's 8x8 digits, upscaled bilinearly."""
     import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    small, labels = _digits_8x8()
     big = np.stack([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
                     for im in small])
-    return big, digits.target.astype(np.int64)
+    return big, labels
 
 
 PATCH_SOURCES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
@@ -66,11 +72,8 @@ def training_patches():
 def small_digits():
     """(uint8 8x8 digits scaled to 0..255, labels, (shipped calibration, shipped held-out, unshipped) indices)."""
     import numpy as np
-    from sklearn.datasets import load_digits
     from tfcompress.evaluate.zoo import shipped_digits
-    digits = load_digits()
-    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
+    small, labels = _digits_8x8()
     cal, held = (np.array(i) for i in shipped_digits(labels))
     train = np.array(sorted(set(range(len(labels))) - set(cal) - set(held)))
     return small, labels, (cal, held, train)

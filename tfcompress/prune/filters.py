@@ -108,15 +108,9 @@ def _grouped(contrib: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return np.add.reduceat(contrib[:, order], starts, axis=1)
 
 
-def _contributions(consumer, a: np.ndarray, rng, samples: int,
-                   origin: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """(X [samples, C], y [samples]): per-input-channel contributions to sampled consumer outputs, and their sums.
-
-    With `origin` (input row -> group channel or -1), X is summed per group channel and y is the sum of those.
-    """
-    if origin is None:
-        origin = np.arange(a.shape[-1] if not isinstance(consumer, keras.layers.Dense) else
-                           int(np.prod(a.shape[1:])))
+def _contributions(consumer, a: np.ndarray, rng, samples: int, origin: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(X [samples, C], y [samples]): contributions of a group's C channels to sampled consumer outputs, and
+    their sums; `origin` maps each consumer input row to its group channel or -1 (`thinning.consumer_rows`)."""
     if isinstance(consumer, keras.layers.SeparableConv2D):
         x = _grouped(_separable_contributions(consumer, a, rng, samples)[0], origin)
         return x, x.sum(1)

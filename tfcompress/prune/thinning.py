@@ -217,9 +217,9 @@ def plan(model, untracked_reach: Optional[Dict[str, str]] = None) -> List[Prunab
     result = []
     for names in spaces.values():
         producers = [n for n in names if n not in transparent]
-        if not any(nodes[p].kind in LINEAR for p in producers):
-            continue
         linear = [p for p in producers if nodes[p].kind in LINEAR]
+        if not linear:
+            continue
         others = [p for p in producers if nodes[p].kind not in LINEAR]
         consumers, path = [], []
         if others:
