@@ -106,3 +106,18 @@ def test_convert_rejects_an_unknown_bias_correction(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_dense_layer_that_is_the_model_output_is_corrected():
+    """The quantizer renames an output it moves to the boundary ("Identity" -> "Identity1"); the layer is still
+    paired with its float op and corrected (it was skipped when layers were paired by name)."""
+    from tests.export.fixtures import biased_conv, int8_flatbuffers
+    model, images, _ = biased_conv()
+    calibrated, quantized = int8_flatbuffers(model, images)
+    output = fb.text(fb.parse(quantized).subgraphs[0].tensors[fb.parse(quantized).subgraphs[0].outputs[0]].name)
+    corrected, done = empirical_bias.correct(quantized, calibrated, images)
+    assert output in {d.tensor for d in done}
+    want = model.predict(images, verbose=0)
+    errors = [float(np.mean(np.abs(np.mean(tensor_values(f, [output], images)[output] - want, axis=0))))
+              for f in (quantized, corrected)]
+    assert errors[1] * MIN_REDUCTION <= errors[0], errors

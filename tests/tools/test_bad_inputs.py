@@ -70,8 +70,10 @@ def bad(tmp_path_factory):
     module = Variant()
     tf.saved_model.save(module, str(root / "variant_sm"), signatures={"serving_default": module.serve})
 
-    for folder in ("no_images", "badimg", "rgba", "bomb", "flat", "user_folder"):
+    for folder in ("no_images", "badimg", "rgba", "bomb", "flat", "user_folder", "few"):
         (root / folder).mkdir()
+    for name in [n for n in sorted(os.listdir(CALIBRATION)) if n.endswith(".png")][:3]:
+        (root / "few" / name).write_bytes(open(os.path.join(CALIBRATION, name), "rb").read())
     (root / "badimg" / "x.png").write_bytes(b"\x89PNG broken")
     Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(root / "rgba" / "a.png")
     (root / "bomb" / "bomb.png").write_bytes(png_claiming(14000, 14000))
@@ -243,6 +245,8 @@ CASES = [
     ("convert", ["--labels={bad}/duplicates.txt", "--output={out}/m.tflite"],
      "labels file {bad}/duplicates.txt has duplicate labels: a, b"),
     ("convert", ["--target=npu", "--output={out}/m.tflite"], "unknown --target 'npu'"),
+    ("convert", ["--rounding=adaround", "--calibration_images={bad}/few", "--output={out}/m.tflite"],
+     "AdaRound needs at least 16 calibration images, got 3"),
     ("convert", ["--quantize=uint8", "--io=int8", "--output={out}/m.tflite"],
      "--quantize=uint8 cannot give --io=int8 (it gives uint8 or float)"),
     ("convert", ["--quantize=none", "--io=uint8", "--output={out}/m.tflite"],

@@ -328,6 +328,7 @@ class ConvertResult:
 
 
 BIAS_CORRECTIONS = ("empirical", "analytic", "none")
+ROUNDINGS = ("nearest", "adaround")
 
 
 def _first_images(images, prep, count: int):
@@ -411,7 +412,7 @@ def _pixel_input_range(ranges, float_model, prep, notes: List[str]):
 
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
             recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
-            labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
+            rounding: str = "nearest", labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
             min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
             io: Optional[str] = None, card: ModelCard = ModelCard(),
@@ -431,6 +432,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         images, layer by layer, and absorb it in the int32 bias; `export.empirical_bias`), analytic (subtract
         the expected weight-rounding shift from the cache's channel means, no image read) or none.  Without
         images (a reused cache only) empirical is skipped, with a note.
+      rounding: int8/uint8 weights: nearest, or adaround (each layer's up-or-down rounding learned from the
+        calibration images, before bias correction; `export.adaround`).  Needs calibration images.
       labels: a labels file path, or the names in output order, for the metadata.
       labels_from: a labelled folder DIR/<label>/ whose class names become the labels.
       target: arm-cpu, hexagon-dsp, edgetpu, gpu or generic: the preflight to run.
@@ -456,7 +459,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
-    from tfcompress.export import autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
+    from tfcompress.export import adaround, autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
     from tfcompress.export.metadata import ModelInfo, attach  # pylint: disable=import-outside-toplevel
     from tfcompress.export.targets import get_target, preflight  # pylint: disable=import-outside-toplevel
     from tfcompress.export.tflite import (TfliteConfig, calibrated_flatbuffer, convert_qat,  # pylint: disable=import-outside-toplevel
@@ -471,6 +474,11 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     config = TfliteConfig(quantize=quantize, per_channel=per_channel, io=io)
     if bias_correction not in BIAS_CORRECTIONS:
         raise TfcError(f"unknown --bias_correction {bias_correction!r} (choose from {', '.join(BIAS_CORRECTIONS)})")
+    if rounding not in ROUNDINGS:
+        raise TfcError(f"unknown --rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
+    if rounding == "adaround" and (not config.needs_ranges or images is None):
+        raise TfcError("--rounding=adaround needs --quantize=int8 or uint8 and --calibration_images (it learns "
+                       "from the images' layer outputs)")
     auto = options.calibrator == "auto"
     calibrator = CalibratorConfig() if auto else options.calibrator_config()
     get_target(target)
@@ -482,9 +490,9 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
 
     float_model, _ = options.float_model(load_frozen_released(model, load))
     qat = is_qat(float_model)
-    if qat and (config.quantize != "int8" or wants_layers or auto):
+    if qat and (config.quantize != "int8" or wants_layers or auto or rounding != "nearest"):
         raise TfcError("a quantization-aware-trained model converts with --quantize=int8 only, without "
-                       "--calibrator=auto or float layers: its ranges come from training")
+                       "--calibrator=auto, float layers or AdaRound: its ranges and weights come from training")
     prep = options.preprocessing(float_model)
     memo = []
 
@@ -573,6 +581,15 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     else:
         converted = convert_tflite(export_model, config, ranges, dataset)
         flatbuffer, applied = converted.flatbuffer, converted.ranges_applied
+    if calibrated is not None and rounding == "adaround":
+        flatbuffer, learned, skipped = adaround.adaround(flatbuffer, calibrated,
+                                                         _first_images(images, prep, adaround.MAX_IMAGES))
+        note += (f"; AdaRound on {sum(r.kept for r in learned)} of {len(learned) + len(skipped)} layers"
+                 + (f" (nearest kept where learned rounding did not lower the error: "
+                    f"{sum(not r.kept for r in learned)})" if any(not r.kept for r in learned) else ""))
+        if skipped:
+            notes.append("AdaRound skipped: " + "; ".join(f"{fallback.layer_label(s.tensor)} ({s.reason})"
+                                                           for s in skipped))
     if calibrated is not None and bias_correction == "empirical":
         if ebc_images is None:
             note += "; empirical bias correction skipped (no calibration images: the cache holds no pixels)"

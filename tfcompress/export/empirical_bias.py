@@ -62,6 +62,28 @@ def _buffer_readers(model) -> Dict[int, int]:
     return readers
 
 
+def float_layers(quantized, float_model) -> Dict[int, object]:
+    """id(quantized conv/dense op) -> the float model's op it was quantized from.
+
+    The quantizer keeps the conv and dense ops in order but renames an output it moves to the model's
+    boundary ("Identity" becomes "Identity1"), so the ops pair by position, checked by kind and weight
+    shape; {} if the two models do not pair.
+    """
+    def linear(model):
+        return [op for op in model.subgraphs[0].operators if fb.op_name(model, op) in LINEAR and len(op.inputs) > 1]
+
+    qs, fs = linear(quantized), linear(float_model)
+    if len(qs) != len(fs):
+        return {}
+    pairs = {}
+    for q, f in zip(qs, fs):
+        qw, fw = quantized.subgraphs[0].tensors[q.inputs[1]], float_model.subgraphs[0].tensors[f.inputs[1]]
+        if fb.op_name(quantized, q) != fb.op_name(float_model, f) or list(qw.shape) != list(fw.shape):
+            return {}
+        pairs[id(q)] = f
+    return pairs
+
+
 def _shift(got: np.ndarray, want: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The bias change per channel: the mean error over the active values, where the sample resolves it.
 
@@ -94,29 +116,32 @@ def correct(quantized: bytes, float_model: bytes, images: np.ndarray, *, threads
     """
     images = np.asarray(images[:MAX_IMAGES], np.float32)
     model = fb.parse(quantized)
+    float_parsed = fb.parse(float_model)
+    pairs = float_layers(model, float_parsed)
     subgraph = model.subgraphs[0]
     buffer_readers = _buffer_readers(model)
     layers = []
     for op in subgraph.operators:
         name = fb.op_name(model, op)
-        if name not in LINEAR or len(op.inputs) < 3 or op.inputs[2] < 0:
+        if name not in LINEAR or len(op.inputs) < 3 or op.inputs[2] < 0 or id(op) not in pairs:
             continue
         bias = subgraph.tensors[op.inputs[2]]
         activation = _activation(model, op)
         if (fb.TENSOR_DTYPES.get(bias.type) != np.int32 or activation not in _ACTIVE
                 or buffer_readers.get(bias.buffer, 0) != 1 or bias.quantization is None):
             continue
-        layers.append((fb.text(subgraph.tensors[op.outputs[0]].name), bias, activation))
+        float_name = fb.text(float_parsed.subgraphs[0].tensors[pairs[id(op)].outputs[0]].name)
+        layers.append((fb.text(subgraph.tensors[op.outputs[0]].name), float_name, bias, activation))
     if not layers:
         return quantized, []
-    reference = tensor_values(float_model, [name for name, _, _ in layers], images, threads=threads)
+    reference = tensor_values(float_model, [f for _, f, _, _ in layers], images, threads=threads)
     done: List[Corrected] = []
     current = quantized
-    for name, bias, activation in layers:
-        if name not in reference:
+    for name, float_name, bias, activation in layers:
+        if float_name not in reference:
             continue
         got = tensor_values(current, [name], images, threads=threads).get(name)
-        want = reference[name]
+        want = reference[float_name]
         if got is None or got.shape != want.shape:
             continue
         lo, hi = _ACTIVE[activation]
