@@ -10,8 +10,11 @@ from the same half:
     quantization (Optimize.DEFAULT with a representative dataset, float I/O);
   - ours: `convert` with default flags (min/max ranges, empirical bias
     correction), and with one technique changed per row.
-Each runs in LiteRT on the model's held-out images and is compared with the
-float Keras model head by head: top-1 agreement and output MSE for class
+  - the eightbit TF graph of `quantize_graph` with default flags (reference
+    kernels), with TF1's chain (--kernels=tf1) and, where this process has
+    oneDNN's ops, the fused oneDNN kernels, all from the same half.
+Each .tflite runs in LiteRT and each graph in TF on the model's held-out
+images, and is compared with the float Keras model head by head: top-1 agreement and output MSE for class
 heads (on the probabilities), mean absolute error for regression heads.
 
 One calibration set decides little: the MSE of a 99%-agreement model comes
@@ -70,7 +73,28 @@ OURS = {
     "ours, bias_correction=analytic": {"bias_correction": "analytic"},
     "ours, calibrator=mse": {"calibrator": "mse"},
     "ours, equalize": {"equalize": True},
+    "ours, rounding=adaround": {"rounding": "adaround"},
+    "ours, rounding=adaround, bias_correction=none": {"rounding": "adaround", "bias_correction": "none"},
 }
+
+
+# The eightbit graph rows: label -> `tfc.quantize_graph`'s kernels.
+GRAPHS = {"eightbit graph (default: reference)": "reference", "eightbit graph, kernels=tf1": "tf1",
+          "eightbit graph, kernels=onednn": "onednn"}
+
+
+def _graph_kernels():
+    from tfcompress.quantize.onednn import mkl_enabled
+    return {label: k for label, k in GRAPHS.items() if k != "onednn" or mkl_enabled()}
+
+
+def _graph_outputs(quantized, held):
+    """The eightbit graph's outputs on the held-out images, by name."""
+    from tfcompress.graph.runner import GraphRunner
+    with GraphRunner(quantized.graph_def, [quantized.image_input().tensor],
+                     [o.tensor for o in quantized.outputs]) as runner:
+        values = runner.run(held)
+    return {o.tensor: v.reshape(len(held), -1) for o, v in zip(quantized.outputs, values)}
 
 
 def _errors(entry, outputs, reference, count):
@@ -94,7 +118,7 @@ def measure(name):
     from tfcompress.data.images import Preprocessing
     from tfcompress.data.source import FolderSource
     from tfcompress.evaluate.artifacts import interleaved_latency
-    from tfcompress.evaluate.measure import bytes_size
+    from tfcompress.evaluate.measure import bytes_size, graph_size
     from tfcompress.evaluate.zoo import ZOO
     from tfcompress.export.litert import LiteRTRunner
     from tfcompress.export.tflite import keras_float_flatbuffer
@@ -109,9 +133,10 @@ def measure(name):
     reference = model.predict(held, verbose=0)
     reference = dict(zip(entry.heads, reference if isinstance(reference, list) else [reference]))
     sizes = {head: int(np.prod(v.shape[1:])) for head, v in reference.items()}
-    labels = ["converter int8"] + list(OURS)
+    graphs = _graph_kernels()
+    labels = ["converter int8"] + list(OURS) + list(graphs)
     errors = {label: [] for label in labels}
-    first = {}
+    first, graph_sizes = {}, {}
     for seed in range(_SUBSETS.value):
         half = np.sort(np.random.default_rng(seed).permutation(len(source))[:len(source) // 2])
         subset = FolderSource.from_paths([source.paths[i] for i in half])
@@ -123,7 +148,16 @@ def measure(name):
                                                  equalize=changes.get("equalize", False))
                 artifacts[label] = tfc.convert(
                     entry.path, os.path.join(tmp, "ours.tflite"), images=subset, options=options, overwrite=True,
-                    bias_correction=changes.get("bias_correction", "empirical")).flatbuffer
+                    bias_correction=changes.get("bias_correction", "empirical"),
+                    rounding=changes.get("rounding", "nearest")).flatbuffer
+            for label, kernels in graphs.items():
+                options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
+                quantized = tfc.quantize_graph(entry.path, os.path.join(tmp, "graph_" + kernels), images=subset,
+                                               kernels=kernels, options=options, overwrite=True).quantized
+                outputs = _by_head(_graph_outputs(quantized, held), sizes)
+                errors[label].append(_errors(entry, outputs, reference, len(held)))
+                if seed == 0:
+                    graph_sizes[label] = graph_size(quantized.graph_def)
         for label, flatbuffer in artifacts.items():
             outputs = _by_head(LiteRTRunner(flatbuffer, threads=_THREADS.value).outputs_by_name(held), sizes)
             errors[label].append(_errors(entry, outputs, reference, len(held)))
@@ -154,10 +188,24 @@ def measure(name):
                 if label == "ours (default)":
                     worst = max(worst, geo)
             cells.append(cell)
-        size = bytes_size(first[label])
+        size = graph_sizes[label] if label in graph_sizes else bytes_size(first[label])
         rows.append([name, label, "; ".join(cells), size.raw, size.gzip,
                      f"{latency[label] / latency['float']:.2f}x" if label in latency else ""])
-    return rows, (agrees, worst)
+    return rows, (agrees, worst), _graph_against_ours(entry, errors)
+
+
+def _graph_against_ours(entry, errors, label="eightbit graph (default: reference)"):
+    """(the default eightbit graph's largest top-1 shortfall against our default .tflite, in points, and
+    its largest per-head error ratio to it: geometric mean over the subsets)."""
+    import numpy as np
+    shortfall, ratio = 0.0, 0.0
+    for head in entry.heads:
+        graph = [e[head] for e in errors[label]]
+        ours = [e[head] for e in errors["ours (default)"]]
+        if graph[0][0] is not None:
+            shortfall = max(shortfall, 100 * (np.mean([o[0] for o in ours]) - np.mean([g[0] for g in graph])))
+        ratio = max(ratio, float(np.exp(np.mean([np.log(g[1] / o[1]) for g, o in zip(graph, ours)]))))
+    return shortfall, ratio
 
 
 def main() -> None:
@@ -169,9 +217,9 @@ def main() -> None:
         raise TfcError(f"unknown zoo model {unknown[0]!r} (choose from {', '.join(ZOO)})")
     rows = [["model", "artifact", "against the float Keras model, per head (ratio to the converter: geometric "
              "mean; range over subsets)", "raw bytes", "gzip -9 bytes", "latency vs float"]]
-    met = {}
+    met, graph = {}, {}
     for name in names:
-        model_rows, met[name] = measure(name)
+        model_rows, met[name], graph[name] = measure(name)
         rows += model_rows
     common.print_table(rows)
     print(f"held-out images of each model; {_SUBSETS.value} calibration halves; LiteRT latency: median of "
@@ -181,6 +229,10 @@ def main() -> None:
     print(f"our default: agreement >= the converter's and every error ratio <= 1 on {len(both)}/{len(met)} models "
           f"({', '.join(both) or 'none'}); every error ratio <= 0.8 on {len(fifth)}/{len(met)} "
           f"({', '.join(fifth) or 'none'})")
+    within = [n for n, (points, ratio) in graph.items() if points <= 1.0 and ratio <= 1.5]
+    print(f"eightbit graph (default) against our default .tflite: top-1 within 1 point and every head's error "
+          f"<= 1.5x on {len(within)}/{len(graph)} models ({', '.join(within) or 'none'}); " + ", ".join(
+              f"{n} {-p:+.2f} pt, {r:.2f}x" for n, (p, r) in graph.items()))
 
 
 def run() -> None:

@@ -28,8 +28,9 @@ _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "saved_model", ["saved_model
 _MODE = flags.DEFINE_enum("mode", "eightbit", ["eightbit", "weights", "weights_rounded"], "Quantization mode.")
 _BITDEPTH = flags.DEFINE_integer("bitdepth", 8, "Bits for the weights modes (eightbit is 8).")
 _MIN_WEIGHT_SIZE = flags.DEFINE_integer("min_weight_size", 1024, "Smaller constants stay float (weights modes).")
-_KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "onednn"],
-                             "reference: portable kernels; onednn: fused oneDNN kernels (need oneDNN ops on).")
+_KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "tf1", "onednn"],
+                             "reference: portable kernels, one 8-bit step per conv; tf1: the same kernels in TF1's "
+                             "chain (two requantizations per conv); onednn: fused oneDNN kernels (need oneDNN ops on).")
 _EVAL_IMAGES = flags.DEFINE_string("eval_images", None, "Images for the agreement check "
                                    "(default: the calibration images).")
 _OUTPUT_INDEX = flags.DEFINE_list("output_index", None, "Outputs (indices or signature keys) that are class "
@@ -85,7 +86,9 @@ def main() -> None:
           + ", ".join(f"{op} {q}/{t}" for op, (q, t) in coverage.items()) + ")")
     if result.report.kept_float:
         kept = sorted(set(result.report.kept_float.values()))
-        print(f"ops kept float (no quantized kernel or declined): {', '.join(kept)}")
+        why = ("the reference chain runs what follows a conv or matmul in float, on its exact accumulator, "
+               "and has no depthwise kernel" if result.kernels == "reference" else "no quantized kernel or declined")
+        print(f"ops in float ({why}): {', '.join(kept)}")
     if result.report.alone:
         print("quantized alone, between a QuantizeV2 and a Dequantize (float may be faster there): "
               + ", ".join(result.report.alone))

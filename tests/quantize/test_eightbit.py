@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import CALIBRATION, HELDOUT, ROOT
 from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.data.images import Preprocessing, list_images
+from tfcompress.data.images import Preprocessing, list_images, load_image
 from tfcompress.calibrate.run import calibrate
 from tfcompress.errors import TfcError
 from tfcompress.evaluate.measure import agreement, graph_size
@@ -31,9 +31,73 @@ def calibrated(float_model):
     return prep, result.cache
 
 
-def test_structure_of_eightbit_graph(float_model, calibrated):
+# Exactness of the default chain's float accumulator, relative to the conv output's largest magnitude
+# (float32 products summed in another order).
+ACCUMULATOR_RTOL = 1e-5
+
+
+def _const(by_name, name):
+    return tf.make_ndarray(by_name[name.split(":")[0]].attr["value"].tensor)
+
+
+def _zero_code(lo, hi):
+    return -float(lo) * 255.0 / (float(hi) - float(lo))
+
+
+def test_structure_of_reference_chain(float_model, calibrated):
+    """One 8-bit step per conv or matmul (its input); no Requantize; 0.0 on a code of every quint8 range."""
     _, cache = calibrated
     q, report = quantize_model(float_model, QuantConfig(), cache.ranges())
+    ops = collections.Counter(n.op for n in q.graph_def.node)
+    assert ops["QuantizedConv2D"] == 8 and ops["QuantizedMatMul"] == 2
+    assert ops["Conv2D"] == 0 and ops["MatMul"] == 0 and ops["DepthwiseConv2dNative"] == 1
+    assert ops["Requantize"] == 0 and ops["RequantizationRange"] == 0 and ops["QuantizedBiasAdd"] == 0
+    assert ops["Dequantize"] == 0  # Accumulators are read back by Bitcast/Cast/Mul, nothing else is quint8.
+    by_name = {n.name: n for n in q.graph_def.node}
+    checked = 0
+    for n in q.graph_def.node:
+        if n.op == "QuantizeV2":
+            pairs = [(n.input[1], n.input[2])]
+        elif n.op in ("QuantizedConv2D", "QuantizedMatMul"):
+            pairs = [(n.input[4], n.input[5])]  # The filter's range.
+        else:
+            continue
+        for lo, hi in pairs:
+            z = _zero_code(_const(by_name, lo), _const(by_name, hi))
+            assert abs(z - round(z)) < 1e-3, (n.name, z)
+            checked += 1
+    assert checked >= 20
+    assert graph_size(q.graph_def).raw < graph_size(float_model.graph_def).raw / 2
+    assert [s.key for s in q.inputs] == [s.key for s in float_model.inputs]
+
+
+def test_reference_accumulator_is_exact(float_model, calibrated):
+    """The first conv's float output equals numpy's conv of its input codes and filter codes, decoded."""
+    prep, cache = calibrated
+    q, _ = quantize_model(float_model, QuantConfig(), cache.ranges())
+    by_name = {n.name: n for n in q.graph_def.node}
+    conv = next(n for n in q.graph_def.node if n.op == "QuantizedConv2D")
+    name = conv.name[:-len("/eightbit")]
+    x = np.stack([load_image(p, prep) for p in list_images(HELDOUT)[:4]])
+    feed = {q.inputs[0].tensor: x}
+    fetch = [t if ":" in t else t + ":0" for t in (conv.input[0], conv.input[2], conv.input[3], name)]
+    codes, lo, hi, got = run_graph(q.graph_def, feed, fetch)
+
+    def decode(c, lo, hi):
+        step = (float(hi) - float(lo)) / 255.0
+        return (c.astype(np.float64) - round(-float(lo) / step)) * step
+
+    inputs = decode(codes, lo, hi)
+    filt = decode(_const(by_name, conv.input[1]), _const(by_name, conv.input[4]), _const(by_name, conv.input[5]))
+    filt = filt * _const(by_name, name + "/channel_scales").astype(np.float64)
+    want = tf.nn.conv2d(inputs, filt, strides=list(conv.attr["strides"].list.i),
+                        padding=conv.attr["padding"].s.decode()).numpy()
+    np.testing.assert_allclose(got, want, atol=ACCUMULATOR_RTOL * np.abs(want).max())
+
+
+def test_structure_of_tf1_chain(float_model, calibrated):
+    _, cache = calibrated
+    q, report = quantize_model(float_model, QuantConfig(kernels="tf1"), cache.ranges())
     ops = collections.Counter(n.op for n in q.graph_def.node)
     assert ops["RequantizationRange"] == 0
     assert ops["QuantizedConv2D"] == 8 and ops["QuantizedMatMul"] == 2
@@ -66,7 +130,7 @@ def test_agreement_on_heldout_images(float_model, calibrated):
 def test_every_requantize_range_is_a_calibrated_constant(float_model, calibrated):
     _, cache = calibrated
     ranges = cache.ranges()
-    q, _ = quantize_model(float_model, QuantConfig(), ranges)
+    q, _ = quantize_model(float_model, QuantConfig(kernels="tf1"), ranges)
     by_name = {n.name: n for n in q.graph_def.node}
     requantizes = [n for n in q.graph_def.node if n.op == "Requantize"]
     assert requantizes
@@ -80,7 +144,9 @@ def test_every_requantize_range_is_a_calibrated_constant(float_model, calibrated
 
 def test_missing_or_nan_ranges_are_errors(float_model, calibrated):
     _, cache = calibrated
-    conv = [n.name + ":0" for n in float_model.graph_def.node if n.op == "Conv2D"][1]
+    # The input of the second conv: every chain quantizes it.
+    conv = [n.input[0] for n in float_model.graph_def.node if n.op == "Conv2D"][1]
+    conv = conv if ":" in conv else conv + ":0"
     ranges = dict(cache.ranges())
     ranges.pop(conv)
     with pytest.raises(TfcError, match="no calibration range for tensor " + conv):

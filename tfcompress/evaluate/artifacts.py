@@ -292,10 +292,13 @@ def graph_cost(model) -> Cost:
             macs += int(np.prod(weights))
         else:
             macs += _conv_macs(out.as_list(), weights, "Depthwise" in kind)
-    # Float graphs carry the bias in a separate BiasAdd after the conv/matmul, reference eightbit
-    # graphs in a QuantizedBiasAdd after the Requantize of one.
+    # Float graphs carry the bias in a separate BiasAdd after the conv/matmul; reference eightbit graphs in
+    # one after the float accumulator of one (a node named as the conv, made from its "<name>/eightbit"),
+    # TF1-chain graphs in a QuantizedBiasAdd after the Requantize of one.
+    names = {op.name for op in graph.get_operations()}
     for op in graph.get_operations():
-        if op.type == "BiasAdd" and op.inputs[0].op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul") or \
+        if op.type == "BiasAdd" and (op.inputs[0].op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+                                     or op.inputs[0].op.name + "/eightbit" in names) or \
                 op.type == "QuantizedBiasAdd":
             bias = const_shape(op.inputs[1])
             params += int(np.prod(bias)) if bias is not None else 0

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfcompress.errors import TfcError
 from tfcompress.graph.graph import Graph, make_const, make_node, node_name, tensor_name
+from tfcompress.quantize.weights import zero_exact_range
 
 
 class Encoding(NamedTuple):
@@ -96,13 +97,15 @@ class Builder:
       graph: the optimized float graph (read only).
       ranges: calibrated (min, max) per float tensor name.
       fallback_range: the range of a tensor nothing calibrated (None: such a tensor is an error).
+      one_step: the reference kernels' default chain (`build_eightbit`).
     """
 
     def __init__(self, graph: Graph, ranges: Dict[str, Tuple[float, float]],
-                 fallback_range: Optional[Tuple[float, float]] = None):
+                 fallback_range: Optional[Tuple[float, float]] = None, one_step: bool = False):
         self.src = graph
         self.ranges = ranges
         self.fallback_range = fallback_range
+        self.one_step = one_step
         self.nodes: Dict[str, tf.compat.v1.NodeDef] = {}
         self.quantized: Dict[str, QTensor] = {}      # float tensor -> its first quantized form
         self.converted: Dict[Tuple[str, Encoding], QTensor] = {}
@@ -140,6 +143,15 @@ class Builder:
     def encoding_of(self, tensor: str) -> Optional[Encoding]:
         q = self.quantized.get(tensor_name(tensor))
         return q.encoding if q else None
+
+    def carries_quantized(self, tensor: str) -> bool:
+        """Quantized, and (in the one-step chain) by the op that made it or as it entered the graph, not by
+        a QuantizeV2 made for a conv that reads it: an element-wise op there stays float, on the exact value."""
+        q = self.quantized.get(tensor_name(tensor))
+        return q is not None and not (self.one_step and "/eightbit/quantize" in q.tensor)
+
+    def carried_encoding(self, tensor: str) -> Optional[Encoding]:
+        return self.encoding_of(tensor) if self.carries_quantized(tensor) else None
 
     def emission(self) -> "Emission":
         """An empty emission for one quantizer call."""
@@ -230,6 +242,8 @@ class Emission:
         """Consts holding the range of `tensor` in `encoding`: new ones under the given names, or, for a
         tensor nothing calibrated, the graph's one pair of fallback consts (TF1's names)."""
         lo, hi = encoded_range(encoding, *self.builder.range(tensor))
+        if self.builder.one_step and encoding is U8:
+            lo, hi = zero_exact_range(min(lo, 0.0), max(hi, 0.0))
         if self.builder.uses_fallback(tensor) and encoding is U8:
             min_name, max_name = FALLBACK_MIN, FALLBACK_MAX
             if self.builder.has_node(min_name) or any(n.name == min_name for n in self.nodes):
@@ -316,12 +330,16 @@ class Emission:
 
 def build_eightbit(graph: Graph, ranges, quantizers, fallback, *,
                    quantized_inputs: Optional[Dict[str, Tuple[float, float]]] = None,
-                   fallback_range: Optional[Tuple[float, float]] = None) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
+                   fallback_range: Optional[Tuple[float, float]] = None,
+                   one_step: bool = False) -> Tuple[tf.compat.v1.GraphDef, QuantReport]:
     """Converts the float `graph` with `quantizers` (op type -> quantizer); `fallback` keeps the rest float.
 
     `quantized_inputs` names Placeholders that arrive as quint8 codes over a given (min, max) (TF1's
     --quantized_input): they keep their names, with dtype quint8, and need no QuantizeV2.
     `fallback_range` is the range of any tensor the calibration did not reach.
+    `one_step` is the reference kernels' default chain (see `reference`): every quint8 activation range is
+    widened so that 0.0 is a code (`weights.zero_exact_range`), and element-wise quantizers take only values
+    that arrive quantized (`Builder.carries_quantized`).
 
     Each quantizer's `emit(builder, node)` returns an `Emission` (the nodes it
     made and the forms they give its tensors), which the walk commits.
@@ -330,7 +348,7 @@ def build_eightbit(graph: Graph, ranges, quantizers, fallback, *,
     emitted, by `emit_chain`, when the walk reaches its last node, by which
     time every input of every member (a residual summand included) exists.
     """
-    builder = Builder(graph, ranges, fallback_range)
+    builder = Builder(graph, ranges, fallback_range, one_step)
     quantized_inputs = quantized_inputs or {}
     order = graph.topo_order()
     chains, absorbed = {}, set()

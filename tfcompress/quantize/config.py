@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 from tfcompress.errors import TfcError
 
 MODES = ("eightbit", "weights", "weights_rounded")
-KERNELS = ("reference", "onednn")
+KERNELS = ("reference", "tf1", "onednn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -20,8 +20,11 @@ class QuantConfig:
         snapped to 2^bitdepth levels).
       bitdepth: levels for the weights modes (eightbit kernels are 8-bit).
       min_weight_size: constants with fewer elements stay float (weights modes).
-      kernels: "reference" (TF's portable quantized kernels: run in any TF
-        process) or "onednn" (fused oneDNN kernels: faster, need a TF whose
+      kernels: "reference" (TF's portable quantized kernels, which run in any
+        TF process: one 8-bit step per conv or matmul, per-channel weights),
+        "tf1" (the same kernels in TF1's quantize_graph chain: per-tensor
+        weights, quint8 bias, activations and pools, two requantizations per
+        conv) or "onednn" (fused oneDNN kernels: faster, need a TF whose
         oneDNN ops are on, i.e. `TF_ENABLE_ONEDNN_OPTS=1` on CPUs where TF
         does not enable them by default).
       quantized_input: eightbit: the (min, max) of the float inputs, which then

@@ -19,6 +19,8 @@ def _kernel_set(kernels: str):
             raise TfcError("--kernels=onednn needs TF's oneDNN kernels, which are off in this process: "
                            "set TF_ENABLE_ONEDNN_OPTS=1 before starting it")
         return onednn.QUANTIZERS, onednn.FALLBACK
+    if kernels == "tf1":
+        return reference.TF1_QUANTIZERS, reference.FALLBACK
     return reference.QUANTIZERS, reference.FALLBACK
 
 
@@ -59,7 +61,8 @@ def quantize_model(model: FrozenModel, config: QuantConfig,
         if not quantized_inputs:
             raise TfcError("--quantized_input: the model has no float32 input")
     graph_def, report = build_eightbit(graph, ranges, quantizers, fallback, quantized_inputs=quantized_inputs,
-                                      fallback_range=config.fallback_range)
+                                      fallback_range=config.fallback_range,
+                                      one_step=config.kernels == "reference")
     report.alone = quantized_alone(graph_def)
     out = model.replace_graph(graph_def)
     if quantized_inputs:

@@ -1,10 +1,24 @@
 """Quantizers for TF's portable (reference) quantized kernels, keyed by op type.
 
 These kernels are registered in every TF build, so the graphs they make run in
-any TF process.  Weights are per-tensor (the reference QuantizedConv2D and
-QuantizedMatMul take scalar filter ranges; only the oneDNN kernels take
-per-channel ones).  Accumulators are qint32 and go back to quint8 through
-Requantize with a calibrated constant range.
+any TF process.  Two chains use them:
+
+- `QUANTIZERS` (`--kernels=reference`): one 8-bit step per conv or matmul,
+  at its input (QuantizeV2 with the calibrated range, shared by every reader
+  of the tensor).  The qint32 accumulator is read back to float exactly
+  (code * max / (2^31 - 1)), and the bias, activation, pooling and residual
+  adds after it run in float on that exact value.  The reference kernels take
+  one scalar filter range, so each output channel of the filter is divided
+  by its largest |w| before quantizing (all channels then span the same
+  codes) and multiplied back on the float accumulator: per-channel weights
+  through per-tensor kernels.
+- `TF1_QUANTIZERS` (`--kernels=tf1`): TF1's quantize_graph chain.  Weights
+  are per-tensor quint8; the accumulator goes back to quint8 through
+  Requantize, then QuantizedBiasAdd adds a quint8 bias and requantizes again,
+  and Relu, pools, residual adds and concats run on quint8.  Two 8-bit steps
+  per conv, each over a min/max range far wider than the values' spread,
+  and one filter range for channels of very different size: on the zoo this
+  chain agrees with float less often than TFLite's int8 (see README).
 
 Each quantizer has `should_quantize(builder, node)` (it may decline; the
 fallback then keeps the op float) and `emit(builder, node)`, which returns an
@@ -67,13 +81,42 @@ def _entering(builder: Builder, tensor: str) -> bool:
 
 def _quantizable(builder: Builder, tensor: str) -> bool:
     """Already quantized, or a float tensor where data enters the graph."""
-    return builder.is_quantized(tensor) or _entering(builder, tensor)
+    return builder.carries_quantized(tensor) or _entering(builder, tensor)
+
+
+# The largest qint32 code: a reference kernel's accumulator range is (-2^31, 2^31 - 1) times one code's value.
+INT32_LEVELS = 2147483647.0
+
+
+def dequantized_accumulator(e: Emission, base: str, name: str, channel_scales=None) -> str:
+    """The qint32 accumulator of quantized op `base` as float, exactly, in a node named `name`.
+
+    A reference kernel's accumulator has code 0 at 0.0 and max = (2^31 - 1) codes, so the value is
+    code * max / (2^31 - 1).  This is computed with Bitcast, Cast and Mul: TF's oneDNN rewrite replaces a
+    SCALED Dequantize by a kernel that has no qint32 form, and MIN_COMBINED's float offset of 2^31 loses
+    the accumulator's low bits.  `channel_scales` (per output channel) multiply the result as well.
+    """
+    e.add(make_node("Bitcast", name + "/int32", [base], T=tf.qint32, type=tf.int32))
+    e.add(make_node("Cast", name + "/float", [name + "/int32"], SrcT=tf.int32, DstT=tf.float32, Truncate=False))
+    e.const(name + "/levels", INT32_LEVELS, tf.float32)
+    scale = e.add(make_node("RealDiv", name + "/scale", [base + ":2", name + "/levels"], T=tf.float32))
+    if channel_scales is not None:
+        e.const(name + "/channel_scales", np.asarray(channel_scales, np.float32), tf.float32)
+        scale = e.add(make_node("Mul", name + "/scales", [scale, name + "/channel_scales"], T=tf.float32))
+    return e.add(make_node("Mul", name, [name + "/float", scale], T=tf.float32))
 
 
 class _WeightedQuantizer:
-    """Conv2D / MatMul with a constant weight."""
+    """Conv2D / MatMul with a constant weight.
+
+    Args:
+      one_step: the `QUANTIZERS` chain (channel-normalized filter, exact float accumulator); False: TF1's.
+    """
 
     op = ""
+
+    def __init__(self, one_step: bool = True):
+        self.one_step = one_step
 
     def should_quantize(self, builder: Builder, node) -> bool:
         ins = data_inputs(node)
@@ -83,20 +126,35 @@ class _WeightedQuantizer:
     def _supported(self, node) -> bool:
         return True
 
+    def _output_axis(self, node) -> int:
+        return -1
+
     def _weights(self, e: Emission, node, w):
-        """quint8 per-tensor filter: the only filter type every reference kernel takes."""
+        """quint8 per-tensor filter (the only filter type every reference kernel takes), and the per-channel
+        scales it was divided by (None in TF1's chain)."""
         base = node.name + "/eightbit"
-        q, lo, hi = quantize_affine(w)
+        scales = None
+        if self.one_step:
+            axis = self._output_axis(node) % w.ndim
+            others = tuple(a for a in range(w.ndim) if a != axis)
+            scales = np.abs(w).max(axis=others)
+            scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            w = w / scales.reshape(shape)
+        q, lo, hi = quantize_affine(w, exact_zero=self.one_step)
         return (e.const(base + "/weights", q, tf.quint8), e.const(base + "/weights_min", lo, tf.float32),
-                e.const(base + "/weights_max", hi, tf.float32))
+                e.const(base + "/weights_max", hi, tf.float32)), scales
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
         ins = data_inputs(node)
         x = e.quantized_input(ins[0])
-        w = self._weights(e, node, _const(builder, ins[1]))
+        w, scales = self._weights(e, node, _const(builder, ins[1]))
         base = node.name + "/eightbit"
         e.add(self._op(base, node, x, w))
+        if self.one_step:
+            return e.float_output(node, dequantized_accumulator(e, base, node.name, scales), op_type=self.op)
         acc = (base, base + ":1", base + ":2")
         return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), self.op)
 
@@ -134,7 +192,10 @@ class MatMulQuantizer(_WeightedQuantizer):
     def should_quantize(self, builder: Builder, node) -> bool:
         ins = data_inputs(node)
         if _const(builder, ins[1]) is None:
-            return _float32(node) and self._supported(node) and all(_quantizable(builder, i) for i in ins[:2])
+            # Two activations: TF1's chain needs both quantized already (or entering the graph); the one-step
+            # chain quantizes any float input at its calibrated range.
+            return _float32(node) and self._supported(node) and (
+                self.one_step or all(_quantizable(builder, i) for i in ins[:2]))
         return super().should_quantize(builder, node)
 
     def emit(self, builder: Builder, node) -> Emission:
@@ -145,11 +206,16 @@ class MatMulQuantizer(_WeightedQuantizer):
         x, y = e.quantized_input(ins[0]), e.quantized_input(ins[1])
         base = node.name + "/eightbit"
         e.add(self._op(base, node, x, y))
+        if self.one_step:
+            return e.float_output(node, dequantized_accumulator(e, base, node.name), op_type=self.op)
         acc = (base, base + ":1", base + ":2")
         return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), self.op)
 
     def _supported(self, node) -> bool:
         return not node.attr["transpose_a"].b
+
+    def _output_axis(self, node) -> int:
+        return 0 if node.attr["transpose_b"].b else 1
 
     def _op(self, base, node, x, w):
         return make_node("QuantizedMatMul", base, [x[0], w[0], x[1], x[2], w[1], w[2]], T1=tf.quint8,
@@ -200,7 +266,7 @@ class _PassRangeQuantizer:
 
     def should_quantize(self, builder: Builder, node) -> bool:
         x = data_inputs(node)[0]
-        quantized = builder.encoding_of(x)
+        quantized = builder.carried_encoding(x)
         return (_float32(node) and (quantized in UNSIGNED or (quantized is None and _entering(builder, x)))
                 and self._supported(builder, node))
 
@@ -267,7 +333,7 @@ class ConcatQuantizer:
     def should_quantize(self, builder: Builder, node) -> bool:
         axis, values = self._split(node)
         return (_float32(node) and _const(builder, axis) is not None and builder.rank(node.name) is not None
-                and (any(builder.is_quantized(v) for v in values) or all(_entering(builder, v) for v in values)))
+                and (any(builder.carries_quantized(v) for v in values) or all(_entering(builder, v) for v in values)))
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
@@ -314,7 +380,7 @@ class FakeQuantQuantizer:
     `quantize.convert.fake_quant_ranges`), so the op's quantized output is its value and it adds no node."""
 
     def should_quantize(self, builder: Builder, node) -> bool:
-        return builder.encoding_of(data_inputs(node)[0]) is U8
+        return builder.carried_encoding(data_inputs(node)[0]) is U8
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
@@ -328,7 +394,7 @@ class AddQuantizer:
         ins = data_inputs(node)
         if not _float32(node) or len(ins) != 2 or any(_const(builder, i) is not None for i in ins):
             return False
-        return any(builder.is_quantized(i) for i in ins)
+        return any(builder.carries_quantized(i) for i in ins)
 
     def emit(self, builder: Builder, node) -> Emission:
         e = builder.emission()
@@ -341,23 +407,30 @@ class AddQuantizer:
         return e.quantized_output(node, e.requantize(base, acc, node.name + ":0"), "QuantizedAdd")
 
 
-QUANTIZERS = {
-    "Conv2D": Conv2DQuantizer(),
-    # No "DepthwiseConv2dNative": QuantizedDepthwiseConv2D has only a oneDNN kernel
-    # (without oneDNN it returns no output), so depthwise convs stay float here.
-    "MatMul": MatMulQuantizer(),
-    "BiasAdd": BiasAddQuantizer(),
-    "Relu": ReluQuantizer(),
-    "Relu6": Relu6Quantizer(),
-    "MaxPool": PoolQuantizer("QuantizedMaxPool"),
-    "AvgPool": PoolQuantizer("QuantizedAvgPool"),
-    "Reshape": ReshapeQuantizer(),
-    "ConcatV2": ConcatQuantizer(),
-    "Concat": ConcatQuantizer(axis_first=True),
-    "BatchNormWithGlobalNormalization": BatchNormQuantizer(),
-    "FakeQuantWithMinMaxVars": FakeQuantQuantizer(),
-    "FakeQuantWithMinMaxArgs": FakeQuantQuantizer(),
-    "AddV2": AddQuantizer(),
-    "Add": AddQuantizer(),
-}
+def _quantizers(one_step: bool):
+    return {
+        "Conv2D": Conv2DQuantizer(one_step),
+        # No "DepthwiseConv2dNative": QuantizedDepthwiseConv2D has only a oneDNN kernel
+        # (without oneDNN it returns no output), so depthwise convs stay float here.
+        "MatMul": MatMulQuantizer(one_step),
+        "BiasAdd": BiasAddQuantizer(),
+        "Relu": ReluQuantizer(),
+        "Relu6": Relu6Quantizer(),
+        "MaxPool": PoolQuantizer("QuantizedMaxPool"),
+        "AvgPool": PoolQuantizer("QuantizedAvgPool"),
+        "Reshape": ReshapeQuantizer(),
+        "ConcatV2": ConcatQuantizer(),
+        "Concat": ConcatQuantizer(axis_first=True),
+        "BatchNormWithGlobalNormalization": BatchNormQuantizer(),
+        "FakeQuantWithMinMaxVars": FakeQuantQuantizer(),
+        "FakeQuantWithMinMaxArgs": FakeQuantQuantizer(),
+        "AddV2": AddQuantizer(),
+        "Add": AddQuantizer(),
+    }
+
+
+# In the one-step chain the element-wise quantizers still take what arrives quantized (a graph input, a
+# TF1 eightbit island); after a conv or matmul the value is float and they leave it so.
+QUANTIZERS = _quantizers(one_step=True)
+TF1_QUANTIZERS = _quantizers(one_step=False)
 FALLBACK = FloatFallback()

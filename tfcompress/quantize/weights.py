@@ -12,8 +12,27 @@ import tensorflow as tf
 from tfcompress.graph.graph import Graph, make_const, make_node
 
 
-def quantize_affine(value: np.ndarray, dtype=tf.quint8) -> Tuple[np.ndarray, float, float]:
+def zero_exact_range(lo: float, hi: float, levels: int = 255) -> Tuple[float, float]:
+    """The smallest widening of [lo, hi] (which holds 0) whose `levels` steps put 0.0 exactly on a code.
+
+    TF's quantized kernels subtract the code of 0.0 rounded to an integer (`FloatToQuantizedUnclamped`), so
+    with a range whose 0.0 falls between codes every value is read shifted by up to half a step, the same
+    way for all: a systematic error that a conv sums over its whole window.  TFLite nudges its ranges the
+    same way (Jacob et al., arXiv:1712.05877, Sec. 2.1: "the real value 0 be exactly representable").
+    """
+    if lo >= 0.0 or hi <= 0.0 or hi - lo <= 0.0:
+        return lo, hi
+    zero = int(np.clip(np.round(-lo * levels / (hi - lo)), 1, levels - 1))
+    step = max(-lo / zero, hi / (levels - zero))
+    return -zero * step, (levels - zero) * step
+
+
+def quantize_affine(value: np.ndarray, dtype=tf.quint8, exact_zero: bool = False
+                    ) -> Tuple[np.ndarray, float, float]:
     """Per-tensor affine quantization (range widened to contain 0), MIN_COMBINED mode.
+
+    Args:
+      exact_zero: widen the range so 0.0 is a code (`zero_exact_range`).
 
     Returns:
       (quantized array, actual min, actual max) as TF's QuantizeV2 produced them.
@@ -21,6 +40,8 @@ def quantize_affine(value: np.ndarray, dtype=tf.quint8) -> Tuple[np.ndarray, flo
     lo, hi = float(min(value.min(), 0.0)), float(max(value.max(), 0.0))
     if hi - lo < 1e-8:
         hi = lo + 1e-8
+    if exact_zero:
+        lo, hi = zero_exact_range(lo, hi)
     q = tf.raw_ops.QuantizeV2(input=tf.constant(value, tf.float32), min_range=lo, max_range=hi, T=dtype,
                               mode="MIN_COMBINED")
     return q.output.numpy(), float(q.output_min.numpy()), float(q.output_max.numpy())
