@@ -4,7 +4,8 @@
     python tools/benchmark_graph.py --models=digits --batch_sizes=1,32 --runs=100
 
 For each model and batch size it prints, per variant (float; eightbit on the
-reference kernels; eightbit on the fused oneDNN kernels), the median latency
+reference kernels, in the default chain and in TF1's; eightbit on the fused
+oneDNN kernels), the median latency
 over --runs runs, the speed-up over float measured in the same run (variants
 are interleaved run by run, so machine noise hits all alike), and top-1
 agreement with float on the held-out testdata images, with the largest output
@@ -45,6 +46,7 @@ def _variants(float_model, ranges):
     from tfcompress.quantize.onednn import mkl_enabled
     out = [("float", float_model)]
     out.append(("eightbit reference", quantize_model(float_model, QuantConfig(kernels="reference"), ranges)[0]))
+    out.append(("eightbit tf1", quantize_model(float_model, QuantConfig(kernels="tf1"), ranges)[0]))
     if mkl_enabled():
         out.append(("eightbit onednn", quantize_model(float_model, QuantConfig(kernels="onednn"), ranges)[0]))
     return out

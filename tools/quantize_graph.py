@@ -28,6 +28,10 @@ _OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "saved_model", ["saved_model
 _MODE = flags.DEFINE_enum("mode", "eightbit", ["eightbit", "weights", "weights_rounded"], "Quantization mode.")
 _BITDEPTH = flags.DEFINE_integer("bitdepth", 8, "Bits for the weights modes (eightbit is 8).")
 _MIN_WEIGHT_SIZE = flags.DEFINE_integer("min_weight_size", 1024, "Smaller constants stay float (weights modes).")
+_BIAS_CORRECTION = flags.DEFINE_enum("bias_correction", "empirical", ["empirical", "none"],
+                                     "eightbit, reference kernels: empirical (each conv's and matmul's mean "
+                                     "output error on the calibration images, absorbed in its float bias) or "
+                                     "none.")
 _KERNELS = flags.DEFINE_enum("kernels", "reference", ["reference", "tf1", "onednn"],
                              "reference: portable kernels, one 8-bit step per conv; tf1: the same kernels in TF1's "
                              "chain (two requantizations per conv); onednn: fused oneDNN kernels (need oneDNN ops on).")
@@ -63,6 +67,7 @@ def main() -> None:
     result = quantize_graph(input_path, _OUTPUT.value, images=images, data=_DATA.value,
                             cache=_CAL["calibration_cache"].value,
                             recalibrate=_CAL["recalibrate"].value, mode=_MODE.value, kernels=_KERNELS.value,
+                            bias_correction=_BIAS_CORRECTION.value,
                             bitdepth=_BITDEPTH.value, min_weight_size=_MIN_WEIGHT_SIZE.value,
                             quantized_input=quantized_input, fallback_range=fallback,
                             output_format=_OUTPUT_FORMAT.value, eval_images=eval_images,

@@ -215,12 +215,15 @@ class QuantizeResult:
     agreement: Optional[object] = None
 
 
+GRAPH_BIAS_CORRECTIONS = ("empirical", "none")
+
+
 def quantize_graph(model, output: str, *, images=None, data=None, cache: Optional[str] = None,
                    recalibrate: bool = False, mode: str = "eightbit", kernels: str = "reference", bitdepth: int = 8,
                    min_weight_size: int = 1024, quantized_input: Optional[Sequence[float]] = None,
                    fallback_range: Optional[Sequence[float]] = None,
                    output_format: str = "saved_model", eval_images=None,
-                   class_outputs: Optional[Sequence[Union[int, str]]] = None,
+                   class_outputs: Optional[Sequence[Union[int, str]]] = None, bias_correction: str = "empirical",
                    options: CalibrationOptions = CalibrationOptions(), load: LoadOptions = LoadOptions(),
                    overwrite: bool = False, progress: bool = False) -> QuantizeResult:
     """Writes the eightbit (or weights-only) TF graph of `model` to `output`.
@@ -243,6 +246,10 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
       eval_images: images to measure agreement with the float graph on, output by output (None: not measured).
       class_outputs: the outputs (indices or signature keys) compared as class vectors, by top-1 (default:
         softmax outputs, or the output of a single-output model).
+      bias_correction: eightbit with the reference kernels: empirical (each conv's and matmul's mean output
+        error, measured on the calibration images against the float graph layer by layer, absorbed in its
+        float bias; `quantize.empirical_bias`) or none.  Other kernels, and calibration from a cache or
+        from tensor data, skip it with a note.
       options: calibrator and preprocessing.
       load: how the model file is read.
       overwrite: replace an earlier output of tfcompress's.
@@ -259,6 +266,9 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
     from tfcompress.quantize.convert import quantize_model  # pylint: disable=import-outside-toplevel
     if output_format not in ("saved_model", "frozen_pb"):
         raise TfcError(f"output_format {output_format!r}: give saved_model or frozen_pb")
+    if bias_correction not in GRAPH_BIAS_CORRECTIONS:
+        raise TfcError(f"unknown --bias_correction {bias_correction!r} (choose from "
+                       f"{', '.join(GRAPH_BIAS_CORRECTIONS)})")
     check_output(output, [model_path(model), _folder(images), _folder(data), cache, _folder(eval_images)],
                  overwrite=overwrite, directory=output_format == "saved_model")
     _cache_inputs(model, images, cache)
@@ -281,6 +291,16 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
             ranges = result.cache.ranges(calibrator)
             note = _calibration_note(result, cache, mention_cache=True)
     quantized, report = quantize_model(float_model, config, ranges)
+    if config.mode == "eightbit" and bias_correction == "empirical":
+        if config.kernels != "reference":
+            note += f"; no bias correction (--kernels={config.kernels} has no float bias to correct)"
+        elif images is None:
+            note += "; no bias correction (it needs --calibration_images)"
+        else:
+            from tfcompress.quantize import empirical_bias  # pylint: disable=import-outside-toplevel
+            quantized, corrected = empirical_bias.correct(
+                quantized, float_model, _first_images(images, prep, empirical_bias.MAX_IMAGES))
+            note += f"; empirical bias correction on {len(corrected)} layers"
     write_model(quantized, output, output_format, overwrite=overwrite)
     agreement = None
     if eval_images is not None:

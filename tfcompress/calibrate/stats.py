@@ -18,6 +18,23 @@ import math
 import numpy as np
 
 MAX_BINS = 2048
+# A mean (of a layer's output error, for bias correction) counts only beyond this many standard errors of
+# the mean (about 95%, two-sided).
+SIGNIFICANCE = 2.0
+
+
+def resolved_mean(count, total, squares):
+    """Per channel, the mean of values given their count, sum and sum of squares, where the sample resolves
+    it (|mean| > SIGNIFICANCE standard errors of the mean); 0 elsewhere.
+
+    That matters where a channel has few values (a dense layer sees one per image); a convolution's mean
+    over every position of every image is resolved almost always.
+    """
+    count = np.asarray(count, np.float64)
+    n = np.maximum(count, 1.0)
+    mean = np.asarray(total, np.float64) / n
+    var = np.maximum(np.asarray(squares, np.float64) / n - mean ** 2, 0.0)
+    return np.where((count > 1) & (np.abs(mean) > SIGNIFICANCE * np.sqrt(var / n)), mean, 0.0)
 
 
 @dataclasses.dataclass

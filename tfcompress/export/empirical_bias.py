@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from tfcompress.calibrate.stats import resolved_mean
 from tfcompress.export import flatbuffer as fb
 from tfcompress.export.litert import tensor_values
 
@@ -33,8 +34,6 @@ _ACTIVE = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0)
 # Images the means are estimated from (the calibration set's first ones): a convolution sees H*W values
 # per channel per image, and the cost is one model run per image per layer.
 MAX_IMAGES = 128
-# A channel's mean error is corrected only beyond this many standard errors (about 95%, two-sided).
-SIGNIFICANCE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,24 +84,16 @@ def float_layers(quantized, float_model) -> Dict[int, object]:
 
 
 def _shift(got: np.ndarray, want: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """The bias change per channel: the mean error over the active values, where the sample resolves it.
+    """The bias change per channel: the mean error over the active values, where the sample resolves it
+    (`calibrate.stats.resolved_mean`).
 
     Args:
       got, want: quantized and float outputs, [values, channels].
       lo, hi: the float output's active interval (the fused activation's).
-
-    A channel is corrected only when |mean| exceeds SIGNIFICANCE standard
-    errors of the mean.  That matters for a dense layer, which sees one value
-    per image; a convolution's mean over every position of every image is
-    resolved almost always.
     """
     active = (want > lo) & (want < hi)
-    count = active.sum(axis=0)
     err = (got - want) * active
-    n = np.maximum(count, 1)
-    mean = err.sum(axis=0) / n
-    var = np.maximum((err ** 2).sum(axis=0) / n - mean ** 2, 0.0)
-    return np.where((count > 1) & (np.abs(mean) > SIGNIFICANCE * np.sqrt(var / n)), mean, 0.0)
+    return resolved_mean(active.sum(axis=0), err.sum(axis=0), (err ** 2).sum(axis=0))
 
 
 def correct(quantized: bytes, float_model: bytes, images: np.ndarray, *, threads: int = 1
