@@ -51,13 +51,18 @@ def test_end_to_end_table_and_fresh_process_load(first_run):
 
 def test_second_run_reuses_cache_and_writes_identical_bytes(first_run, tmp_path):
     out, cache, _ = first_run
-    # The image folder given does not exist: a reused cache must not read it.
+    # The ranges come from the cache; bias correction reads the images (it needs pixels), the same bytes result.
     proc = _run(f"--input={MODELS}/digits_resnet_savedmodel", f"--output={tmp_path}/q8",
+                f"--calibration_images={CALIBRATION}", f"--calibration_cache={cache}", f"--eval_images={HELDOUT}")
+    assert proc.returncode == 0, proc.stderr
+    assert "reused cache, 0 images read; empirical bias correction on 10 layers (from 100 images)" in proc.stdout
+    assert _tree_bytes(f"{out}/q8") == _tree_bytes(f"{tmp_path}/q8")
+    # Without bias correction a reused cache reads no image: the folder given does not even exist.
+    proc = _run(f"--input={MODELS}/digits_resnet_savedmodel", f"--output={tmp_path}/q8_plain",
                 f"--calibration_images={tmp_path}/no_such_folder", f"--calibration_cache={cache}",
-                f"--eval_images={HELDOUT}")
+                f"--eval_images={HELDOUT}", "--bias_correction=none")
     assert proc.returncode == 0, proc.stderr
     assert "reused cache, 0 images read" in proc.stdout
-    assert _tree_bytes(f"{out}/q8") == _tree_bytes(f"{tmp_path}/q8")
 
 
 def test_frozen_pb_output(tmp_path):

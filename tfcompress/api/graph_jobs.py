@@ -298,9 +298,9 @@ def quantize_graph(model, output: str, *, images=None, data=None, cache: Optiona
             note += "; no bias correction (it needs --calibration_images)"
         else:
             from tfcompress.quantize import empirical_bias  # pylint: disable=import-outside-toplevel
-            quantized, corrected = empirical_bias.correct(
-                quantized, float_model, _first_images(images, prep, empirical_bias.MAX_IMAGES))
-            note += f"; empirical bias correction on {len(corrected)} layers"
+            pixels = _first_images(images, prep, empirical_bias.MAX_IMAGES)
+            quantized, corrected = empirical_bias.correct(quantized, float_model, pixels)
+            note += f"; empirical bias correction on {len(corrected)} layers (from {len(pixels)} images)"
     write_model(quantized, output, output_format, overwrite=overwrite)
     agreement = None
     if eval_images is not None:

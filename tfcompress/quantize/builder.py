@@ -1,5 +1,12 @@
 """The eightbit graph builder: walks the float graph and asks op quantizers for nodes.
 
+The reference kernels' default chain (`reference.QUANTIZERS`, `one_step`):
+
+    … ─ QuantizeV2 ─ QuantizedConv2D ─ Bitcast ─ Cast ─ Mul (exact float accumulator)
+        ─ BiasAdd ─ Relu ─ MaxPool ─ QuantizeV2 ─ QuantizedConv2D ─ …
+
+TF1's chain (`reference.TF1_QUANTIZERS`):
+
     Placeholder ─ QuantizeV2 ─ QuantizedConv2D ─ Requantize ─ QuantizedBiasAdd ─ Requantize
         ─ QuantizedRelu ─ QuantizedMaxPool ─ … ─ Dequantize ─ (float ops) ─ output
 
