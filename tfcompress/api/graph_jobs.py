@@ -432,7 +432,8 @@ def _pixel_input_range(ranges, float_model, prep, notes: List[str]):
 
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
             recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
-            rounding: str = "nearest", labels: Union[str, Sequence[str], None] = None, labels_from: Optional[str] = None,
+            rounding: str = "nearest", labels: Union[str, Sequence[str], None] = None,
+            labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
             min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
             io: Optional[str] = None, card: ModelCard = ModelCard(),

@@ -178,8 +178,8 @@ def _layer(quantized, float_model, op, float_ops) -> Tuple[Optional[_Layer], str
             return None, "its bias is not a constant"
         bias = b.astype(np.float64).reshape(-1)
     lo, hi = _ACTIVE[activation]
-    return _Layer(kind=kind, tensor=tensor, reference=fb.text(fsub.tensors[float_op.outputs[0]].name), op=op, weight=weight, weights=matrix, scales=scales, bias=bias,
-                  lo=lo, hi=hi), ""
+    return _Layer(kind=kind, tensor=tensor, reference=fb.text(fsub.tensors[float_op.outputs[0]].name), op=op,
+                  weight=weight, weights=matrix, scales=scales, bias=bias, lo=lo, hi=hi), ""
 
 
 def _rows(layer: _Layer, inputs: np.ndarray, outputs: np.ndarray, rng) -> Tuple[np.ndarray, np.ndarray]:
@@ -266,7 +266,8 @@ def _learn(layer: _Layer, x: np.ndarray, y: np.ndarray, config: AdaRoundConfig, 
             progress = (step - warm) / max(1, config.iterations - warm)
             beta = config.beta[0] + (config.beta[1] - config.beta[0]) * progress
             t = 2.0 * h - 1.0
-            dh = dh - config.regularization * beta * np.abs(t) ** (beta - 1.0) * np.sign(t) * 2.0 * (raw > 0) * (raw < 1)
+            inside_raw = (raw > 0) & (raw < 1)
+            dh = dh - config.regularization * beta * np.abs(t) ** (beta - 1.0) * np.sign(t) * 2.0 * inside_raw
         grad = dh * (ZETA - GAMMA) * sig * (1.0 - sig)
         m = b1 * m + (1 - b1) * grad
         u = b2 * u + (1 - b2) * grad * grad
