@@ -120,14 +120,19 @@ class Builder:
         self.report = QuantReport()
         self._shapes = None
 
-    def rank(self, tensor: str) -> Optional[int]:
-        """Static rank of a float-graph tensor, None if unknown."""
+    def shape(self, tensor: str) -> Optional[tf.TensorShape]:
+        """Static shape of a float-graph tensor (dimensions may be None), None if the tensor is unknown."""
         if self._shapes is None:
             g = tf.Graph()
             with g.as_default():
                 tf.graph_util.import_graph_def(self.src.to_graph_def(), name="")
-            self._shapes = {t.name: t.shape.rank for op in g.get_operations() for t in op.outputs}
+            self._shapes = {t.name: t.shape for op in g.get_operations() for t in op.outputs}
         return self._shapes.get(tensor_name(tensor))
+
+    def rank(self, tensor: str) -> Optional[int]:
+        """Static rank of a float-graph tensor, None if unknown."""
+        shape = self.shape(tensor)
+        return None if shape is None else shape.rank
 
     def range(self, tensor: str) -> Tuple[float, float]:
         t = tensor_name(tensor)

@@ -8,8 +8,12 @@ kernel that also requantizes to the calibrated output range:
     Conv2D → BiasAdd                   QuantizedConv2DWithBiasAndRequantize (qint8 out), or, when
                                        only float ops read it, QuantizedConv2DWithBias (qint32 out)
                                        dequantized by one multiply
-    DepthwiseConv2dNative → BiasAdd → Relu|Relu6
+    DepthwiseConv2dNative → BiasAdd → Relu|Relu6   (input >= 0)
                                        QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize
+    DepthwiseConv2dNative [→ BiasAdd]  QuantizedDepthwiseConv2D (qint32 out), read back to float
+                                       exactly; a signed input is shifted to >= 0 first and the
+                                       shift's exact contribution is added back (a separable
+                                       conv's depthwise half, or one fed by a residual Add)
     MatMul → BiasAdd → Relu|Relu6      QuantizedMatMulWithBiasAndReluAndRequantize
     MatMul → BiasAdd                   QuantizedMatMulWithBiasAndDequantize (float out), or
                                        QuantizedMatMulWithBiasAndRequantize (7-bit out) when the
@@ -25,8 +29,11 @@ calibrated range is signed (conv inputs and linear conv outputs).
 
 What these kernels accept was established by running them on TF 2.21:
 depthwise and matmul inputs must be quint8, a Relu-fused output must be
-quint8, and the fused matmul takes a scalar weight range.  A chain outside
-these rules is left to the float fallback.
+quint8, and the fused matmul takes a scalar weight range.  A signed matmul
+or depthwise input x in [lo, hi] is therefore quantized as x - lo, and lo's
+exact share of the result is added back (for a matmul, lo times the decoded
+weights' column sums, folded into the bias).  A chain outside these rules is
+left to the float fallback.
 
 The kernels run only where TF's oneDNN ops are on; elsewhere they fail at run
 time with an error (never silently), so `convert` refuses this kernel set in
@@ -101,8 +108,11 @@ class FusedQuantizer:
                     and node_name(summand[0]) != node_name(conv_input)
                     and builder.rank(summand[0]) == 4 and relu is not None and relu.op == "Relu"):
                 members += [nxt, relu]
-        if members[-1].op not in ACTIVATIONS and self.kind == "depthwise":
-            return None  # The fused depthwise kernel always applies Relu.
+        if self.kind == "depthwise" and (members[-1].op not in ACTIVATIONS
+                                         or builder.range(data_inputs(head)[0])[0] < 0.0):
+            # The fused depthwise kernel always applies Relu and takes quint8 only: the accumulator form
+            # takes the conv and its bias, and what follows stays float.
+            return [m.name for m in members if m.op != "Relu" and m.op != "Relu6"]
         return ([pad.name] if pad is not None else []) + [m.name for m in members]
 
     def _absorbable_pad(self, builder: Builder, head):
@@ -124,11 +134,14 @@ class FusedQuantizer:
             return False
         lo, _ = builder.range(ins[0])
         if self.kind == "matmul":
-            return not node.attr["transpose_a"].b and lo >= 0.0
+            return not node.attr["transpose_a"].b  # A signed input is shifted to >= 0 (emit_chain).
         if not reference.conv_supported(node):
             return False
         if self.kind == "depthwise":
-            return lo >= 0.0 and builder.src.const_value(ins[1]).shape[3] == 1
+            shape = builder.shape(ins[0])
+            # A signed input's shift is undone with a constant map over the static height and width.
+            static = shape is not None and shape.rank == 4 and None not in shape.as_list()[1:]
+            return builder.src.const_value(ins[1]).shape[3] == 1 and (lo >= 0.0 or static)
         return True
 
     # -- emission ---------------------------------------------------------
@@ -137,6 +150,8 @@ class FusedQuantizer:
         pad = nodes[0] if nodes[0].op == "Pad" else None
         nodes = nodes[1:] if pad is not None else nodes
         head, last = nodes[0], nodes[-1]
+        if self.kind == "depthwise" and last.op not in ACTIVATIONS:
+            return self._emit_depthwise_accumulator(builder, e, head, last)
         ins = data_inputs(head)
         if pad is not None:
             ins = [data_inputs(pad)[0]] + ins[1:]
@@ -146,13 +161,19 @@ class FusedQuantizer:
         act = last.op if last.op in ACTIVATIONS else None
 
         lo, _ = builder.range(ins[0])
-        x = e.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,))
+        x = (None if self.kind == "matmul" and lo < 0.0
+             else e.quantized_input(ins[0], (U7,) if lo >= 0.0 or self.kind != "conv" else (S8,)))
         w = builder.src.const_value(ins[1])
-        filt, wmin, wmax, w_amax = self._weights(e, base, w)
-        x_max = encoded_range(x.encoding, *builder.range(ins[0]))[1]
-        channels = w.shape[-1] if self.kind != "depthwise" else w.shape[2]
-        bias = (builder.src.const_value(data_inputs(bias_node)[1]) if bias_node is not None
-                else np.zeros([channels], np.float32))
+        filt, wmin, wmax, w_amax, decoded = self._weights(e, base, w)
+        x_max = None if x is None else encoded_range(x.encoding, *builder.range(ins[0]))[1]
+        transposed = self.kind == "matmul" and head.attr["transpose_b"].b
+        channels = w.shape[2] if self.kind == "depthwise" else w.shape[0] if transposed else w.shape[-1]
+        bias = (builder.src.const_value(data_inputs(bias_node)[1]).astype(np.float64) if bias_node is not None
+                else np.zeros([channels], np.float64))
+        if self.kind == "matmul" and lo < 0.0:
+            # x W = (x - lo) W + lo * (W's column sums): the shift's share joins the bias.
+            x, x_max = _shifted_input(e, base, ins[0], *builder.range(ins[0]))
+            bias = bias + lo * decoded.sum(axis=1 if transposed else 0)
         bias = e.const(base + "/bias", bias.astype(np.float32), tf.float32)
 
         out_enc = U7 if act else S8
@@ -225,16 +246,90 @@ class FusedQuantizer:
             out = QTensor(clamp, clamp + ":1", clamp + ":2", U7)
         return e.quantized_output(last, out, op, reported_as=head)
 
+    def _emit_depthwise_accumulator(self, builder: Builder, e: Emission, head, last) -> Emission:
+        """A depthwise conv (and its BiasAdd) as QuantizedDepthwiseConv2D, read back to float exactly.
+
+        The kernel takes quint8 input only.  A signed input x in [lo, hi] is
+        shifted to x - lo >= 0 before quantizing, and the shift's share of
+        the output, lo times the filter summed over the taps that fall inside
+        the zero-padded image (a constant map over height and width, from the
+        decoded filter), is added back with the bias.
+        """
+        x_t, w_t = data_inputs(head)[:2]
+        base = head.name + "/eightbit"
+        lo, hi = builder.range(x_t)
+        w = builder.src.const_value(w_t)
+        filt, wmin, wmax, w_amax, decoded = self._weights(e, base, w)
+        offset = (builder.src.const_value(data_inputs(last)[1]).astype(np.float64) if last.op == "BiasAdd"
+                  else np.zeros([w.shape[2]], np.float64))
+        if lo >= 0.0:
+            x = e.quantized_input(x_t, (U7,))
+            x_max = encoded_range(U7, lo, hi)[1]
+        else:
+            x, x_max = _shifted_input(e, base, x_t, lo, hi)
+            offset = offset + lo * taps_inside(decoded[..., 0], builder.shape(x_t).as_list()[1:3],
+                                                reference.conv_attrs(head))
+        attrs = dict(Tinput=tf.quint8, Tfilter=tf.qint8, out_type=tf.qint32, **reference.conv_attrs(head))
+        op = "QuantizedDepthwiseConv2D"
+        e.add(make_node(op, base, [x.tensor, filt, x.min, x.max, wmin, wmax], **attrs))
+        # As for QuantizedConv2DWithBias, the accumulator comes back on the largest channel's scale.
+        scale = np.float32(float(np.max(w_amax)) * (x_max / 255.0) / 127.0)
+        e.add(make_node("Bitcast", base + "/int32", [base], T=tf.qint32, type=tf.int32))
+        e.add(make_node("Cast", base + "/float", [base + "/int32"], SrcT=tf.int32, DstT=tf.float32,
+                        Truncate=False))
+        e.add(make_node("Mul", base + "/scaled", [base + "/float", e.const(base + "/scale", scale, tf.float32)],
+                        T=tf.float32))
+        offset_name = e.const(base + "/offset", offset.astype(np.float32), tf.float32)
+        if offset.ndim == 1:
+            e.add(make_node("BiasAdd", last.name, [base + "/scaled", offset_name], T=tf.float32,
+                            data_format="NHWC"))
+        else:
+            e.add(make_node("AddV2", last.name, [base + "/scaled", offset_name], T=tf.float32))
+        return e.float_output(last, last.name, reported_as=head, op_type=op)
+
     def _weights(self, e: Emission, base: str, w: np.ndarray):
+        """(filter, its min and max consts, the max as values, the decoded filter q * max / 127)."""
         if self.kind == "matmul":
             amax = float(max(np.abs(w).max(), 1e-8))
             q = np.clip(np.round(w.astype(np.float64) / amax * 127), -127, 127).astype(np.int8)
             lo, hi = np.float32(-amax), np.float32(amax)
+            decoded = q * (float(hi) / 127.0)
         else:
-            q, amax = quantize_symmetric_per_channel(w, axis=3 if self.kind == "conv" else 2)
+            axis = 3 if self.kind == "conv" else 2
+            q, amax = quantize_symmetric_per_channel(w, axis=axis)
             lo, hi = -amax, amax
+            decoded = q * np.expand_dims(amax.astype(np.float64) / 127.0, tuple(a for a in range(4) if a != axis))
         return (e.const(base + "/weights", q, tf.qint8), e.const(base + "/weights_min", lo, tf.float32),
-                e.const(base + "/weights_max", hi, tf.float32), hi)
+                e.const(base + "/weights_max", hi, tf.float32), hi, decoded)
+
+
+def _shifted_input(e: Emission, base: str, tensor: str, lo: float, hi: float):
+    """(x - lo in 7-bit quint8 codes over [0, hi - lo], its max for the kernels): a signed input made >= 0
+    for kernels that take quint8 only."""
+    shifted = e.add(make_node("Sub", base + "/shifted", [e.float_input(tensor), e.const(
+        base + "/shift", np.float32(lo), tf.float32)], T=tf.float32))
+    x_min, x_max = encoded_range(U7, 0.0, hi - lo)
+    quantize = e.add(make_node("QuantizeV2", base + "/quantize", [
+        shifted, e.const(base + "/quantize/min", np.float32(x_min), tf.float32),
+        e.const(base + "/quantize/max", np.float32(x_max), tf.float32)], T=tf.quint8, mode=U7.mode))
+    return QTensor(quantize, quantize + ":1", quantize + ":2", U7), x_max
+
+
+def taps_inside(filt: np.ndarray, size, attrs) -> np.ndarray:
+    """[H_out, W_out, C]: per output position and channel, the sum of the filter's taps (filt [kh, kw, C])
+    that read inside the image, not its zero padding: a depthwise conv of an all-ones image."""
+    sums = []
+    for axis, n in enumerate(size):
+        k, stride, dilation = filt.shape[axis], attrs["strides"][axis + 1], attrs["dilations"][axis + 1]
+        reach = (k - 1) * dilation + 1
+        if attrs["padding"] == "SAME":
+            out = -(-n // stride)
+            before = max((out - 1) * stride + reach - n, 0) // 2
+        else:
+            out, before = (n - reach) // stride + 1, 0
+        rows = np.arange(out)[:, None] * stride - before + np.arange(k)[None, :] * dilation
+        sums.append(((rows >= 0) & (rows < n)).astype(np.float64))
+    return np.einsum("ik,jl,klc->ijc", sums[0], sums[1], filt)
 
 
 def _consumers(builder: Builder, node):
