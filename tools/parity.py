@@ -1,11 +1,16 @@
 """parity: float reference vs LiteRT with XNNPACK vs LiteRT's builtin kernels, tensor by tensor.
 
     python tools/parity.py --model=net_int8.tflite --reference=net.keras --images=data/sample
+    python tools/parity.py --model=net_q8/ --reference=net.keras --images=data/sample
 
 Prints, for every operator output, the largest XNNPACK-vs-builtin difference
 and the error against float, in quantization steps, and names the first
 tensor where each pair diverges beyond one step.  With no --model the
-shipped digits model is converted to int8 in memory and checked.
+shipped digits model is converted to int8 in memory and checked.  An
+eightbit graph from quantize_graph (a SavedModel directory or .pb) is
+compared with --reference tensor by tensor instead: the error of every float
+tensor it keeps, the first that drifts by more than one step on average, and
+the op that adds the most error.
 """
 
 import json
@@ -20,7 +25,8 @@ else:
 
 from absl import flags  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "The .tflite model (default: the shipped model, converted to int8).")
+_MODEL = flags.DEFINE_string("model", None, "The .tflite model, or an eightbit graph from quantize_graph (SavedModel "
+                             "directory or .pb; needs --reference) (default: the shipped model, converted to int8).")
 flags.DEFINE_alias("input", "model")
 _REFERENCE = flags.DEFINE_string("reference", None, "Float model it was converted from (SavedModel, .keras, "
                                  ".h5 or .pb); without it only the two kernel sets are compared.")
@@ -43,6 +49,9 @@ def main() -> None:
     from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import load_model
 
+    if _MODEL.value and not _MODEL.value.endswith(".tflite"):
+        _graph_parity(_MODEL.value)
+        return
     if _MODEL.value:
         if not os.path.isfile(_MODEL.value):
             raise TfcError(f"model {_MODEL.value} does not exist")
@@ -80,6 +89,41 @@ def main() -> None:
               f"{describe(report.first_builtin_float_divergence)}")
         print(f"top-1 agreement with float: XNNPACK {100 * report.output_top1_xnnpack_vs_float:.2f}%, "
               f"builtin {100 * report.output_top1_builtin_vs_float:.2f}%")
+
+
+def _graph_parity(path: str) -> None:
+    """An eightbit graph (SavedModel or .pb) against its float --reference."""
+    import dataclasses
+    import numpy as np
+    from tfcompress.api.evaluate import normalization
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
+    from tfcompress.errors import TfcError
+    from tfcompress.evaluate.parity import check_graph_parity, describe_graph
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import load_model
+    if not _REFERENCE.value:
+        raise TfcError(f"{path} is a TF graph: parity compares it with the float model it was made from, "
+                       "so pass --reference")
+    quantized = load_model(path, allow_unsafe_ops=_ALLOW_UNSAFE.value)
+    reference, _ = optimize(load_model(_REFERENCE.value, allow_unsafe_ops=_ALLOW_UNSAFE.value))
+    mean, std, order = normalization(path, _NORM["input_mean"].value, _NORM["input_std"].value,
+                                     _NORM["channel_order"].value)
+    prep = Preprocessing.for_input(reference.image_input().shape, mean=mean, std=std, channel_order=order)
+    paths = list_images(_IMAGES.value or common.DEFAULT_CALIBRATION)[:_COUNT.value]
+    report = check_graph_parity(quantized, reference, np.concatenate(list(iter_batches(paths, prep, 32))))
+    if not report.tensors:
+        raise TfcError(f"{path} shares no float tensor name with {_REFERENCE.value}: is it made from that model?")
+    if _JSON.value:
+        print(json.dumps(dataclasses.asdict(report), sort_keys=True))
+        return
+    print(f"eightbit graph parity on {report.images} images (errors in steps of each tensor: its float span / 255)")
+    common.print_table([["#", "op", "tensor", "mean", "max", "relative RMS", "added by this op"]] + [
+        [r.index, r.op, r.tensor[:-2], f"{r.mean_steps:.2f}", f"{r.max_steps:.2f}", f"{r.relative_rms:.2%}",
+         f"{r.own:+.2%}"] for r in report.tensors])
+    print(f"\nfirst divergence from float (mean > 1 step): {describe_graph(report.first_divergence)}")
+    print(f"largest error added by one op: {describe_graph(report.largest_jump)}")
+    for tensor, (top1, mae) in report.outputs.items():
+        print(f"output {tensor}: top-1 agreement with float {top1:.2%}, mean abs error {mae:.3g}")
 
 
 def _default_int8() -> bytes:

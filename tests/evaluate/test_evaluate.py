@@ -210,6 +210,54 @@ def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
     assert report.first_kernel_divergence == unchanged.first_kernel_divergence
 
 
+# The shipped model's eightbit graph: the largest relative RMS error of any float tensor it keeps (measured
+# 4.5%).
+GRAPH_MAX_RELATIVE_RMS = 0.10
+
+
+def test_graph_parity_names_the_op_a_changed_reference_moves(artifacts):
+    """An eightbit SavedModel against its float graph, tensor by tensor; against a reference whose conv2d_3
+    weights are changed, the largest error added by one op is there."""
+    import keras
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
+    from tfcompress.evaluate.parity import check_graph_parity
+    from tfcompress.graph.passes import optimize
+    from tfcompress.graph.runner import run_graph
+    from tfcompress.io.loaders import freeze_keras_model, load_model
+    out, _ = artifacts
+    quantized = load_model(f"{out}/q8")
+    reference, _ = optimize(load_model(KERAS_MODEL))
+    prep = Preprocessing(height=32, width=32, channels=3)
+    images = np.concatenate(list(iter_batches(list_images(CALIBRATION)[:12], prep, 8)))
+    report = check_graph_parity(quantized, reference, images, batch_size=5)  # Sums run over unequal batches.
+    ops = {r.op for r in report.tensors}
+    assert {"Conv2D", "BiasAdd", "Relu", "AddV2", "MatMul"} <= ops, ops
+    assert max(r.relative_rms for r in report.tensors) <= GRAPH_MAX_RELATIVE_RMS
+    assert all(top1 == 1.0 for top1, _ in report.outputs.values()), report.outputs
+    last = report.tensors[-1]  # Its numbers against the two graphs run here, on all images at once.
+    feed = {reference.image_input().tensor: images}
+    ref = run_graph(reference.graph_def, feed, [last.tensor])[0].astype(np.float64)
+    got = run_graph(quantized.graph_def, feed, [last.tensor])[0].astype(np.float64)
+    assert last.relative_rms == pytest.approx(np.sqrt(np.sum((got - ref) ** 2) / np.sum(ref ** 2)), rel=1e-6)
+    assert last.max_steps == pytest.approx(np.abs(got - ref).max() / ((ref.max() - ref.min()) / 255), rel=1e-6)
+    model = keras.saving.load_model(KERAS_MODEL, safe_mode=True)
+    w = model.get_layer("conv2d_3").get_weights()
+    w[0] = w[0] * 1.5
+    model.get_layer("conv2d_3").set_weights(w)
+    changed, _ = optimize(freeze_keras_model(model, "changed"))
+    jump = check_graph_parity(quantized, changed, images).largest_jump
+    assert "conv2d_3_1" in jump.tensor and jump.own > 0.2, jump
+
+
+def test_parity_on_a_graph_needs_a_reference(artifacts):
+    out, _ = artifacts
+    proc = _tool("parity", f"--model={out}/q8", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error:") and "--reference" in last
+    proc = _tool("parity", f"--model={out}/q8", f"--reference={KERAS_MODEL}", "--count=4")
+    assert "first divergence from float" in proc.stdout and "top-1 agreement with float 100.00%" in proc.stdout
+
+
 # Constants of the frozen graph that are not weights (reduction axes, shapes): at most this many bytes.
 NON_WEIGHT_CONST_BYTES = 1024
 

@@ -188,5 +188,27 @@ def test_optimize_keeps_shipped_model_outputs(float_model):
     assert_close(out, ref)
 
 
+
+def test_inner_fetches_survive_oneDNN_fusions():
+    """The zoo SE net's swish Sigmoids, fetched alone: with TF's oneDNN ops on, the remapper fuses the
+    swish into its conv and a plain session cannot find the tensors (TF 2.21); a runner told of inner
+    fetches returns sigmoid of their inputs, fetched in a separate run."""
+    from tfcompress.evaluate.zoo import ZOO
+    from tfcompress.graph.graph import tensor_name
+    from tfcompress.graph.passes import optimize
+    from tfcompress.graph.runner import GraphRunner
+    from tfcompress.io.loaders import load_model
+    model, _ = optimize(load_model(ZOO["se_patches"].path))
+    sigmoids = [n for n in model.graph_def.node if n.op == "Sigmoid"]
+    assert sigmoids
+    x = RNG.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    feed = [model.image_input().tensor]
+    with GraphRunner(model.graph_def, feed, [n.name + ":0" for n in sigmoids], inner_fetches=True) as runner:
+        got = runner.run(x)
+    with GraphRunner(model.graph_def, feed, [tensor_name(n.input[0]) for n in sigmoids], inner_fetches=True) as runner:
+        logits = runner.run(x)
+    for g, z in zip(got, logits):
+        np.testing.assert_allclose(g, 1.0 / (1.0 + np.exp(-z.astype(np.float64))), rtol=1e-5, atol=1e-6)
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

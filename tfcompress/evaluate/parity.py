@@ -68,7 +68,7 @@ def _float_values(model: FrozenModel, names: List[str], images: np.ndarray) -> D
     fetches = sorted(set(wanted.values()))
     if not fetches:
         return {}
-    with GraphRunner(model.graph_def, [model.image_input().tensor], fetches) as runner:
+    with GraphRunner(model.graph_def, [model.image_input().tensor], fetches, inner_fetches=True) as runner:
         values = dict(zip(fetches, runner.run(images)))
     return {name: values[t] for name, t in wanted.items()}
 
@@ -125,3 +125,104 @@ def describe(row: Optional[TensorParity]) -> str:
     if row is None:
         return "none"
     return f"operator {row.index} {row.op} -> {layer_label(row.tensor)} ({row.tensor[:80]})"
+
+
+@dataclasses.dataclass
+class GraphTensorError:
+    """One float tensor of the float graph, as the eightbit graph computes it (errors in steps: span / 255).
+
+    Attributes:
+      own: the relative RMS error this op adds, its output's minus the largest of its compared inputs'.
+    """
+    index: int
+    op: str
+    tensor: str
+    step: float
+    max_steps: float
+    mean_steps: float
+    relative_rms: float
+    own: float
+
+
+@dataclasses.dataclass
+class GraphParityReport:
+    """The eightbit graph against the float graph it was built from, tensor by tensor, in graph order.
+
+    Attributes:
+      first_divergence: the first tensor whose mean error exceeds one step (the .tflite parity's criterion).
+      largest_jump: the op that adds the most relative RMS error (`GraphTensorError.own`).
+      outputs: per model output, (top-1 agreement, mean absolute error).
+    """
+    images: int
+    tensors: List[GraphTensorError]
+    first_divergence: Optional[GraphTensorError]
+    largest_jump: Optional[GraphTensorError]
+    outputs: Dict[str, tuple]
+
+
+# Ops whose outputs are not compared: constants and the graph's inputs.
+_UNCOMPARED = ("Const", "Placeholder", "PlaceholderWithDefault", "Identity", "NoOp")
+
+
+def check_graph_parity(quantized: FrozenModel, reference: FrozenModel, images: np.ndarray,
+                       batch_size: int = 8) -> GraphParityReport:
+    """Compares every float tensor the eightbit graph keeps under the float graph's node name.
+
+    The eightbit builder gives each float value it computes (a Dequantize, an
+    accumulator read back, a float op) the name of the float node it stands
+    for, so the two graphs are matched by name.  Statistics are summed over
+    batches, so memory stays at one batch of every tensor.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.graph import Graph  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.runner import imported_graph  # pylint: disable=import-outside-toplevel
+    ordered = Graph(reference.graph_def).to_graph_def().node
+    ref_graph, q_graph = imported_graph(reference.graph_def), imported_graph(quantized.graph_def)
+    q_names = {op.name for op in q_graph.get_operations()}
+    nodes = [n for n in ordered if n.op not in _UNCOMPARED and n.name in q_names
+             and ref_graph.get_tensor_by_name(n.name + ":0").dtype == tf.float32
+             and q_graph.get_tensor_by_name(n.name + ":0").dtype == tf.float32]
+    names = [n.name + ":0" for n in nodes]
+    outputs = [o.tensor for o in reference.outputs]
+    sums = {t: np.zeros(5) for t in names}  # sum |d|, max |d|, sum d^2, sum ref^2, count
+    spans = {t: [np.inf, -np.inf] for t in names}
+    agree = {t: [0.0, 0.0] for t in outputs}  # top-1 matches, sum |d|
+    with GraphRunner(reference.graph_def, [reference.image_input().tensor], names + outputs,
+                     inner_fetches=True) as ref_run, \
+            GraphRunner(quantized.graph_def, [quantized.image_input().tensor], names + outputs,
+                        inner_fetches=True) as q_run:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            ref_values, q_values = ref_run.run(batch), q_run.run(batch)
+            for t, r, q in zip(names, ref_values, q_values):
+                r, d = r.astype(np.float64), q.astype(np.float64) - r.astype(np.float64)
+                s = sums[t]
+                s += [np.abs(d).sum(), 0.0, (d * d).sum(), (r * r).sum(), d.size]
+                s[1] = max(s[1], float(np.abs(d).max(initial=0.0)))
+                spans[t] = [min(spans[t][0], float(r.min(initial=np.inf))),
+                            max(spans[t][1], float(r.max(initial=-np.inf)))]
+            for t, r, q in zip(outputs, ref_values[len(names):], q_values[len(names):]):
+                r, q = r.reshape(len(batch), -1), q.reshape(len(batch), -1)
+                agree[t][0] += float(np.sum(r.argmax(1) == q.argmax(1)))
+                agree[t][1] += float(np.abs(r.astype(np.float64) - q).mean(1).sum())
+    rows, relative = [], {}
+    for index, (node, t) in enumerate(zip(nodes, names)):
+        total_abs, max_abs, sq, ref_sq, count = sums[t]
+        step = (spans[t][1] - spans[t][0]) / 255.0 or 1.0
+        relative[node.name] = float(np.sqrt(sq / ref_sq)) if ref_sq > 0 else 0.0
+        sources = [i.split(":")[0].lstrip("^") for i in node.input]
+        inputs = [relative[i] for i in sources if i in relative]
+        rows.append(GraphTensorError(index=index, op=node.op, tensor=t, step=step, max_steps=max_abs / step,
+                                     mean_steps=total_abs / max(count, 1) / step, relative_rms=relative[node.name],
+                                     own=relative[node.name] - max(inputs, default=0.0)))
+    return GraphParityReport(
+        images=len(images), tensors=rows,
+        first_divergence=next((r for r in rows if r.mean_steps > _ONE_STEP), None),
+        largest_jump=max(rows, key=lambda r: r.own, default=None),
+        outputs={t: (a / len(images), e / len(images)) for t, (a, e) in agree.items()})
+
+
+def describe_graph(row: Optional[GraphTensorError]) -> str:
+    if row is None:
+        return "none"
+    return f"{row.op} {row.tensor[:-2]} (relative RMS error {row.relative_rms:.2%}, {row.own:+.2%} from this op)"

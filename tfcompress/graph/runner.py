@@ -4,6 +4,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from tfcompress.errors import TfcError
 
@@ -41,11 +42,18 @@ class GraphRunner(SessionOwner):
       fetches: tensor names to fetch ("node:0").
       feeds: input tensor names, in the order batches are passed.
       threads: intra-op threads (0: TF's default, all cores).
+      inner_fetches: some fetches (now or later, by `session.run`) are tensors inside the graph, not its
+        outputs.  Grappler's remapper is then off: with TF's oneDNN ops on it fuses x * sigmoid(x) into one
+        swish op, and conv + bias + add into one conv, even when an inner tensor is fetched, and the run
+        fails with "... was not found in the Graph" (TF 2.21).
     """
 
-    def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str], threads: int = 0):
+    def __init__(self, graph_def, feeds: Sequence[str], fetches: Sequence[str], threads: int = 0,
+                 inner_fetches: bool = False):
         self.graph = imported_graph(graph_def)
         config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=threads)
+        if inner_fetches:
+            config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         self.feeds = [self.graph.get_tensor_by_name(t) for t in feeds]
         self.fetches = [self.graph.get_tensor_by_name(t) for t in fetches]
@@ -63,5 +71,5 @@ def run_model(model, images: np.ndarray) -> np.ndarray:
 def run_graph(graph_def, feeds: Dict[str, np.ndarray], fetches: Iterable[str]) -> List[np.ndarray]:
     """One-shot convenience: run `graph_def` with `feeds`, return `fetches`."""
     fetches = list(fetches)
-    with GraphRunner(graph_def, list(feeds), fetches) as runner:
+    with GraphRunner(graph_def, list(feeds), fetches, inner_fetches=True) as runner:
         return runner.run(*feeds.values())
