@@ -10,6 +10,10 @@ one's mean error against the float graph's same node is measured on the
 calibration images, with every earlier bias already corrected, and
 subtracted from its bias where the images resolve it
 (`calibrate.stats.resolved_mean`, as for TFLite's `export.empirical_bias`).
+Where a Relu or Relu6 alone reads the BiasAdd, the mean is over the values
+the float graph has inside the activation's open interval, as the TFLite
+correction takes it over a fused activation's: an error where the float
+value is clipped away reaches nothing downstream.
 
 Reference:
   Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
@@ -51,10 +55,23 @@ def correctable(quantized: FrozenModel, float_model: FrozenModel) -> List[Tuple[
     return pairs
 
 
+# What the activation reading a BiasAdd alone lets through: the open interval of float values that count.
+_ACTIVE = {"Relu": (0.0, np.inf), "Relu6": (0.0, 6.0)}
+
+
+def _active_interval(float_model: FrozenModel, node: str) -> Tuple[float, float]:
+    readers = [n for n in float_model.graph_def.node if any(i.split(":")[0] == node for i in n.input)]
+    outputs = {o.tensor.split(":")[0] for o in float_model.outputs}
+    if len(readers) == 1 and node not in outputs and readers[0].op in _ACTIVE:
+        return _ACTIVE[readers[0].op]
+    return (-np.inf, np.inf)
+
+
 def _channel_moments(runner: GraphRunner, other: GraphRunner, name: str, images: np.ndarray,
-                     feeds: Dict[str, np.ndarray]):
-    """(count, sum, sum of squares) per channel of (quantized - float) at tensor `name`."""
-    count, total, squares = 0, 0.0, 0.0
+                     feeds: Dict[str, np.ndarray], active: Tuple[float, float]):
+    """(count, sum, sum of squares) per channel of (quantized - float) at tensor `name`, over the values
+    whose float value is inside the open interval `active`."""
+    count, total, squares = 0.0, 0.0, 0.0
     q_tensor = runner.graph.get_tensor_by_name(name + ":0")
     f_tensor = other.graph.get_tensor_by_name(name + ":0")
     for start in range(0, len(images), BATCH):
@@ -63,8 +80,10 @@ def _channel_moments(runner: GraphRunner, other: GraphRunner, name: str, images:
         feed.update({runner.graph.get_tensor_by_name(k + ":0"): v for k, v in feeds.items()})
         got = runner.session.run(q_tensor, feed)
         want = other.session.run(f_tensor, {other.feeds[0]: batch})
-        err = (got.astype(np.float64) - want.astype(np.float64)).reshape(-1, got.shape[-1])
-        count += len(err)
+        want = want.astype(np.float64).reshape(-1, got.shape[-1])
+        inside = (want > active[0]) & (want < active[1])
+        err = (got.astype(np.float64).reshape(want.shape) - want) * inside
+        count = count + inside.sum(axis=0)
         total = total + err.sum(axis=0)
         squares = squares + (err ** 2).sum(axis=0)
     return count, total, squares
@@ -87,10 +106,12 @@ def correct(quantized: FrozenModel, float_model: FrozenModel, images: np.ndarray
     values = {bias: tf.make_ndarray(consts[bias].attr["value"].tensor).astype(np.float32) for _, bias in pairs}
     feeds: Dict[str, np.ndarray] = {}
     done = []
-    with GraphRunner(quantized.graph_def, [quantized.image_input().tensor], []) as runner, \
-            GraphRunner(float_model.graph_def, [float_model.image_input().tensor], []) as reference:
+    with GraphRunner(quantized.graph_def, [quantized.image_input().tensor], [], inner_fetches=True) as runner, \
+            GraphRunner(float_model.graph_def, [float_model.image_input().tensor], [],
+                        inner_fetches=True) as reference:
         for node, bias in pairs:
-            shift = resolved_mean(*_channel_moments(runner, reference, node, images, feeds))
+            shift = resolved_mean(*_channel_moments(runner, reference, node, images, feeds,
+                                                    _active_interval(float_model, node)))
             if not np.any(shift):
                 continue
             values[bias] = (values[bias] - shift.reshape(values[bias].shape)).astype(np.float32)
