@@ -242,5 +242,25 @@ def test_corrupt_flatbuffers_are_named(digits_int8):
         fb.parse(quantized[: len(quantized) // 3])
 
 
+
+def test_every_tensor_read_per_image_even_a_scalar():
+    """x * mean(x) has a 0-d tensor inside: exposed as an output, it is read per image as [B], not a
+    traceback (the stock converter's int8 of the zoo SE net has such tensors)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 2], tf.float32)])
+    def scaled(x):
+        return {"y": x * tf.reduce_mean(x)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([scaled.get_concrete_function()], scaled)
+    flatbuffer = fb.expose_all_tensors(converter.convert())
+    batch = np.random.default_rng(0).uniform(0, 1, (3, 4, 4, 2)).astype(np.float32)
+    values = LiteRTRunner(flatbuffer, xnnpack=False).outputs_by_name(batch)
+    scalars = [v for v in values.values() if v.shape == (3,)]
+    assert scalars, {k: v.shape for k, v in values.items()}
+    np.testing.assert_allclose(scalars[0], batch.mean(axis=(1, 2, 3)), rtol=1e-6)
+    full = [v for v in values.values() if v.shape == (3, 4, 4, 2)]
+    np.testing.assert_allclose(full[-1], batch * batch.mean(axis=(1, 2, 3))[:, None, None, None], rtol=1e-6)
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

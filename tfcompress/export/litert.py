@@ -120,7 +120,10 @@ class LiteRTRunner:
             self._invoke(x)
             for d in details:
                 results[d["name"]].append(self._dequantize(self.interpreter.get_tensor(d["index"]), d))
-        return {k: np.concatenate(v) for k, v in results.items()}
+        # A tensor with a batch axis of 1 per image joins along it; any other (a scalar, a computed shape)
+        # is stacked, so every value is [B, ...].
+        return {k: np.concatenate(v) if v[0].ndim and v[0].shape[0] == 1 else np.stack(v)
+                for k, v in results.items()}
 
 
 def tensor_values(flatbuffer: bytes, names, batch: np.ndarray, *, threads: int = 1) -> Dict[str, np.ndarray]:
