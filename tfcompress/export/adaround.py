@@ -244,7 +244,6 @@ def _learn(layer: _Layer, x: np.ndarray, y: np.ndarray, config: AdaRoundConfig, 
     m, u = np.zeros_like(v), np.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
     warm = int(config.warm_start * config.iterations)
-    bias = layer.bias.astype(np.float32)
     for step in range(config.iterations):
         take = rng.integers(0, len(x), min(config.batch_rows, len(x)))
         xb, yb = x[take], y[take]
@@ -253,21 +252,18 @@ def _learn(layer: _Layer, x: np.ndarray, y: np.ndarray, config: AdaRoundConfig, 
         h = np.clip(raw, 0.0, 1.0)
         q = np.clip(floor + h, -127.0, 127.0)
         w = s * q
-        if layer.kind == "DEPTHWISE_CONV_2D":
-            z = np.einsum("rkc,kc->rc", xb, w) + bias
-        else:
-            z = xb @ w + bias
+        z = _forward(layer, xb, w)
         out = np.clip(z, layer.lo, layer.hi)
         dz = (2.0 / len(xb)) * (out - yb) * ((z > layer.lo) & (z < layer.hi))
         dw = np.einsum("rkc,rc->kc", xb, dz) if layer.kind == "DEPTHWISE_CONV_2D" else xb.T @ dz
-        inside = ((floor + h) > -127.0) & ((floor + h) < 127.0) & (raw > 0.0) & (raw < 1.0)
+        unclipped = (raw > 0.0) & (raw < 1.0)  # Where h's clip passes a gradient.
+        inside = ((floor + h) > -127.0) & ((floor + h) < 127.0) & unclipped
         dh = dw * s * inside
         if step >= warm:
             progress = (step - warm) / max(1, config.iterations - warm)
             beta = config.beta[0] + (config.beta[1] - config.beta[0]) * progress
             t = 2.0 * h - 1.0
-            inside_raw = (raw > 0) & (raw < 1)
-            dh = dh - config.regularization * beta * np.abs(t) ** (beta - 1.0) * np.sign(t) * 2.0 * inside_raw
+            dh = dh - config.regularization * beta * np.abs(t) ** (beta - 1.0) * np.sign(t) * 2.0 * unclipped
         grad = dh * (ZETA - GAMMA) * sig * (1.0 - sig)
         m = b1 * m + (1 - b1) * grad
         u = b2 * u + (1 - b2) * grad * grad

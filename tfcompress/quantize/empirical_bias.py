@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress.calibrate.stats import resolved_mean
+from tfcompress.graph.graph import Graph, node_name
 from tfcompress.graph.runner import GraphRunner
 from tfcompress.io.frozen import FrozenModel
 
@@ -40,17 +41,14 @@ def correctable(quantized: FrozenModel, float_model: FrozenModel) -> List[Tuple[
     nothing else reads."""
     nodes = {n.name: n for n in quantized.graph_def.node}
     float_ops = {n.name: n.op for n in float_model.graph_def.node}
-    readers: Dict[str, int] = {}
-    for n in quantized.graph_def.node:
-        for inp in n.input:
-            readers[inp.lstrip("^").split(":")[0]] = readers.get(inp.lstrip("^").split(":")[0], 0) + 1
+    graph = Graph(quantized.graph_def)
     pairs = []
     for n in quantized.graph_def.node:
         if n.op != "BiasAdd" or float_ops.get(n.name) != "BiasAdd" or len(n.input) < 2:
             continue
         source, bias = n.input[0].split(":")[0], n.input[1].split(":")[0]
         if source + "/eightbit" in nodes and nodes.get(bias) is not None and nodes[bias].op == "Const" \
-                and readers.get(bias) == 1:
+                and len(graph.consumers(bias)) == 1:
             pairs.append((n.name, bias))
     return pairs
 
@@ -59,9 +57,8 @@ def correctable(quantized: FrozenModel, float_model: FrozenModel) -> List[Tuple[
 _ACTIVE = {"Relu": (0.0, np.inf), "Relu6": (0.0, 6.0)}
 
 
-def _active_interval(float_model: FrozenModel, node: str) -> Tuple[float, float]:
-    readers = [n for n in float_model.graph_def.node if any(i.split(":")[0] == node for i in n.input)]
-    outputs = {o.tensor.split(":")[0] for o in float_model.outputs}
+def _active_interval(float_graph: Graph, outputs, node: str) -> Tuple[float, float]:
+    readers = float_graph.consumers(node)
     if len(readers) == 1 and node not in outputs and readers[0].op in _ACTIVE:
         return _ACTIVE[readers[0].op]
     return (-np.inf, np.inf)
@@ -106,12 +103,14 @@ def correct(quantized: FrozenModel, float_model: FrozenModel, images: np.ndarray
     values = {bias: tf.make_ndarray(consts[bias].attr["value"].tensor).astype(np.float32) for _, bias in pairs}
     feeds: Dict[str, np.ndarray] = {}
     done = []
+    float_graph = Graph(float_model.graph_def)
+    outputs = {node_name(o.tensor) for o in float_model.outputs}
     with GraphRunner(quantized.graph_def, [quantized.image_input().tensor], [], inner_fetches=True) as runner, \
             GraphRunner(float_model.graph_def, [float_model.image_input().tensor], [],
                         inner_fetches=True) as reference:
         for node, bias in pairs:
             shift = resolved_mean(*_channel_moments(runner, reference, node, images, feeds,
-                                                    _active_interval(float_model, node)))
+                                                    _active_interval(float_graph, outputs, node)))
             if not np.any(shift):
                 continue
             values[bias] = (values[bias] - shift.reshape(values[bias].shape)).astype(np.float32)
