@@ -174,7 +174,7 @@ def check_graph_parity(quantized: FrozenModel, reference: FrozenModel, images: n
     batches, so memory stays at one batch of every tensor.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tfcompress.graph.graph import Graph  # pylint: disable=import-outside-toplevel
+    from tfcompress.graph.graph import Graph, node_name  # pylint: disable=import-outside-toplevel
     from tfcompress.graph.runner import imported_graph  # pylint: disable=import-outside-toplevel
     ordered = Graph(reference.graph_def).to_graph_def().node
     ref_graph, q_graph = imported_graph(reference.graph_def), imported_graph(quantized.graph_def)
@@ -210,8 +210,7 @@ def check_graph_parity(quantized: FrozenModel, reference: FrozenModel, images: n
         total_abs, max_abs, sq, ref_sq, count = sums[t]
         step = (spans[t][1] - spans[t][0]) / 255.0 or 1.0
         relative[node.name] = float(np.sqrt(sq / ref_sq)) if ref_sq > 0 else 0.0
-        sources = [i.split(":")[0].lstrip("^") for i in node.input]
-        inputs = [relative[i] for i in sources if i in relative]
+        inputs = [relative[node_name(i)] for i in node.input if node_name(i) in relative]
         rows.append(GraphTensorError(index=index, op=node.op, tensor=t, step=step, max_steps=max_abs / step,
                                      mean_steps=total_abs / max(count, 1) / step, relative_rms=relative[node.name],
                                      own=relative[node.name] - max(inputs, default=0.0)))

@@ -112,7 +112,7 @@ class FusedQuantizer:
                                          or builder.range(data_inputs(head)[0])[0] < 0.0):
             # The fused depthwise kernel always applies Relu and takes quint8 only: the accumulator form
             # takes the conv and its bias, and what follows stays float.
-            return [m.name for m in members if m.op != "Relu" and m.op != "Relu6"]
+            return [m.name for m in members if m.op not in ACTIVATIONS]
         return ([pad.name] if pad is not None else []) + [m.name for m in members]
 
     def _absorbable_pad(self, builder: Builder, head):
@@ -226,15 +226,7 @@ class FusedQuantizer:
                 op = "QuantizedConv2DWithBias"
                 attrs["out_type"] = tf.qint32
                 e.add(make_node(op, base, inputs[:7], **attrs))
-                # TF 2.21's kernel returns the accumulator on one scale, the largest channel's, whatever its
-                # min/max_output claim per channel (measured; tests/quantize/test_onednn.py checks the values).
-                in_scale = x_max / (255.0 if x.encoding.dtype == tf.quint8 else 127.0)
-                scales = np.float32(float(np.max(w_amax)) * in_scale / 127.0)
-                e.add(make_node("Bitcast", base + "/int32", [base], T=tf.qint32, type=tf.int32))
-                e.add(make_node("Cast", base + "/float", [base + "/int32"], SrcT=tf.int32, DstT=tf.float32,
-                                Truncate=False))
-                e.const(base + "/scale", scales, tf.float32)
-                e.add(make_node("Mul", last.name, [base + "/float", base + "/scale"], T=tf.float32))
+                _accumulator_as_float(e, base, x, x_max, w_amax, last.name)
                 return e.float_output(last, last.name, reported_as=head, op_type=op)
             else:
                 op = "QuantizedConv2DWithBiasAndRequantize"
@@ -272,13 +264,7 @@ class FusedQuantizer:
         attrs = dict(Tinput=tf.quint8, Tfilter=tf.qint8, out_type=tf.qint32, **reference.conv_attrs(head))
         op = "QuantizedDepthwiseConv2D"
         e.add(make_node(op, base, [x.tensor, filt, x.min, x.max, wmin, wmax], **attrs))
-        # As for QuantizedConv2DWithBias, the accumulator comes back on the largest channel's scale.
-        scale = np.float32(float(np.max(w_amax)) * (x_max / 255.0) / 127.0)
-        e.add(make_node("Bitcast", base + "/int32", [base], T=tf.qint32, type=tf.int32))
-        e.add(make_node("Cast", base + "/float", [base + "/int32"], SrcT=tf.int32, DstT=tf.float32,
-                        Truncate=False))
-        e.add(make_node("Mul", base + "/scaled", [base + "/float", e.const(base + "/scale", scale, tf.float32)],
-                        T=tf.float32))
+        _accumulator_as_float(e, base, x, x_max, w_amax, base + "/scaled")
         offset_name = e.const(base + "/offset", offset.astype(np.float32), tf.float32)
         if offset.ndim == 1:
             e.add(make_node("BiasAdd", last.name, [base + "/scaled", offset_name], T=tf.float32,
@@ -301,6 +287,20 @@ class FusedQuantizer:
             decoded = q * np.expand_dims(amax.astype(np.float64) / 127.0, tuple(a for a in range(4) if a != axis))
         return (e.const(base + "/weights", q, tf.qint8), e.const(base + "/weights_min", lo, tf.float32),
                 e.const(base + "/weights_max", hi, tf.float32), hi, decoded)
+
+
+def _accumulator_as_float(e: Emission, base: str, x: QTensor, x_max: float, w_amax, name: str) -> str:
+    """The qint32 accumulator of fused op `base` as float, in node `name` (Bitcast, Cast, Mul).
+
+    TF 2.21's kernels return it on one scale, the largest channel's, whatever their min/max_output claim
+    per channel (measured; tests/quantize/test_onednn.py checks the values).
+    """
+    in_scale = x_max / (255.0 if x.encoding.dtype == tf.quint8 else 127.0)
+    scale = np.float32(float(np.max(w_amax)) * in_scale / 127.0)
+    e.add(make_node("Bitcast", base + "/int32", [base], T=tf.qint32, type=tf.int32))
+    e.add(make_node("Cast", base + "/float", [base + "/int32"], SrcT=tf.int32, DstT=tf.float32, Truncate=False))
+    e.const(base + "/scale", scale, tf.float32)
+    return e.add(make_node("Mul", name, [base + "/float", base + "/scale"], T=tf.float32))
 
 
 def _shifted_input(e: Emission, base: str, tensor: str, lo: float, hi: float):
