@@ -108,7 +108,7 @@ class _Layer:
     weight: object        # The int8 weight tensor (TensorT).
     weights: np.ndarray   # Float weights in the matrix layout.
     scales: np.ndarray    # [O] (per channel) or [1].
-    bias: np.ndarray      # [O] float.
+    bias: np.ndarray      # [O] float32.
     lo: float
     hi: float
 
@@ -171,12 +171,12 @@ def _layer(quantized, float_model, op, float_ops) -> Tuple[Optional[_Layer], str
     nearest = np.clip(np.round(matrix / scales), -127, 127)
     if np.mean(nearest != _to_matrix(kind, stored.astype(np.float64))) > 0.01:
         return None, "its int8 weights are not the float weights rounded"
-    bias = np.zeros(channels)
+    bias = np.zeros(channels, np.float32)
     if len(float_op.inputs) > 2 and float_op.inputs[2] >= 0:
         b = _array(float_model, fsub.tensors[float_op.inputs[2]])
         if b is None or b.size != channels:
             return None, "its bias is not a constant"
-        bias = b.astype(np.float64).reshape(-1)
+        bias = b.astype(np.float32).reshape(-1)
     lo, hi = _ACTIVE[activation]
     return _Layer(kind=kind, tensor=tensor, reference=fb.text(fsub.tensors[float_op.outputs[0]].name), op=op,
                   weight=weight, weights=matrix, scales=scales, bias=bias, lo=lo, hi=hi), ""
@@ -220,8 +220,8 @@ def _rows(layer: _Layer, inputs: np.ndarray, outputs: np.ndarray, rng) -> Tuple[
 
 def _forward(layer: _Layer, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if layer.kind == "DEPTHWISE_CONV_2D":
-        return np.einsum("rkc,kc->rc", x, w) + layer.bias.astype(np.float32)
-    return x @ w + layer.bias.astype(np.float32)
+        return np.einsum("rkc,kc->rc", x, w) + layer.bias
+    return x @ w + layer.bias
 
 
 def _error(layer: _Layer, x, y, w) -> float:
