@@ -295,13 +295,18 @@ def test_report_writes_html_plots_and_markdown(artifacts, tmp_path):
     quality = [float((c[2] if c[2] != "-" else c[4]).rstrip("%")) for c in cells]
     for name, column in (("size", 8), ("latency", 6)):
         cost = [float(c[column]) for c in cells]
-        expected = {i for i in range(len(cells)) if not _dominated(i, cost, quality)}
-        assert {i for i, c in enumerate(cells) if name in c[12]} == expected, (name, cells)
+        assert {i for i, c in enumerate(cells) if name in c[12]} == _front(cost, quality), (name, cells)
 
 
 def _dominated(i, cost, quality):
     return any(cost[j] <= cost[i] and quality[j] >= quality[i] and (cost[j], quality[j]) != (cost[i], quality[i])
                for j in range(len(cost)))
+
+
+def _front(cost, quality):
+    """Brute force: the undominated points, and of points equal in both coordinates only the first."""
+    undominated = {i for i in range(len(cost)) if not _dominated(i, cost, quality)}
+    return {min(j for j in range(len(cost)) if (cost[j], quality[j]) == (cost[i], quality[i])) for i in undominated}
 
 
 def test_pareto_front_against_brute_force():
@@ -313,10 +318,7 @@ def test_pareto_front_against_brute_force():
         quality = rng.integers(0, 6, n).astype(float)
         front = pareto_front(cost, quality)
         assert front == sorted(front, key=lambda i: (cost[i], -quality[i], i))
-        undominated = {i for i in range(n) if not _dominated(i, cost, quality)}
-        # Of points equal in both coordinates, exactly one (the first) is on the front.
-        expected = {min(j for j in range(n) if (cost[j], quality[j]) == (cost[i], quality[i])) for i in undominated}
-        assert set(front) == expected
+        assert set(front) == _front(cost, quality)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ are on the size and the latency front.
 
 import html
 import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from tfcompress.evaluate.run import EvalResult
 from tfcompress.io.atomic import atomic_dir
@@ -52,6 +52,17 @@ def _latency(r: EvalResult) -> float:
     return r.latency_ms
 
 
+def fronts(results: Sequence[EvalResult]) -> Dict[str, List[int]]:
+    """The size and the latency Pareto fronts, taken over the numbers as the table prints them.
+
+    So a reader can check them against the table: two artifacts whose latencies differ only past
+    the third decimal are equal here, and the first of them is on the front.
+    """
+    ys = [round(100 * quality(r), 2) for r in results]
+    return {"size": pareto_front([r.size_bytes for r in results], ys),
+            "latency": pareto_front([round(r.latency_ms, 3) for r in results], ys)}
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -59,13 +70,11 @@ def _pct(v) -> str:
 def table_rows(results: Sequence[EvalResult]) -> List[List[str]]:
     header = ["model", "runtime", "top-1", "top-5", "agreement", "max abs err", "latency ms", "threads",
               "raw bytes", "gzip -9 bytes", "params", "MACs", "Pareto front"]
-    ys = [quality(r) for r in results]
-    fronts = {name: set(pareto_front([cost(r) for r in results], ys))
-              for name, cost in (("size", _size_kib), ("latency", _latency))}
+    on = fronts(results)
     rows = [[os.path.basename(r.model.rstrip("/")) or r.model, r.runtime, _pct(r.top1), _pct(r.top5),
              _pct(r.agreement_top1), "-" if r.max_abs_error is None else f"{r.max_abs_error:.4g}",
              f"{r.latency_ms:.3f}", str(r.threads), str(r.size_bytes), str(r.size_gzip_bytes), str(r.params),
-             str(r.macs), ", ".join(name for name in ("size", "latency") if i in fronts[name]) or "-"]
+             str(r.macs), ", ".join(name for name in ("size", "latency") if i in on[name]) or "-"]
             for i, r in enumerate(results)]
     return [header] + rows
 
@@ -80,7 +89,7 @@ def markdown(results: Sequence[EvalResult]) -> str:
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def _plot(results: Sequence[EvalResult], x_of, x_label: str, path: str) -> None:
+def _plot(results: Sequence[EvalResult], x_of, front: List[int], x_label: str, path: str) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt, ticker  # pylint: disable=import-outside-toplevel
@@ -91,7 +100,6 @@ def _plot(results: Sequence[EvalResult], x_of, x_label: str, path: str) -> None:
         # as soon as two artifacts land close together (float32 TFLite and ONNX usually do).
         ax.scatter([x_of(r)], [y], s=90 if i < 10 else 60, marker=_MARKERS[i % len(_MARKERS)], zorder=3,
                    alpha=0.85, label=f"{os.path.basename(r.model.rstrip('/'))} ({r.runtime})")
-    front = pareto_front([x_of(r) for r in results], ys)
     # A staircase through the front, on to the largest x: everything below and right of it is beaten.
     xs = [x_of(results[i]) for i in front] + [max(x_of(r) for r in results)]
     ax.step(xs, [ys[i] for i in front] + [ys[front[-1]]], where="post", color="0.4", linewidth=1.2, zorder=2,
@@ -123,8 +131,10 @@ def write_report(results: Sequence[EvalResult], output_dir: str, title: str = "t
     An existing `output_dir` is replaced only with `overwrite`, and only if tfcompress wrote it.
     """
     with atomic_dir(output_dir, overwrite=overwrite) as staging:
-        _plot(results, _size_kib, "size (KiB, log scale)", os.path.join(staging, SIZE_PLOT))
-        _plot(results, _latency, "latency (median ms, batch 1, log scale)", os.path.join(staging, LATENCY_PLOT))
+        on = fronts(results)
+        _plot(results, _size_kib, on["size"], "size (KiB, log scale)", os.path.join(staging, SIZE_PLOT))
+        _plot(results, _latency, on["latency"], "latency (median ms, batch 1, log scale)",
+              os.path.join(staging, LATENCY_PLOT))
         md = markdown(results)
         with open(os.path.join(staging, MARKDOWN), "w", encoding="utf-8") as f:
             f.write(f"# {title}\n\n{md}")
