@@ -28,6 +28,9 @@ the first 500 only (a tiny set, as PRACTISE intends).  Rows:
 - lowrank:P    channel SVD of every layer that shrinks, factors at P of the weights;
 - blocks:T     PRACTISE block dropping to a LiteRT latency cut of T;
 - blocks:T+thinet:R  both, blocks first.
+Any row followed by /fm is fine-tuned by function matching instead (the
+unpruned model labels shifted, mixed views as they are drawn, half of each
+batch; `tfcompress/keras/views.py`), e.g. thinet:0.5/fm.
 
 Columns: parameters and MACs, float32 .tflite bytes raw and gzip -9, LiteRT
 latency (XNNPACK, 1 thread, batch 1, median, all variants of a model timed
@@ -93,11 +96,16 @@ def _mobilenet(x, y, size, epochs, seed):
 
 def _variant(method, original, x, train):
     """The Keras model one row describes."""
+    import dataclasses
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.artifacts import KerasLatency
     from tfcompress.lowrank.svd import LowRankConfig, factorize
     from tfcompress.keras.train import batches, fit, set_bn_statistics
     from tfcompress.prune import blocks, filters, magnitude
+    method, _, training = method.partition("/")
+    if training not in ("", "fm"):
+        raise TfcError(f"unknown training {training!r} in --methods (only /fm)")
+    train = dataclasses.replace(train, function_matching=training == "fm")
     model = original
     for step in method.split("+"):
         kind, _, value = step.partition(":")

@@ -215,6 +215,10 @@ def define_training_flags(epochs: int, model_flag: str = "input"):
                                      "Data-parallel training: mirrored over this machine's devices, or "
                                      "multi_worker over the processes TF_CONFIG lists (every worker runs the same "
                                      "command; the chief writes --output).  --batch_size is the global batch."),
+        function_matching=flags.DEFINE_boolean(
+            "function_matching", False, "Distilling without labels: batches half of fresh shifted and mixed views "
+            "of --train_images, half of the images, labelled by the original as they are drawn, the learning rate "
+            "decaying to 0 (give many --epochs: each is len(images) / --batch_size steps)."),
     )
 
 
@@ -244,7 +248,8 @@ def keras_job(f, extra_inputs=()):
                            learning_rate=f["learning_rate"].value, temperature=f["temperature"].value,
                            alpha=f["alpha"].value, seed=f["seed"].value, input_mean=f["input_mean"].value,
                            input_std=f["input_std"].value, channel_order=f["channel_order"].value,
-                           progress=f["progress"].value, distribute=f["distribute"].value)
+                           progress=f["progress"].value, distribute=f["distribute"].value,
+                           function_matching=f["function_matching"].value)
     kwargs = dict(train_images=f["train_images"].value or DEFAULT_CALIBRATION, labels=f["labels"].value,
                   options=options)
     if "distill_from" in f:

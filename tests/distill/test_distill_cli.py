@@ -81,6 +81,15 @@ def test_label_free_and_feature_distillation(setup, tmp_path):
     assert model.predict(x[:4], verbose=0).shape == (4, 10)
 
 
+def test_function_matching_reaches_the_trainer(setup, tmp_path):
+    """--function_matching trains on views (the trainer path is tested in test_views.py) and says so."""
+    _, flat, student = setup
+    proc = run_tool("distill", f"--teacher={KERAS_MODEL}", f"--student={student}", f"--output={tmp_path / 'fm.keras'}",
+                    f"--train_images={flat}", "--epochs=1", "--noprogress", "--function_matching")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "soft targets only (no labels), function matching on shifted, mixed views" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("features, message", [
     ("c2:dense", "spatial shapes differ"),
     ("nope:re_lu_5", "feature pair nope:re_lu_5"),

@@ -41,6 +41,10 @@ class TrainOptions:
       distribute: none, mirrored or multi_worker: data-parallel training with tf.distribute (see
         `keras.distribute`); batch_size is the global batch.  multi_worker reads TF_CONFIG and must start
         before TensorFlow runs anything (`keras.distribute.strategy`).
+      function_matching: when the original is the only teacher (no labels), distill on batches half of fresh
+        shifted and mixed views, half of the images, that it labels as they are drawn (`keras.views`; Beyer
+        et al., arXiv:2106.05237), with the learning rate on a cosine decay.  Give it many epochs: each is
+        len(images) / batch_size steps.
     """
     epochs: Optional[int] = None
     batch_size: int = 32
@@ -53,6 +57,7 @@ class TrainOptions:
     channel_order: str = "rgb"
     progress: bool = False
     distribute: str = "none"
+    function_matching: bool = False
 
 
 @dataclasses.dataclass
@@ -123,7 +128,7 @@ class _Training:
         self.config = TrainConfig(epochs=epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
                                   temperature=options.temperature, alpha=options.alpha, seed=options.seed,
                                   verbose=(1 if sys.stdout.isatty() else 2) if options.progress else 0,
-                                  distribute=options.distribute)
+                                  distribute=options.distribute, function_matching=options.function_matching)
 
     @property
     def batches(self):
@@ -134,6 +139,8 @@ class _Training:
         how = "distilled from the original" if self.distill else "labels only"
         if self.distill and self.labels is not None:
             how += " and labels"
+        elif self.distill and self.config.function_matching and self.config.distribute == "none":
+            how += " by function matching on shifted, mixed views"
         return f"{how}, {len(self.x)} images"
 
     def result(self, model, summary: str, rows, notes=(), details=None) -> KerasResult:
@@ -392,6 +399,8 @@ def distill(student, teacher, *, train_images=None, labels=None, features: Seque
     fit(result, job.x, job.labels, job.config, teacher=teacher_model, features=pairs, feature_weight=feature_weight)
     how = ("teacher's soft targets only (no labels)" if job.labels is None
            else f"labels and teacher, alpha {job.config.alpha:g}")
+    if job.labels is None and not pairs and job.config.function_matching and job.config.distribute == "none":
+        how += ", function matching on shifted, mixed views"
     summary = (f"{how}, T={job.config.temperature:g}, {len(job.x)} images"
                + (f", features {', '.join(f'{p.student}:{p.teacher}' for p in pairs)}" if pairs else ""))
     rows = [["model", "params"], ["teacher", teacher_model.count_params()], ["student", result.count_params()]]

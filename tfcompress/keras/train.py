@@ -13,6 +13,9 @@ distillation term alone; with no teacher, the cross-entropy alone.  A model
 whose output is a softmax has its logits recovered as log-probabilities
 (softmax is shift-invariant, so softmax(log p / T) = softmax(z / T)).
 
+With `TrainConfig.function_matching` and no labels, the teacher labels
+each batch as it is drawn, half of it new views of the images (see `views`).
+
 A model with several outputs (see `heads`) trains every class head by this
 loss (labels go to the first) and every other head (a box regression, a
 dense map) by the mean squared error to the teacher's output, summed.
@@ -25,7 +28,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcError
-from tfcompress.keras import distribute, kernels
+from tfcompress.keras import distribute, kernels, views
 from tfcompress.keras.distribute import check_kind
 from tfcompress.keras.heads import Head, heads, is_softmax, predict_all, unwrapped
 from tfcompress.keras.registry import register
@@ -48,6 +51,9 @@ class TrainConfig:
       verbose: Keras progress bars (1) or none (0).
       distribute: none, mirrored or multi_worker (see `keras.distribute`); batch_size is then the global
         batch over every replica.
+      function_matching: when the teacher is the only target (no labels, one device, no feature pairs),
+        train on batches half of fresh shifted and mixed views, half of the images, labelled by the teacher
+        as they are drawn (`keras.views`), the learning rate on a cosine decay to 0 over the run.
     """
     epochs: int = 1
     batch_size: int = 32
@@ -57,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 1
     distribute: str = "none"
+    function_matching: bool = False
 
     def __post_init__(self):
         check_kind(self.distribute)
@@ -201,7 +208,7 @@ def _shared_gradient(grad, spec: SharedWeights):
     return tf.reshape(tf.gather(total * keep, ids), tf.shape(grad))
 
 
-def _optimizer(framework, learning_rate: float, shared: Optional[Dict[str, SharedWeights]]):
+def _optimizer(framework, learning_rate, shared: Optional[Dict[str, SharedWeights]]):
     """Adam, with gradients of shared variables reduced per group before the update.
 
     Members of a group start equal and then receive identical gradients, so
@@ -268,6 +275,9 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     if features and teacher is None:
         raise TfcError("feature distillation needs a teacher")
     outputs = heads(student)
+    if (config.function_matching and teacher is not None and labels is None and not features
+            and config.distribute == "none"):
+        return _fit_views(student, outputs, x, config, teacher=teacher, callbacks=callbacks, shared=shared)
     if len(outputs) > 1 or outputs[0].kind != "class":
         if features:
             raise TfcError("feature distillation trains single-output class models only")
@@ -330,20 +340,62 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
     if labels is not None and first_class is None:
         raise TfcError("labels need a class output; this model has none (distill from the original instead)")
     teacher_out = predict_all(teacher, x) if teacher is not None else None
-    targets, losses = [], []
-    for head in outputs:
-        if head.kind != "class":
-            targets.append(np.asarray(teacher_out[head.index], np.float32))
-            losses.append(keras.losses.MeanSquaredError())
-            continue
-        targets.append(_packed_target(
-            len(x), head.width, labels if head.index == first_class else None,
-            _as_logits(teacher_out[head.index], head.probabilities) if teacher_out is not None else None,
-            f"output {head.name} has {head.width} classes"))
-        losses.append(DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities))
+    targets, losses = _head_targets(outputs, len(x), labels, teacher_out), _head_losses(outputs, config)
     keras.utils.set_random_seed(config.seed)
     return _train(student, x, targets, losses, lambda: _optimizer(framework, config.learning_rate, shared), config,
                   callbacks)
+
+
+def _head_targets(outputs: Sequence[Head], n: int, labels: Optional[np.ndarray], teacher_out) -> list:
+    """The target of each head for n images: DistillationLoss's packed target for a class head (the labels go
+    to the first), the teacher's values for every other head."""
+    first_class = next((h.index for h in outputs if h.kind == "class"), None)
+    return [np.asarray(teacher_out[head.index], np.float32) if head.kind != "class" else _packed_target(
+        n, head.width, labels if head.index == first_class else None,
+        _as_logits(teacher_out[head.index], head.probabilities) if teacher_out is not None else None,
+        f"output {head.name} has {head.width} classes") for head in outputs]
+
+
+def _head_losses(outputs: Sequence[Head], config: TrainConfig) -> list:
+    """The loss of each head: DistillationLoss for a class head, mean squared error for every other."""
+    return [DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities)
+            if head.kind == "class" else keras.losses.MeanSquaredError() for head in outputs]
+
+
+def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainConfig, *, teacher, callbacks,
+               shared):
+    """`fit` by function matching (see `keras.views`): config.steps(len(x)) steps, each on a fresh batch of
+    views that the teacher labels as it is drawn."""
+    framework = _framework(student)
+    if len(outputs) > 1 and framework is not keras:
+        raise TfcError("models with several outputs train as Keras 3 models only")
+
+    def labelled():
+        for view in views.views(x, config.batch_size, config.seed):
+            targets = _head_targets(outputs, len(view), None, _outputs_on(teacher, view))
+            yield view, (tuple(targets) if len(targets) > 1 else targets[0])
+
+    steps = config.steps(len(x))
+    if not steps:
+        return None
+    keras.utils.set_random_seed(config.seed)
+    kernels.warn_if_onednn_training()
+    losses = _head_losses(outputs, config)
+    schedule = framework.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    if framework is not keras:  # tf_keras takes the loss as a plain function of tensors.
+        losses = [loss.call if isinstance(loss, DistillationLoss) else "mse" for loss in losses]
+    student.compile(optimizer=_optimizer(framework, schedule, shared),
+                    loss=losses[0] if len(losses) == 1 else list(losses))
+    return student.fit(labelled(), steps_per_epoch=steps // config.epochs, epochs=config.epochs, shuffle=False,
+                       verbose=config.verbose, callbacks=list(callbacks))
+
+
+def _outputs_on(model, x: np.ndarray) -> List[np.ndarray]:
+    """Every output of `model` on one batch x, in output order (inference mode)."""
+    out = model(x, training=False)
+    if isinstance(out, dict):
+        out = [out[name] for name in model.output_names]
+    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
 def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: TrainConfig,
