@@ -46,26 +46,6 @@ _SUBSETS = flags.DEFINE_integer("subsets", 4, "Seeded halves of the calibration 
 _THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads.", lower_bound=1)
 
 
-def _stock_int8(model, calibration):
-    import tensorflow as tf
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None]] for x in calibration)
-    return converter.convert()
-
-
-def _by_head(outputs, sizes):
-    """LiteRT outputs (name -> [N, K]) matched to the Keras heads by their sizes (the zoo's heads differ)."""
-    out = {}
-    for head, size in sizes.items():
-        match = [v.reshape(len(v), -1) for v in outputs.values() if v.reshape(len(v), -1).shape[1] == size]
-        if len(match) != 1:
-            from tfcompress.errors import TfcError
-            raise TfcError(f"cannot match head {head} ({size} values) to the .tflite outputs")
-        out[head] = match[0]
-    return out
-
-
 # Our rows: label -> the `tfc.convert` arguments that differ from the defaults.
 OURS = {
     "ours (default)": {},
@@ -140,7 +120,7 @@ def measure(name):
     for seed in range(_SUBSETS.value):
         half = np.sort(np.random.default_rng(seed).permutation(len(source))[:len(source) // 2])
         subset = FolderSource.from_paths([source.paths[i] for i in half])
-        artifacts = {"converter int8": _stock_int8(model, calibration[half])}
+        artifacts = {"converter int8": common.stock_int8(model, calibration[half])}
         with tempfile.TemporaryDirectory() as tmp:
             for label, changes in OURS.items():
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
@@ -154,12 +134,12 @@ def measure(name):
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
                 quantized = tfc.quantize_graph(entry.path, os.path.join(tmp, "graph_" + kernels), images=subset,
                                                kernels=kernels, options=options, overwrite=True).quantized
-                outputs = _by_head(_graph_outputs(quantized, held), sizes)
+                outputs = common.outputs_by_head(_graph_outputs(quantized, held), sizes)
                 errors[label].append(_errors(entry, outputs, reference, len(held)))
                 if seed == 0:
                     graph_sizes[label] = graph_size(quantized.graph_def)
         for label, flatbuffer in artifacts.items():
-            outputs = _by_head(LiteRTRunner(flatbuffer, threads=_THREADS.value).outputs_by_name(held), sizes)
+            outputs = common.outputs_by_head(LiteRTRunner(flatbuffer, threads=_THREADS.value).outputs_by_name(held), sizes)
             errors[label].append(_errors(entry, outputs, reference, len(held)))
         if seed == 0:
             first = artifacts

@@ -36,7 +36,9 @@ Columns: parameters and MACs, float32 .tflite bytes raw and gzip -9, LiteRT
 latency (XNNPACK, 1 thread, batch 1, median, all variants of a model timed
 interleaved), top-1 accuracy and agreement with the unpruned model on the
 held-out images, and for a model with regression heads the mean absolute
-difference of those outputs from the unpruned model's.  MACs, latency and
+difference of those outputs from the unpruned model's, beside the error of
+the stock converter's int8 model of the unpruned one (calibrated on the
+fine-tuning images) on those heads.  MACs, latency and
 sizes are ratios to the unpruned row.  The papers' figures are printed
 beside the table: ThiNet's 3.23x fewer FLOPs on VGG-16 (Luo et al.,
 arXiv:1707.06342) and PRACTISE's 22% latency cut (Wang & Wu,
@@ -151,6 +153,12 @@ def _rows(name, original, methods, x, held, labels, train):
     head = class_head(original)
     values = [h.index for h in heads(original) if h.kind != "class"]
     reference = predict_all(original, held)
+    anchor = None
+    if values:  # The stock converter's int8, calibrated on the fine-tuning images: its error on those heads.
+        from tfcompress.export.litert import LiteRTRunner
+        int8 = common.outputs_by_head(LiteRTRunner(common.stock_int8(original, x)).outputs_by_name(held),
+                                      {i: int(np.prod(reference[i].shape[1:])) for i in values})
+        anchor = np.mean([np.mean(np.abs(int8[i] - reference[i].reshape(len(held), -1))) for i in values])
     base = bytes_size(flatbuffers[0])
     macs0 = count(original)[1]
     rows = []
@@ -159,7 +167,9 @@ def _rows(name, original, methods, x, held, labels, train):
         outputs = predict_all(model, held)
         predicted = outputs[head.index].argmax(1)
         size = bytes_size(fb)
-        error = (f"{np.mean([np.mean(np.abs(outputs[i] - reference[i])) for i in values]):.4f}" if values else "-")
+        error = np.mean([np.mean(np.abs(outputs[i] - reference[i])) for i in values]) if values else None
+        error = "-" if error is None else (f"{error:.4f} (stock int8: {anchor:.4f})" if model is original
+                                           else f"{error:.4f} ({error / anchor:.1f}x stock int8)")
         rows.append([name, method, params, f"{macs / 1e6:.1f} M ({macs / macs0:.2f}x)",
                      f"{size.raw} ({size.raw / base.raw:.2f}x)", f"{size.gzip} ({size.gzip / base.gzip:.2f}x)",
                      f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{np.mean(predicted == labels):.2%}",

@@ -353,6 +353,33 @@ def benchmark_model(name: str, mobilenet_size: int = 224):
     return model, Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0), calibration
 
 
+def stock_int8(model, calibration) -> bytes:
+    """The stock TFLiteConverter's default full-integer quantization of a Keras model (Optimize.DEFAULT with
+    `calibration` as the representative dataset, float I/O): the benchmarks' int8 anchor."""
+    import tensorflow as tf
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+    return converter.convert()
+
+
+def outputs_by_head(outputs, sizes):
+    """LiteRT outputs (name -> [N, ...]) matched to Keras heads (key -> values per image) by their sizes, as
+    [N, size] arrays; the zoo's heads differ in size.
+
+    Raises:
+      TfcError: a head matches no output, or several.
+    """
+    out = {}
+    for head, size in sizes.items():
+        match = [v.reshape(len(v), -1) for v in outputs.values() if v.reshape(len(v), -1).shape[1] == size]
+        if len(match) != 1:
+            from tfcompress.errors import TfcError
+            raise TfcError(f"cannot match head {head} ({size} values) to the .tflite outputs")
+        out[head] = match[0]
+    return out
+
+
 def print_table(rows, out=sys.stdout) -> None:
     """Prints rows (lists of cells) as an aligned text table; the first row is the header."""
     rows = [[str(c) for c in r] for r in rows]
