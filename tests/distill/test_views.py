@@ -123,7 +123,7 @@ def test_function_matching_trains_every_head_on_views_the_teacher_labels():
     assert all(np.array_equal(a, b) for a, b in zip(student.get_weights(), again.get_weights()))
 
 
-def test_labels_or_several_devices_keep_the_images_as_they_are():
+def test_labels_keep_the_images_as_they_are():
     from tfcompress.keras.train import TrainConfig, fit
     import keras
     keras.utils.set_random_seed(0)
