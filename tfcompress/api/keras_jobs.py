@@ -139,7 +139,7 @@ class _Training:
         how = "distilled from the original" if self.distill else "labels only"
         if self.distill and self.labels is not None:
             how += " and labels"
-        elif self.distill and self.config.function_matching and self.config.distribute == "none":
+        elif self.distill and self.config.on_views(labelled=False):
             how += " by function matching on shifted, mixed views"
         return f"{how}, {len(self.x)} images"
 
@@ -399,7 +399,7 @@ def distill(student, teacher, *, train_images=None, labels=None, features: Seque
     fit(result, job.x, job.labels, job.config, teacher=teacher_model, features=pairs, feature_weight=feature_weight)
     how = ("teacher's soft targets only (no labels)" if job.labels is None
            else f"labels and teacher, alpha {job.config.alpha:g}")
-    if job.labels is None and not pairs and job.config.function_matching and job.config.distribute == "none":
+    if job.config.on_views(job.labels is not None, bool(pairs)):
         how += ", function matching on shifted, mixed views"
     summary = (f"{how}, T={job.config.temperature:g}, {len(job.x)} images"
                + (f", features {', '.join(f'{p.student}:{p.teacher}' for p in pairs)}" if pairs else ""))

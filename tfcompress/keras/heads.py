@@ -77,7 +77,11 @@ def class_head(model) -> Optional[Head]:
 
 def predict_all(model, x: np.ndarray, batch_size: int = 64) -> List[np.ndarray]:
     """Every output of `model` on x, as a list in output order (one element for a single-output model)."""
-    out = model.predict(x, batch_size=batch_size, verbose=0)
+    return as_list(model, model.predict(x, batch_size=batch_size, verbose=0))
+
+
+def as_list(model, out) -> list:
+    """A model's outputs (one array, a list, or a dict by output name) as a list in output order."""
     if isinstance(out, dict):
         out = [out[name] for name in model.output_names]
     return list(out) if isinstance(out, (list, tuple)) else [out]

@@ -30,7 +30,7 @@ import numpy as np
 from tfcompress.errors import TfcError
 from tfcompress.keras import distribute, kernels, views
 from tfcompress.keras.distribute import check_kind
-from tfcompress.keras.heads import Head, heads, is_softmax, predict_all, unwrapped
+from tfcompress.keras.heads import Head, as_list, heads, is_softmax, predict_all, unwrapped
 from tfcompress.keras.registry import register
 
 # Probabilities are clipped here before the log, so a zero never becomes -inf.
@@ -73,6 +73,11 @@ class TrainConfig:
             raise TfcError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise TfcError(f"--alpha must be in [0, 1], got {self.alpha}")
+
+    def on_views(self, labelled: bool, features: bool = False) -> bool:
+        """Whether a teacher-distilled fit trains by function matching: asked for, no labels, no feature
+        pairs, one device."""
+        return self.function_matching and not labelled and not features and self.distribute == "none"
 
     def steps(self, images: int) -> int:
         """Optimizer steps over all epochs on `images` images (the last batch of an epoch may be short)."""
@@ -275,8 +280,7 @@ def fit(student, x: np.ndarray, labels: Optional[np.ndarray], config: TrainConfi
     if features and teacher is None:
         raise TfcError("feature distillation needs a teacher")
     outputs = heads(student)
-    if (config.function_matching and teacher is not None and labels is None and not features
-            and config.distribute == "none"):
+    if teacher is not None and config.on_views(labels is not None, bool(features)):
         return _fit_views(student, outputs, x, config, teacher=teacher, callbacks=callbacks, shared=shared)
     if len(outputs) > 1 or outputs[0].kind != "class":
         if features:
@@ -392,10 +396,7 @@ def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainCon
 
 def _outputs_on(model, x: np.ndarray) -> List[np.ndarray]:
     """Every output of `model` on one batch x, in output order (inference mode)."""
-    out = model(x, training=False)
-    if isinstance(out, dict):
-        out = [out[name] for name in model.output_names]
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return [np.asarray(o) for o in as_list(model, model(x, training=False))]
 
 
 def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: TrainConfig,
