@@ -116,9 +116,14 @@ def _variant(method, original, x, train):
             schedule = magnitude.schedule_for("polynomial", value, train.steps(len(x)))
             model = magnitude.prune_and_train(model, schedule, x, None,
                                               train, teacher=original)
-        elif kind in filters.CRITERIA or kind == "thinet_inside":
-            config = filters.FilterConfig(criterion=kind.replace("_inside", ""), ratio=value,
-                                          residual_groups=kind != "thinet_inside")
+        elif kind.split("_")[0] in filters.CRITERIA:
+            criterion, *modifiers = kind.split("_")
+            unknown = set(modifiers) - {"inside", *filters.ALLOCATIONS}
+            if unknown:
+                raise TfcError(f"unknown filter row modifier {', '.join(sorted(unknown))} in --methods")
+            allocation = next((m for m in modifiers if m in filters.ALLOCATIONS), None)
+            config = filters.FilterConfig(criterion=criterion, ratio=value, residual_groups="inside" not in modifiers,
+                                          **({"allocation": allocation} if allocation else {}))
             model = filters.prune_and_finetune(model, config, x, None, train, teacher=original).model
         elif kind == "lowrank":
             model = factorize(model, LowRankConfig(param_ratio=value)).model

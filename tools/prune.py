@@ -33,7 +33,12 @@ from absl import flags  # noqa: E402
 _JOB = common.define_training_flags(epochs=10)
 _METHOD = flags.DEFINE_enum("method", "magnitude", ["magnitude", "l1", "l2", "apoz", "thinet", "random"],
                             "magnitude: zero small weights; l1/l2/apoz/thinet/random: remove channels.")
-_RATIO = flags.DEFINE_float("ratio", 0.5, "Filter methods: fraction of each prunable layer's channels removed.")
+_RATIO = flags.DEFINE_float("ratio", 0.5, "Filter methods: fraction removed: of each channel group's channels "
+                            "(--allocation=uniform) or of the model's MACs (--allocation=sensitivity).")
+_ALLOCATION = flags.DEFINE_enum("allocation", "uniform", ["uniform", "sensitivity"],
+                                "Filter methods: uniform: every channel group loses --ratio of its channels "
+                                "(ThiNet's paper); sensitivity: each group's ratio follows its measured effect "
+                                "on the outputs, removing --ratio of the MACs.")
 _LAYERS = flags.DEFINE_list("layers", [], "Filter methods: only these layers (default: every prunable one).")
 _LAYER_EPOCHS = flags.DEFINE_integer("layer_epochs", 1, "Filter methods: fine-tuning epochs after each layer.",
                                      lower_bound=0)
@@ -59,7 +64,7 @@ def main() -> None:
                    schedule=_SCHEDULE.value, ramp=_RAMP.value, frequency=_FREQUENCY.value,
                    sparsity_map=_SPARSITY_MAP.value, exclude=_EXCLUDE.value, m_by_n=_M_BY_N.value,
                    layers=_LAYERS.value, layer_epochs=_LAYER_EPOCHS.value,
-                   residual_groups=_RESIDUAL_GROUPS.value, **kwargs)
+                   residual_groups=_RESIDUAL_GROUPS.value, allocation=_ALLOCATION.value, **kwargs)
     common.print_job("prune", input_path, _JOB, result)
     common.save_and_report(result, _JOB, default_run)
 

@@ -78,6 +78,7 @@ def test_filter_pruning_removes_channels(labelled, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--method=thinet", "--ratio=1.5"], "--ratio must be in (0, 1)"),
+    (["--method=thinet", "--allocation=sensitivity", "--ratio=0.9"], "beyond the largest per-group ratio"),
     (["--method=l1", "--layers=probabilities"], "cannot thin probabilities"),
     (["--method=l1", "--layers=conv2d_2", "--noresidual_groups"], "cannot thin conv2d_2"),
     (["--sparsity=1.0"], "--sparsity must be in [0, 1)"),

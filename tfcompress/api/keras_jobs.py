@@ -183,7 +183,7 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
           labels=None, distill_from: Optional[str] = None, schedule: str = "polynomial", ramp: float = 0.6,
           frequency: int = 10, sparsity_map=(), exclude: Sequence[str] = (), m_by_n=None,
           layers: Sequence[str] = (), layer_epochs: int = 1, residual_groups: bool = True,
-          options: TrainOptions = TrainOptions()) -> KerasResult:
+          allocation: str = "uniform", options: TrainOptions = TrainOptions()) -> KerasResult:
     """Magnitude pruning (Zhu & Gupta, arXiv:1710.01878) or filter pruning with physical thinning.
 
     Args:
@@ -191,7 +191,8 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
       method: magnitude, or a filter criterion: l1, l2 (Li et al., arXiv:1608.08710), apoz (Hu et al.,
         arXiv:1607.03250), thinet (Luo et al., arXiv:1707.06342) or random.
       sparsity: magnitude: the final fraction of zero weights per layer, in [0, 1).
-      ratio: filter methods: the fraction of each prunable layer's channels removed, in (0, 1).
+      ratio: filter methods: the fraction removed, in (0, 1): of each channel group's channels (uniform
+        allocation) or of the model's MACs (sensitivity allocation).
       train_images, labels: images (folder, pixel array or dataset) and, for an array, labels; for a folder,
         a labels file.
       distill_from: "original" (default) or "none".
@@ -203,6 +204,9 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
       layer_epochs: filter methods: fine-tuning epochs after each layer (each channel group).
       residual_groups: filter methods: also thin channel groups tied by residual Adds and SE Multiplies (all
         their producers at once, after DepGraph, Fang et al., arXiv:2301.12900); False thins inside blocks only.
+      allocation: filter methods: "uniform" (every group loses `ratio` of its channels, as ThiNet's paper) or
+        "sensitivity" (per-group ratios from each group's measured effect on the outputs, removing `ratio` of
+        the MACs; `filters.FilterConfig`).
       options: training options (default 10 epochs).
 
     Raises:
@@ -245,14 +249,16 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
         if job.tf_keras:
             what += ", tf_keras model through tensorflow-model-optimization"
         return job.result(result, what, rows)
-    config = filters.FilterConfig(criterion=method, ratio=ratio, layers=tuple(layers), seed=options.seed,
-                                  residual_groups=residual_groups)
+    config = filters.FilterConfig(criterion=method, ratio=ratio, allocation=allocation, layers=tuple(layers),
+                                  seed=options.seed, residual_groups=residual_groups)
     thinned = filters.prune_and_finetune(job.original, config, job.x, job.labels, job.config, teacher=job.teacher,
                                          layer_epochs=layer_epochs)
     rows = [["layer", "channels before", "channels after"]]
     rows += [[name, a, b] for name, (a, b) in thinned.pruned.items()]
     rows += [[name, "-", f"left whole: {why}"] for name, why in thinned.skipped.items()]
-    return job.result(thinned.model, f"{method} filters, ratio {ratio:g}", rows, details=thinned)
+    what = (f"{method} filters, ratio {ratio:g} of each group's channels" if allocation == "uniform" else
+            f"{method} filters, {ratio:g} of the MACs spread over the groups by measured sensitivity")
+    return job.result(thinned.model, what, rows, details=thinned)
 
 
 def cluster(model, *, clusters: int = 16, init: str = "linear", iterations: int = 50, layers: Sequence[str] = (),

@@ -35,6 +35,10 @@ from tfcompress.io.keras_models import copy_model
 from tfcompress.prune import thinning
 
 CRITERIA = ("l1", "l2", "apoz", "thinet", "random")
+ALLOCATIONS = ("uniform", "sensitivity")
+# Per-group ratios at which sensitivity is measured, and the images it is measured on.
+SENSITIVITY_GRID = (0.25, 0.5, 0.625, 0.75, 0.875)
+SENSITIVITY_IMAGES = 256
 # ThiNet's sampled (image, position, output channel) triples per layer.
 THINET_SAMPLES = 4000
 
@@ -43,7 +47,14 @@ THINET_SAMPLES = 4000
 class FilterConfig:
     """Attributes:
       criterion: one of CRITERIA.
-      ratio: fraction of each prunable layer's channels removed, in (0, 1).
+      ratio: the fraction removed, in (0, 1): of each channel group's channels ("uniform"), or of the
+        model's MACs ("sensitivity").
+      allocation: "uniform" gives every group `ratio`, as ThiNet's paper does; "sensitivity" measures how much
+        thinning each group alone (by the criterion, rescaled, without training) changes the model's outputs
+        on the images at each SENSITIVITY_GRID ratio, and gives each group the largest ratio whose change stays
+        within one level, the level chosen so that `ratio` of the model's MACs go (a global budget as in
+        DepGraph, Fang et al., arXiv:2301.12900, with measured per-layer sensitivity as in Li et al.,
+        arXiv:1608.08710, Sec. 4.1).
       layers: restrict to the channel groups of these layers (empty: every prunable group).
       seed: for random choice and ThiNet's sampling.
       residual_groups: also thin groups with several producers (tied by a residual Add or an SE Multiply);
@@ -51,6 +62,7 @@ class FilterConfig:
     """
     criterion: str = "l1"
     ratio: float = 0.5
+    allocation: str = "uniform"
     layers: Tuple[str, ...] = ()
     seed: int = 0
     residual_groups: bool = True
@@ -60,6 +72,11 @@ class FilterConfig:
             raise TfcError(f"unknown filter criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
         if not 0.0 < self.ratio < 1.0:
             raise TfcError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.allocation not in ALLOCATIONS:
+            raise TfcError(f"unknown allocation {self.allocation!r} (choose from {', '.join(ALLOCATIONS)})")
+        if self.allocation == "sensitivity" and self.ratio > max(SENSITIVITY_GRID):
+            raise TfcError(f"--ratio {self.ratio} is beyond the largest per-group ratio sensitivity allocation "
+                           f"gives ({max(SENSITIVITY_GRID)})")
 
 
 def _keep_count(channels: int, ratio: float) -> int:
@@ -71,14 +88,13 @@ def _activations(model, layer_name: str, x: np.ndarray) -> np.ndarray:
     return probe.predict(x, batch_size=64, verbose=0)
 
 
-def _top(scores: np.ndarray, keep: int) -> np.ndarray:
-    """Indices of the `keep` highest scores (ties to the lower index), sorted."""
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:keep])
+def _descending(scores: np.ndarray) -> np.ndarray:
+    """Indices from the highest score to the lowest (ties to the lower index)."""
+    return np.argsort(-scores, kind="stable")
 
 
-def norm_keep(model, target: thinning.Prunable, keep: int, p: int) -> np.ndarray:
-    """The channels whose filters have the largest Lp norm.  In a group, each producer's norms are divided by
+def norm_ranking(model, target: thinning.Prunable, p: int) -> np.ndarray:
+    """The channels from the largest filter Lp norm to the smallest.  In a group, each producer's norms are divided by
     their mean (batch norm after a conv makes its scale arbitrary) and summed over the producers, DepGraph's
     group importance (Fang et al., arXiv:2301.12900)."""
     score = np.zeros(target.channels)
@@ -87,16 +103,16 @@ def norm_keep(model, target: thinning.Prunable, keep: int, p: int) -> np.ndarray
         flat = np.abs(kernel.reshape(-1, kernel.shape[-1]).astype(np.float64))
         norms = flat.sum(0) if p == 1 else np.sqrt((flat ** 2).sum(0))
         score += norms / (norms.mean() or 1.0) if len(target.producers) > 1 else norms
-    return _top(score, keep)
+    return _descending(score)
 
 
-def apoz_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray) -> np.ndarray:
-    """The channels with the fewest zeros after activation, averaged over the group's activation layers."""
+def apoz_ranking(model, target: thinning.Prunable, x: np.ndarray) -> np.ndarray:
+    """The channels from the fewest zeros after activation to the most, averaged over the group's activation layers."""
     zeros = np.zeros(target.channels)
     for name in target.activations:
         act = _activations(model, name, x)
         zeros += (act <= 0).reshape(-1, act.shape[-1]).mean(0) / len(target.activations)
-    return _top(-zeros, keep)
+    return _descending(-zeros)
 
 
 def _grouped(contrib: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -162,6 +178,58 @@ def _separable_contributions(consumer, a: np.ndarray, rng, samples: int) -> Tupl
     return x, x.sum(1)
 
 
+def _thinet_blocks(model, target: thinning.Prunable, x: np.ndarray, seed: int):
+    """(rows, [(consumer, contributions [samples, C], sums [samples])]): ThiNet's sampled problem for a group;
+    `rows` is `thinning.consumer_rows`."""
+    rng = np.random.default_rng(seed)
+    rows = thinning.consumer_rows(model, target)
+    blocks = []
+    for name in target.consumers:
+        consumer = model.get_layer(name)
+        feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
+        # Captured in float32 (half the memory); each sampled product is formed in float64.
+        a = _activations(model, feeding, x)
+        contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES, rows[name])
+        if len(target.consumers) > 1:
+            rms = float(np.sqrt(np.mean(total ** 2))) or 1.0
+            contrib, total = contrib / rms, total / rms
+        blocks.append((consumer.name, contrib, total))
+    return rows, blocks
+
+
+def _greedy_removal(blocks, count: int) -> List[int]:
+    """ThiNet's greedy choice of `count` channels to remove: each step takes the channel whose contributions,
+    added to those already removed, change the sampled outputs least.  The choice of fewer is a prefix."""
+    contrib = np.concatenate([b[1] for b in blocks])
+    removed: List[int] = []
+    running = np.zeros(len(contrib))
+    norms = (contrib ** 2).sum(0)
+    for _ in range(count):
+        # ||running + X_c||^2 for every candidate c, in one product.
+        cost = (running ** 2).sum() + 2 * running @ contrib + norms
+        cost[removed] = np.inf
+        best = int(np.argmin(cost))
+        removed.append(best)
+        running += contrib[:, best]
+    return removed
+
+
+def _rescale(blocks, kept: np.ndarray, channels: int) -> Dict[str, np.ndarray]:
+    """Each consumer's least-squares factors for the kept channels: consumer -> [channels], 0 where removed."""
+    factors = {}
+    for name, block, total in blocks:
+        scale, *_ = np.linalg.lstsq(block[:, kept], total, rcond=None)
+        factors[name] = np.zeros(channels)
+        factors[name][kept] = scale
+    return factors
+
+
+def _over_rows(per_channel: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Per-channel factors spread over a consumer's input rows (`origin`: row -> channel, or -1 for a row of
+    another origin, which keeps factor 1)."""
+    return np.where(origin >= 0, per_channel[np.maximum(origin, 0)], 1.0)
+
+
 def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed: int
                 ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
     """ThiNet's greedy channel choice and least-squares rescaling; (kept, {consumer: scales}).
@@ -176,54 +244,141 @@ def thinet_keep(model, target: thinning.Prunable, keep: int, x: np.ndarray, seed
     over its flattened positions); the other rows keep their weights.
     Scales are over each consumer's original input rows.
     """
-    rng = np.random.default_rng(seed)
-    rows = thinning.consumer_rows(model, target)
-    channels = target.channels
-    blocks = []
-    for name in target.consumers:
-        consumer = model.get_layer(name)
-        feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
-        # Captured in float32 (half the memory); each sampled product is formed in float64.
-        a = _activations(model, feeding, x)
-        contrib, total = _contributions(consumer, a, rng, THINET_SAMPLES, rows[name])
-        if len(target.consumers) > 1:
-            rms = float(np.sqrt(np.mean(total ** 2))) or 1.0
-            contrib, total = contrib / rms, total / rms
-        blocks.append((consumer.name, contrib, total))
-    contrib = np.concatenate([b[1] for b in blocks])
-    removed: List[int] = []
-    running = np.zeros(len(contrib))
-    norms = (contrib ** 2).sum(0)
-    for _ in range(channels - keep):
-        # ||running + X_c||^2 for every candidate c, in one product.
-        cost = (running ** 2).sum() + 2 * running @ contrib + norms
-        cost[removed] = np.inf
-        best = int(np.argmin(cost))
-        removed.append(best)
-        running += contrib[:, best]
-    kept = np.array(sorted(set(range(channels)) - set(removed)), np.int64)
+    rows, blocks = _thinet_blocks(model, target, x, seed)
+    removed = _greedy_removal(blocks, target.channels - keep)
+    kept = np.array(sorted(set(range(target.channels)) - set(removed)), np.int64)
     scales = {}
-    for name, block, total in blocks:
-        scale, *_ = np.linalg.lstsq(block[:, kept], total, rcond=None)
-        per_channel = np.ones(channels)
-        per_channel[kept] = scale
-        origin = rows[name]
-        scales[name] = np.where(origin >= 0, per_channel[np.maximum(origin, 0)], 1.0)
+    for name, per_channel in _rescale(blocks, kept, target.channels).items():
+        per_channel[removed] = 1.0  # (Removed rows: thinning drops them.)
+        scales[name] = _over_rows(per_channel, rows[name])
     return kept, scales
 
 
-def choose(model, target: thinning.Prunable, config: FilterConfig, x: np.ndarray
-           ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
-    """Kept output channels of `target` (and consumer rescaling for ThiNet)."""
-    keep = _keep_count(target.channels, config.ratio)
+def _ranking(model, target: thinning.Prunable, config: FilterConfig, x: np.ndarray) -> np.ndarray:
+    """The group's channels from most to least important by a norm, APoZ or random criterion: the kept
+    channels at any ratio are a prefix."""
     if config.criterion in ("l1", "l2"):
-        return norm_keep(model, target, keep, 1 if config.criterion == "l1" else 2), None
+        return norm_ranking(model, target, 1 if config.criterion == "l1" else 2)
     if config.criterion == "apoz":
-        return apoz_keep(model, target, keep, x), None
-    if config.criterion == "random":
-        rng = np.random.default_rng(config.seed + sum(map(ord, target.name)))
-        return np.sort(rng.choice(target.channels, keep, replace=False)), None
-    return thinet_keep(model, target, keep, x, config.seed)
+        return apoz_ranking(model, target, x)
+    rng = np.random.default_rng(config.seed + sum(map(ord, target.name)))
+    return rng.permutation(target.channels)
+
+
+def choose(model, target: thinning.Prunable, config: FilterConfig, x: np.ndarray, ratio: float
+           ) -> Tuple[np.ndarray, Optional[Dict[str, np.ndarray]]]:
+    """Kept output channels of `target` at `ratio` (and consumer rescaling for ThiNet)."""
+    keep = _keep_count(target.channels, ratio)
+    if config.criterion == "thinet":
+        return thinet_keep(model, target, keep, x, config.seed)
+    return np.sort(_ranking(model, target, config, x)[:keep]), None
+
+
+def _input_kernel(layer):
+    """The kernel whose input-channel axis is -2 (a separable conv's depthwise kernel)."""
+    return layer.depthwise_kernel if isinstance(layer, keras.layers.SeparableConv2D) else layer.kernel
+
+
+def _output_change(reference: List[np.ndarray], outputs: List[np.ndarray]) -> float:
+    """Mean over the model's outputs of the squared change relative to that output's spread over the images."""
+    terms = []
+    for r, o in zip(reference, outputs):
+        r = r.reshape(len(r), -1).astype(np.float64)
+        o = o.reshape(len(o), -1).astype(np.float64)
+        terms.append(((o - r) ** 2).sum() / (((r - r.mean(0)) ** 2).sum() or 1.0))
+    return float(np.mean(terms))
+
+
+def group_sensitivity(model, targets: List[thinning.Prunable], config: FilterConfig, x: np.ndarray
+                      ) -> Dict[str, List[float]]:
+    """Group name -> 1 - the relative output change (`_output_change`) with that group alone thinned at each
+    SENSITIVITY_GRID ratio by the criterion (ThiNet with its rescaling), measured on the first
+    SENSITIVITY_IMAGES images.  Thinning is emulated in place by zeroing (and rescaling) the consumers' input
+    rows, which gives the thinned model's outputs exactly; the weights are restored after.  A group ThiNet
+    cannot handle is left out."""
+    from tfcompress.keras.heads import predict_all  # pylint: disable=import-outside-toplevel
+    images = x[:SENSITIVITY_IMAGES]
+    reference = predict_all(model, images)
+    curves = {}
+    for target in targets:
+        channels = target.channels
+        deepest = channels - _keep_count(channels, max(SENSITIVITY_GRID))
+        if config.criterion == "thinet":
+            try:
+                rows, blocks = _thinet_blocks(model, target, x, config.seed)
+            except TfcError:
+                continue
+            removed = _greedy_removal(blocks, deepest)
+        else:
+            rows = thinning.consumer_rows(model, target)
+            ranking = _ranking(model, target, config, x)
+        kernels = {n: _input_kernel(model.get_layer(n)) for n in target.consumers}
+        saved = {n: keras.ops.convert_to_numpy(k) for n, k in kernels.items()}
+        curve = []
+        try:
+            for ratio in SENSITIVITY_GRID:
+                keep = _keep_count(channels, ratio)
+                if config.criterion == "thinet":
+                    factors = _rescale(blocks, np.setdiff1d(np.arange(channels), removed[:channels - keep]),
+                                       channels)
+                else:
+                    mask = np.zeros(channels)
+                    mask[ranking[:keep]] = 1.0
+                    factors = {n: mask for n in target.consumers}
+                for n, kernel in kernels.items():
+                    factor = _over_rows(factors[n], rows[n]).astype(saved[n].dtype)
+                    kernel.assign(saved[n] * factor.reshape((1,) * (saved[n].ndim - 2) + (-1, 1)))
+                curve.append(1.0 - _output_change(reference, predict_all(model, images)))
+        finally:
+            for n, kernel in kernels.items():
+                kernel.assign(saved[n])
+        curves[target.name] = curve
+    return curves
+
+
+def macs_after(model, targets: List[thinning.Prunable]) -> Callable[[Dict[str, float]], float]:
+    """A function of per-group ratios giving the model's MACs (`keras.cost.layer_macs`) once each group loses
+    that fraction of its channels: a conv's MACs scale with its kept input rows times its kept outputs, a
+    depthwise conv's with its kept channels."""
+    from tfcompress.keras.cost import layer_macs  # pylint: disable=import-outside-toplevel
+    costs = layer_macs(model)
+    inputs: Dict[str, List[Tuple[str, float]]] = {}  # layer -> [(group, share of its input channels)]
+    outputs: Dict[str, str] = {}                     # layer -> the group it produces
+    for target in targets:
+        for name, share in thinning.input_shares(model, target).items():
+            inputs.setdefault(name, []).append((target.name, share))
+        outputs.update({name: target.name for name in target.producers})
+
+    def macs(ratios: Dict[str, float]) -> float:
+        total = 0.0
+        for name, (in_only, out_only, both) in costs.items():
+            kept_in = 1.0 - sum(share * ratios.get(group, 0.0) for group, share in inputs.get(name, ()))
+            kept_out = 1.0 - ratios.get(outputs[name], 0.0) if name in outputs else 1.0
+            total += in_only * kept_in + out_only * kept_out + both * kept_in * kept_out
+        return total
+    return macs
+
+
+def allocate_ratios(model, targets: List[thinning.Prunable], config: FilterConfig, x: np.ndarray
+                    ) -> Dict[str, float]:
+    """Per-group ratios from `group_sensitivity` that remove `config.ratio` of the model's MACs.
+
+    Raises:
+      TfcError: the groups carry too few of the MACs for that.
+    """
+    from tfcompress.prune.sensitivity import allocate  # pylint: disable=import-outside-toplevel
+    curves = group_sensitivity(model, targets, config, x)
+    macs = macs_after(model, [t for t in targets if t.name in curves])
+    full = macs({})
+
+    def removed(ratios):
+        return 1.0 - macs(ratios) / full
+
+    ratios = allocate(SENSITIVITY_GRID, curves, removed, config.ratio) if curves else {}
+    if removed(ratios) < config.ratio:
+        raise TfcError(f"--ratio {config.ratio:g} of the MACs cannot be removed: thinning every prunable channel "
+                       f"group by {max(SENSITIVITY_GRID)} removes {removed({n: max(SENSITIVITY_GRID) for n in curves}):.0%}")
+    return ratios
 
 
 @dataclasses.dataclass
@@ -267,12 +422,21 @@ def prune_filters(model, config: FilterConfig, x: np.ndarray,
         untracked_note = f"; {'; '.join(f'{n}: {why}' for n, why in opaque.items())}" if opaque else ""
         raise TfcError("the model has no prunable conv/dense layer (every channel group reaches a model input, "
                        f"an output or a layer thinning does not track{untracked_note})")
+    ratios = {name: config.ratio for name in names}
+    if config.allocation == "sensitivity":
+        ratios = allocate_ratios(model, [t for t in targets if t.name in names], config, x)
     current = copy_model(model)
     pruned, skipped = {}, dict(opaque)
     for i, name in enumerate(names):
         target = next(t for t in thinning.plan(current) if t.name == name)
+        ratio = ratios.get(name, config.ratio)  # (A group sensitivity left out: ThiNet's choice says why.)
+        if _keep_count(target.channels, ratio) == target.channels:
+            skipped.update({p: ("among the most sensitive: the allocation keeps every channel"
+                                if config.allocation == "sensitivity" else f"ratio {ratio:g} removes no channel")
+                            for p in target.producers})
+            continue
         try:
-            kept, scales = choose(current, target, config, x)
+            kept, scales = choose(current, target, config, x, ratio)
         except TfcError as e:
             if config.criterion != "thinet":
                 raise

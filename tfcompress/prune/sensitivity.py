@@ -11,7 +11,7 @@ pruned hard, sensitive ones lightly.
 """
 
 import dataclasses
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import keras
 import numpy as np
@@ -75,8 +75,9 @@ def analyze(model, images: np.ndarray, sparsities: Sequence[float] = DEFAULT_SPA
     return Sensitivity(sparsities=grid, agreement=agreement, weights=sizes)
 
 
-def _max_sparsity(grid: Sequence[float], curve: Sequence[float], level: float) -> float:
-    """Largest sparsity with agreement >= level, interpolating linearly; the curve is made non-increasing."""
+def largest_within(grid: Sequence[float], curve: Sequence[float], level: float) -> float:
+    """Largest fraction with quality >= level, interpolating linearly between the grid points; quality is 1.0
+    at 0 and the curve is made non-increasing."""
     points = [(0.0, 1.0)] + list(zip(grid, np.minimum.accumulate(curve)))
     best = 0.0
     for (s0, a0), (s1, a1) in zip(points, points[1:]):
@@ -88,6 +89,27 @@ def _max_sparsity(grid: Sequence[float], curve: Sequence[float], level: float) -
         else:
             break
     return best
+
+
+def allocate(grid: Sequence[float], quality: Dict[str, Sequence[float]],
+             reached: Callable[[Dict[str, float]], float], target: float) -> Dict[str, float]:
+    """Per-item fractions (at most max(grid)) with `reached(fractions) >= target`, for a `reached` that grows
+    with every fraction: one quality level is found by bisection, and each item gets the largest fraction whose
+    quality stays at or above it (its curve over `grid`, 1.0 at 0), so robust items go far and sensitive ones
+    little.  If even max(grid) everywhere falls short, that is returned."""
+
+    def plan(level):
+        return {n: largest_within(grid, c, level) for n, c in quality.items()}
+
+    lo = min(min(c) for c in quality.values()) - 1.0  # Quality levels: lo always reaches the target, hi may not.
+    hi = 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if reached(plan(mid)) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return plan(lo)
 
 
 def propose(result: Sensitivity, target: float) -> Dict[str, float]:
@@ -103,20 +125,11 @@ def propose(result: Sensitivity, target: float) -> Dict[str, float]:
                        f"{max(result.sparsities)}; add larger --sparsities")
     total = sum(result.weights.values())
 
-    def plan(level):
-        return {n: _max_sparsity(result.sparsities, c, level) for n, c in result.agreement.items()}
-
     def reached(p):
         return sum(p[n] * result.weights[n] for n in p) / total
 
-    lo, hi = 0.0, 1.0  # Agreement levels: lo always reaches the target, hi may not.
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if reached(plan(mid)) >= target:
-            lo = mid
-        else:
-            hi = mid
-    proposal = {n: float(np.floor(s * 100) / 100) for n, s in plan(lo).items()}
+    plan = allocate(result.sparsities, result.agreement, reached, target)
+    proposal = {n: float(np.floor(s * 100) / 100) for n, s in plan.items()}
     # Rounding down may fall just short: raise the most robust layers by 0.01 until the target is met.
     order = sorted(proposal, key=lambda n: -result.agreement[n][-1])
     i = 0

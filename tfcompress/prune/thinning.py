@@ -247,6 +247,12 @@ def consumer_rows(model, target: Prunable) -> Dict[str, np.ndarray]:
     another origin (the other inputs of a Concatenate).  After a Flatten, row p*C + c is channel c at
     position p."""
     nodes = layer_graph(model)
+    origin = _origins(model, nodes, target)
+    return {name: origin[nodes[name].inputs[0]] for name in target.consumers}
+
+
+def _origins(model, nodes: Dict[str, LayerNode], target: Prunable) -> Dict[str, np.ndarray]:
+    """For the group's producers and path layers: the group channel each output channel carries, or -1."""
     origin = {name: np.arange(target.channels) for name in target.producers}
     path = set(target.path)
     for name, node in nodes.items():
@@ -261,7 +267,16 @@ def consumer_rows(model, target: Prunable) -> Dict[str, np.ndarray]:
             origin[name] = np.tile(origin[node.inputs[0]], positions)
         else:  # Per-channel layers and merges: every operand carries the group's channels.
             origin[name] = origin[node.inputs[0]]
-    return {name: origin[nodes[name].inputs[0]] for name in target.consumers}
+    return origin
+
+
+def input_shares(model, target: Prunable) -> Dict[str, float]:
+    """For each consumer and depthwise conv of a group: the fraction of its input channels (rows, after a
+    Flatten) that are the group's."""
+    nodes = layer_graph(model)
+    origin = _origins(model, nodes, target)
+    names = target.consumers + [n for n in target.path if nodes[n].kind == "DepthwiseConv2D"]
+    return {name: float(np.mean(origin[nodes[name].inputs[0]] >= 0)) for name in names}
 
 
 def _kept_indices(model, nodes, keep: Dict[str, np.ndarray], opaque: Dict[str, str]) -> Dict[str, np.ndarray]:
