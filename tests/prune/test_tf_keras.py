@@ -37,6 +37,39 @@ MAKE_TF_KERAS_MODEL = textwrap.dedent("""
 """)
 
 
+# Every layer kind of the zoo (separable and depthwise convs, PReLU, LeakyReLU, ReLU6, swish, an SE Multiply,
+# Reshape, Permute, Concatenate, Flatten) and two heads, written by tf_keras with its outputs on fixed inputs.
+MAKE_BROAD_MODEL = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tf_keras
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((32, 32, 3))
+    h = L.ReLU(max_value=6.0)(L.BatchNormalization()(L.Conv2D(8, 3, strides=2)(L.ZeroPadding2D(1)(inp))))
+    d = L.PReLU(shared_axes=[1, 2])(L.DepthwiseConv2D(3, padding="same")(h))
+    h = L.Add()([h, L.LeakyReLU(0.1)(L.SeparableConv2D(8, 3, padding="same")(d))])
+    g = L.Reshape((1, 1, 8))(L.Dense(8, activation="swish")(L.GlobalAveragePooling2D()(h)))
+    h = L.Multiply()([h, g])
+    h = L.Concatenate()([h, L.MaxPooling2D(1)(h)])
+    h = L.Flatten()(L.Dropout(0.1)(L.Permute((2, 1, 3))(h)))
+    model = tf_keras.Model(inp, [L.Dense(10, activation="softmax", name="class")(h), L.Dense(2, name="box")(h)])
+    model.save(sys.argv[1])
+    x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype(np.float32)
+    np.savez(sys.argv[2], x=x, **{f"out{i}": o for i, o in enumerate(model.predict(x, verbose=0))})
+""")
+
+
+@pytest.fixture(scope="module")
+def broad_h5(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broad")
+    path, outputs = str(root / "broad.h5"), str(root / "outputs.npz")
+    proc = subprocess.run([sys.executable, "-c", MAKE_BROAD_MODEL, path, outputs], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path, outputs
+
+
 @pytest.fixture(scope="module")
 def tf_keras_h5(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfk") / "small_cnn.h5")
@@ -78,6 +111,42 @@ def test_tfmot_prunes_the_tf_keras_model(tf_keras_h5, tmp_path, training):
     # Four epochs are few for function matching (half of each batch is views, the learning rate decays to 0):
     # its run is held to the agreement it distils for (93.33% measured; accuracy 89.33%).
     assert accuracy >= 90.0 or training, line
+
+
+def test_every_zoo_layer_kind_loads_from_tf_keras_into_keras3(broad_h5):
+    """tf_keras writes `groups` and `kernel_*` keys into depthwise and separable convs that Keras 3 refuses; the
+    loader drops them, and the Keras 3 model gives tf_keras's own outputs."""
+    from tests.conftest import FLOAT_ATOL, FLOAT_RTOL
+    from tfcompress.io.keras_models import load_keras
+    path, outputs = broad_h5
+    reference = np.load(outputs)
+    model = load_keras(path)
+    got = model.predict(reference["x"], verbose=0)
+    for i, out in enumerate(got):
+        np.testing.assert_allclose(out, reference[f"out{i}"], rtol=FLOAT_RTOL, atol=FLOAT_ATOL)
+
+
+def test_tfmot_prunes_a_two_head_separable_model(broad_h5, tmp_path):
+    """Through tfmot and back to Keras 3: both heads kept, the separable conv's pointwise kernel pruned (tfmot's
+    registry prunes no depthwise kernel, and the report says so layer by layer)."""
+    import keras
+    from tfcompress.prune.magnitude import sparsity_of
+    path, _ = broad_h5
+    out = tmp_path / "pruned.keras"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prune.py"), "--noprogress",
+                           f"--input={path}", f"--output={out}", f"--sparsity={TARGET_SPARSITY}",
+                           "--schedule=constant", "--epochs=1"], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tensorflow-model-optimization" in proc.stdout
+    model = keras.saving.load_model(out, safe_mode=True, compile=False)
+    assert [tuple(o.shape[1:]) for o in model.outputs] == [(10,), (2,)]
+    pointwise = keras.ops.convert_to_numpy(model.get_layer("separable_conv2d").pointwise_kernel)
+    assert np.mean(pointwise == 0) >= TARGET_SPARSITY - 0.01
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("depthwise_conv2d").kernel) != 0)
+    row = next(l for l in proc.stdout.splitlines() if l.startswith("depthwise_conv2d "))
+    assert row.split()[-1] == "0.0%", row
+    assert set(sparsity_of(model)) >= {"conv2d", "separable_conv2d", "class", "box"}
 
 
 def test_a_missing_tfmot_is_one_error_line_naming_the_install_step(tf_keras_h5, tmp_path):

@@ -1,11 +1,59 @@
 """Loading Keras models in safe mode, and copying them: the one way each is done."""
 
+import json
+import os
+import shutil
+import tempfile
 import zipfile
 
 from tfcompress.errors import TfcError
 
+# Config keys tf_keras writes that Keras 3's layers refuse.  tf_keras's depthwise and separable convs inherit them
+# from Conv: `groups` (always 1; another value cannot be expressed) and the `kernel_*` settings of a kernel they
+# do not have (theirs are `depthwise_*` and `pointwise_*`), dropped whatever they say.
+_UNUSED = {"kernel_initializer": None, "kernel_regularizer": None, "kernel_constraint": None}
+_KERAS2_ONLY = {"DepthwiseConv2D": {"groups": 1, **_UNUSED}, "SeparableConv2D": {"groups": 1, **_UNUSED}}
+
+
+def _keras3_config(config: dict) -> dict:
+    """A tf_keras model config with the keys Keras 3 refuses taken out (in place; returned).
+
+    Raises:
+      TfcError: such a key holds a value Keras 3 cannot express.
+    """
+    def walk(obj):
+        if isinstance(obj, dict):
+            for key, only in _KERAS2_ONLY.get(obj.get("class_name"), {}).items():
+                value = obj.get("config", {}).pop(key, only)
+                if only is not None and value != only:
+                    raise TfcError(f"layer {obj['config'].get('name')} ({obj['class_name']}) has {key}={value}, "
+                                   "which Keras 3 does not support")
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+    walk(config)
+    return config
+
+
+def _load_tf_keras_h5(path: str, custom_objects):
+    """A tf_keras (Keras 2) .h5 loaded by Keras 3: a temporary copy whose model config is rewritten where the two
+    differ (`_KERAS2_ONLY`)."""
+    import h5py  # pylint: disable=import-outside-toplevel
+    import keras  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "model.h5")
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            raw = f.attrs["model_config"]
+            config = _keras3_config(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+            f.attrs["model_config"] = json.dumps(config).encode()
+        return keras.saving.load_model(copy, compile=False, safe_mode=True, custom_objects=custom_objects)
+
+
 def load_keras(path: str):
-    """A .keras or .h5 model loaded by Keras 3 in safe mode, uncompiled.
+    """A .keras or .h5 model loaded by Keras 3 in safe mode, uncompiled (a tf_keras .h5 too).
 
     Raises:
       TfcError: not a .keras archive, Python code that safe mode will not
@@ -16,7 +64,11 @@ def load_keras(path: str):
     if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
         raise TfcError(f"cannot load Keras model {path}: not a .keras archive (corrupt or truncated)")
     try:
+        if path.lower().endswith((".h5", ".hdf5")) and is_tf_keras_h5(path):
+            return _load_tf_keras_h5(path, custom_objects())
         return keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=custom_objects())
+    except TfcError:
+        raise
     except Exception as e:  # Keras raises many types for a bad file.
         first = str(e).splitlines()[0] if str(e) else ""
         if "safe_mode" in str(e) or "unsafe" in str(e).lower():
@@ -60,7 +112,6 @@ def is_tf_keras_h5(path: str) -> bool:
 
 def h5_layer_classes(path: str) -> list:
     """Class names of every layer in a .h5 model's stored config, read without building the model."""
-    import json  # pylint: disable=import-outside-toplevel
     import h5py  # pylint: disable=import-outside-toplevel
     with h5py.File(path, "r") as f:
         config = f.attrs.get("model_config")

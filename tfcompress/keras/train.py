@@ -332,9 +332,6 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
     labels belong to the first), every other head by mean squared error against the teacher's output; the
     losses are summed with equal weights."""
     framework = _framework(student)
-    if framework is not keras:
-        raise TfcError("models with several outputs, or outputs that are not class vectors, train as Keras 3 "
-                       "models only")
     if teacher is None:
         values = [h.name for h in outputs if h.kind != "class"]
         if values:
@@ -344,7 +341,7 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
     if labels is not None and first_class is None:
         raise TfcError("labels need a class output; this model has none (distill from the original instead)")
     teacher_out = predict_all(teacher, x) if teacher is not None else None
-    targets, losses = _head_targets(outputs, len(x), labels, teacher_out), _head_losses(outputs, config)
+    targets, losses = _head_targets(outputs, len(x), labels, teacher_out), _head_losses(outputs, config, framework)
     keras.utils.set_random_seed(config.seed)
     return _train(student, x, targets, losses, lambda: _optimizer(framework, config.learning_rate, shared), config,
                   callbacks)
@@ -360,10 +357,14 @@ def _head_targets(outputs: Sequence[Head], n: int, labels: Optional[np.ndarray],
         f"output {head.name} has {head.width} classes") for head in outputs]
 
 
-def _head_losses(outputs: Sequence[Head], config: TrainConfig) -> list:
-    """The loss of each head: DistillationLoss for a class head, mean squared error for every other."""
-    return [DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities)
-            if head.kind == "class" else keras.losses.MeanSquaredError() for head in outputs]
+def _head_losses(outputs: Sequence[Head], config: TrainConfig, framework) -> list:
+    """The loss of each head: DistillationLoss for a class head, mean squared error for every other (for
+    tf_keras, which takes losses as plain functions of tensors: the loss's `call`, and "mse")."""
+    losses = [DistillationLoss(head.width, config.temperature, config.alpha, head.probabilities)
+              if head.kind == "class" else keras.losses.MeanSquaredError() for head in outputs]
+    if framework is not keras:
+        losses = [loss.call if isinstance(loss, DistillationLoss) else "mse" for loss in losses]
+    return losses
 
 
 def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainConfig, *, teacher, callbacks,
@@ -371,8 +372,6 @@ def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainCon
     """`fit` by function matching (see `keras.views`): config.steps(len(x)) steps, each on a fresh batch of
     views that the teacher labels as it is drawn."""
     framework = _framework(student)
-    if len(outputs) > 1 and framework is not keras:
-        raise TfcError("models with several outputs train as Keras 3 models only")
 
     def labelled():
         for view in views.views(x, config.batch_size, config.seed):
@@ -384,10 +383,8 @@ def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainCon
         return None
     keras.utils.set_random_seed(config.seed)
     kernels.warn_if_onednn_training()
-    losses = _head_losses(outputs, config)
+    losses = _head_losses(outputs, config, framework)
     schedule = framework.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
-    if framework is not keras:  # tf_keras takes the loss as a plain function of tensors.
-        losses = [loss.call if isinstance(loss, DistillationLoss) else "mse" for loss in losses]
     student.compile(optimizer=_optimizer(framework, schedule, shared),
                     loss=losses[0] if len(losses) == 1 else list(losses))
     return student.fit(labelled(), steps_per_epoch=steps // config.epochs, epochs=config.epochs, shuffle=False,

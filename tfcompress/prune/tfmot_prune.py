@@ -51,11 +51,11 @@ def load_tf_keras(path: str):
 
 def to_keras3(model):
     """The tf_keras model as a Keras 3 model (same layers and weights), through a temporary .h5."""
-    import keras  # pylint: disable=import-outside-toplevel
+    from tfcompress.io.keras_models import load_keras  # pylint: disable=import-outside-toplevel
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.h5")
         model.save(path)
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return load_keras(path)
 
 
 def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, frequency: int, x: np.ndarray,
@@ -87,7 +87,8 @@ def prune_tf_keras(path: str, *, schedule: str, sparsity: float, ramp: float, fr
     unknown = sorted((set(sparsity_map) | exclude) - names)
     if unknown:
         raise TfcError(f"no layer named {', '.join(unknown)} in {path}")
-    prunable = (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D, tf_keras.layers.Dense)
+    prunable = (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D, tf_keras.layers.SeparableConv2D,
+                tf_keras.layers.Dense)
     steps = config.steps(len(x))
     wrapped = []
 
