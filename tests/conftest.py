@@ -17,6 +17,8 @@ KERAS_MODEL = os.path.join(MODELS, "digits_resnet.keras")
 # round-off; int8 results are compared in quantization steps.
 FLOAT_RTOL = 1e-6
 FLOAT_ATOL = 1e-5
+# Filter pruning keeps whole channels: a MACs target may be missed by this share of the model's MACs.
+MACS_ROUNDING = 0.02
 
 
 @pytest.fixture(scope="session")

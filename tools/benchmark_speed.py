@@ -21,10 +21,14 @@ Every method starts from the same model and is fine-tuned for --epochs by
 distillation from it (no labels) on those 1,397 digits; block dropping uses
 the first 500 only (a tiny set, as PRACTISE intends).  Rows:
 - magnitude:S  unstructured magnitude pruning to sparsity S (polynomial);
-- thinet:R     ThiNet filter thinning at ratio R, every channel group
-               (residual and SE groups included);
+- thinet:R     ThiNet filter thinning removing R of every channel group's
+               channels (ThiNet's paper; also thinet_uniform:R), residual
+               and SE groups included; thinet_sensitivity:R removes R of
+               the MACs with per-group ratios from measured sensitivity
+               (`filters.FilterConfig`);
 - thinet_inside:R  the same inside blocks only (groups with one producer, as
-               ThiNet's paper prunes ResNet-50);
+               ThiNet's paper prunes ResNet-50); modifiers combine
+               (thinet_inside_uniform:R);
 - lowrank:P    channel SVD of every layer that shrinks, factors at P of the weights;
 - blocks:T     PRACTISE block dropping to a LiteRT latency cut of T;
 - blocks:T+thinet:R  both, blocks first.

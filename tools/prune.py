@@ -8,7 +8,10 @@
 --method=l1|l2|apoz|thinet|random removes whole channels (the saved model has
 fewer parameters and MACs) by channel group: the convs tied by a residual
 Add or an SE Multiply lose the same channels together (--noresidual_groups:
-inside blocks only).  One group at a time, each followed by --layer_epochs of
+inside blocks only).  --ratio of every group's channels go, or, with
+--allocation=sensitivity, --ratio of the model's MACs, spread over the
+groups by how much thinning each alone changes the outputs on the training
+images.  One group at a time, each followed by --layer_epochs of
 fine-tuning, then --epochs of global fine-tuning.
 
 With labelled --train_images (DIR/<label>/*) the loss mixes hard labels and
@@ -38,7 +41,7 @@ _RATIO = flags.DEFINE_float("ratio", 0.5, "Filter methods: fraction removed: of 
 _ALLOCATION = flags.DEFINE_enum("allocation", "uniform", ["uniform", "sensitivity"],
                                 "Filter methods: uniform: every channel group loses --ratio of its channels "
                                 "(ThiNet's paper); sensitivity: each group's ratio follows its measured effect "
-                                "on the outputs, removing --ratio of the MACs.")
+                                "on the outputs, removing --ratio of the model's MACs.")
 _LAYERS = flags.DEFINE_list("layers", [], "Filter methods: only these layers (default: every prunable one).")
 _LAYER_EPOCHS = flags.DEFINE_integer("layer_epochs", 1, "Filter methods: fine-tuning epochs after each layer.",
                                      lower_bound=0)

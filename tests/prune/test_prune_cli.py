@@ -76,6 +76,25 @@ def test_filter_pruning_removes_channels(labelled, tmp_path):
     assert float(macs_line.split()[2]) < 0.6
 
 
+def test_sensitivity_allocation_removes_the_ratio_of_the_macs(labelled, tmp_path):
+    """--ratio=0.4 with sensitivity allocation: the model's MACs (counted here on the saved model) fall to at
+    most 0.6x, give or take whole channels, and the groups lose different shares."""
+    import keras
+    from tests.conftest import KERAS_MODEL, MACS_ROUNDING
+    from tfcompress.keras.cost import count
+    out = tmp_path / "thin.keras"
+    proc = _run(f"--output={out}", f"--train_images={labelled}", "--method=thinet", "--ratio=0.4", "--epochs=1",
+                "--layer_epochs=0", "--allocation=sensitivity")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0.4 of the MACs spread over the groups by measured sensitivity" in proc.stdout
+    original = keras.saving.load_model(KERAS_MODEL, safe_mode=True, compile=False)
+    thin = keras.saving.load_model(out, safe_mode=True, compile=False)
+    assert count(thin)[1] <= (0.6 + MACS_ROUNDING) * count(original)[1]
+    shares = {round(thin.get_layer(l.name).kernel.shape[-1] / l.kernel.shape[-1], 2)
+              for l in original.layers if isinstance(l, keras.layers.Conv2D)}
+    assert len(shares) > 1, shares
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method=thinet", "--ratio=1.5"], "--ratio must be in (0, 1)"),
     (["--method=thinet", "--allocation=sensitivity", "--ratio=0.9"], "beyond the largest per-group ratio"),

@@ -204,9 +204,9 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
       layer_epochs: filter methods: fine-tuning epochs after each layer (each channel group).
       residual_groups: filter methods: also thin channel groups tied by residual Adds and SE Multiplies (all
         their producers at once, after DepGraph, Fang et al., arXiv:2301.12900); False thins inside blocks only.
-      allocation: filter methods: "uniform" (every group loses `ratio` of its channels, as ThiNet's paper) or
-        "sensitivity" (per-group ratios from each group's measured effect on the outputs, removing `ratio` of
-        the MACs; `filters.FilterConfig`).
+      allocation: filter methods: "uniform" (every group loses `ratio` of its channels, as ThiNet's paper does)
+        or "sensitivity" (per-group ratios from each group's measured effect on the outputs, removing `ratio`
+        of the model's MACs); see `filters.FilterConfig`.
       options: training options (default 10 epochs).
 
     Raises:

@@ -20,6 +20,10 @@ whose importance is summed over the group (DepGraph, Fang et al.,
 arXiv:2301.12900); ThiNet's reconstruction then covers every consumer of the
 group's channels.
 
+Allocation: every group at `ratio` (ThiNet's paper), or per-group ratios
+from each group's measured sensitivity that together remove `ratio` of the
+model's MACs (`FilterConfig.allocation`).
+
 Schedule: one group at a time (thinned, then fine-tuned for a short while),
 then a global fine-tune, all with the shared distillation trainer.
 """
@@ -94,9 +98,9 @@ def _descending(scores: np.ndarray) -> np.ndarray:
 
 
 def norm_ranking(model, target: thinning.Prunable, p: int) -> np.ndarray:
-    """The channels from the largest filter Lp norm to the smallest.  In a group, each producer's norms are divided by
-    their mean (batch norm after a conv makes its scale arbitrary) and summed over the producers, DepGraph's
-    group importance (Fang et al., arXiv:2301.12900)."""
+    """The channels from the largest filter Lp norm to the smallest.  In a group, each producer's norms are
+    divided by their mean (batch norm after a conv makes its scale arbitrary) and summed over the producers,
+    DepGraph's group importance (Fang et al., arXiv:2301.12900)."""
     score = np.zeros(target.channels)
     for name in target.producers:
         kernel = keras.ops.convert_to_numpy(thinning.output_kernel(model.get_layer(name)))
@@ -107,7 +111,8 @@ def norm_ranking(model, target: thinning.Prunable, p: int) -> np.ndarray:
 
 
 def apoz_ranking(model, target: thinning.Prunable, x: np.ndarray) -> np.ndarray:
-    """The channels from the fewest zeros after activation to the most, averaged over the group's activation layers."""
+    """The channels from the fewest zeros after activation to the most, averaged over the group's activation
+    layers."""
     zeros = np.zeros(target.channels)
     for name in target.activations:
         act = _activations(model, name, x)
@@ -376,8 +381,9 @@ def allocate_ratios(model, targets: List[thinning.Prunable], config: FilterConfi
 
     ratios = allocate(SENSITIVITY_GRID, curves, removed, config.ratio) if curves else {}
     if removed(ratios) < config.ratio:
+        deepest = removed({n: max(SENSITIVITY_GRID) for n in curves})
         raise TfcError(f"--ratio {config.ratio:g} of the MACs cannot be removed: thinning every prunable channel "
-                       f"group by {max(SENSITIVITY_GRID)} removes {removed({n: max(SENSITIVITY_GRID) for n in curves}):.0%}")
+                       f"group by {max(SENSITIVITY_GRID)} removes {deepest:.0%}")
     return ratios
 
 
