@@ -1,7 +1,6 @@
 """Sensitivity allocation of filter pruning: per-group sensitivity measured exactly, a MACs model that matches the
 thinned model's count, and a MACs target met with the sensitive groups spared."""
 
-import os
 import sys
 
 import numpy as np
@@ -103,4 +102,4 @@ def test_unreachable_macs_targets_are_refused():
                               np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype(np.float32))
 
 if __name__ == "__main__":
-    sys.exit(pytest.main([os.path.abspath(__file__), "-q"]))
+    sys.exit(pytest.main([__file__, "-q"]))
