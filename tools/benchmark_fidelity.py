@@ -139,7 +139,8 @@ def measure(name):
                 if seed == 0:
                     graph_sizes[label] = graph_size(quantized.graph_def)
         for label, flatbuffer in artifacts.items():
-            outputs = common.outputs_by_head(LiteRTRunner(flatbuffer, threads=_THREADS.value).outputs_by_name(held), sizes)
+            runner = LiteRTRunner(flatbuffer, threads=_THREADS.value)
+            outputs = common.outputs_by_head(runner.outputs_by_name(held), sizes)
             errors[label].append(_errors(entry, outputs, reference, len(held)))
         if seed == 0:
             first = artifacts

@@ -15,25 +15,36 @@ _UNUSED = {"kernel_initializer": None, "kernel_regularizer": None, "kernel_const
 _KERAS2_ONLY = {"DepthwiseConv2D": {"groups": 1, **_UNUSED}, "SeparableConv2D": {"groups": 1, **_UNUSED}}
 
 
+def _layer_entries(obj):
+    """Every {"class_name", "config"} entry of a stored model config, nested models' layers included, each
+    yielded before its own contents are walked."""
+    if isinstance(obj, dict):
+        if "class_name" in obj and "config" in obj:
+            yield obj
+        for v in obj.values():
+            yield from _layer_entries(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _layer_entries(v)
+
+
+def _parsed(raw) -> dict:
+    """A .h5 file's `model_config` attribute (JSON, bytes or str) as a dict."""
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
 def _keras3_config(config: dict) -> dict:
     """A tf_keras model config with the keys Keras 3 refuses taken out (in place; returned).
 
     Raises:
       TfcError: such a key holds a value Keras 3 cannot express.
     """
-    def walk(obj):
-        if isinstance(obj, dict):
-            for key, only in _KERAS2_ONLY.get(obj.get("class_name"), {}).items():
-                value = obj.get("config", {}).pop(key, only)
-                if only is not None and value != only:
-                    raise TfcError(f"layer {obj['config'].get('name')} ({obj['class_name']}) has {key}={value}, "
-                                   "which Keras 3 does not support")
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                walk(v)
-    walk(config)
+    for entry in _layer_entries(config):
+        for key, only in _KERAS2_ONLY.get(entry["class_name"], {}).items():
+            value = entry["config"].pop(key, only)
+            if only is not None and value != only:
+                raise TfcError(f"layer {entry['config'].get('name')} ({entry['class_name']}) has {key}={value}, "
+                               "which Keras 3 does not support")
     return config
 
 
@@ -46,8 +57,7 @@ def _load_tf_keras_h5(path: str, custom_objects):
         copy = os.path.join(tmp, "model.h5")
         shutil.copyfile(path, copy)
         with h5py.File(copy, "r+") as f:
-            raw = f.attrs["model_config"]
-            config = _keras3_config(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+            config = _keras3_config(_parsed(f.attrs["model_config"]))
             f.attrs["model_config"] = json.dumps(config).encode()
         return keras.saving.load_model(copy, compile=False, safe_mode=True, custom_objects=custom_objects)
 
@@ -117,17 +127,4 @@ def h5_layer_classes(path: str) -> list:
         config = f.attrs.get("model_config")
     if config is None:
         return []
-    names = []
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            if "class_name" in obj and "config" in obj:
-                names.append(obj["class_name"])
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                walk(v)
-
-    walk(json.loads(config.decode() if isinstance(config, bytes) else config))
-    return names
+    return [entry["class_name"] for entry in _layer_entries(_parsed(config))]
