@@ -31,7 +31,11 @@ the first 500 only (a tiny set, as PRACTISE intends).  Rows:
                (thinet_inside_uniform:R);
 - lowrank:P    channel SVD of every layer that shrinks, factors at P of the weights;
 - blocks:T     PRACTISE block dropping to a LiteRT latency cut of T;
-- blocks:T+thinet:R  both, blocks first.
+- blocks:T+thinet:R  both, blocks first;
+- bn_reset     no compression: the unpruned model with its batch-norm
+               statistics re-estimated on the fine-tuning images
+               (`set_bn_statistics`), what every row did after its fine-tune
+               before the fine-tune's own moving averages were kept.
 Any row followed by /fm is fine-tuned by function matching instead (the
 unpruned model labels shifted, mixed views as they are drawn, half of each
 batch; `tfcompress/keras/views.py`), e.g. thinet:0.5/fm.
@@ -103,6 +107,7 @@ def _mobilenet(x, y, size, epochs, seed):
 def _variant(method, original, x, train):
     """The Keras model one row describes."""
     import dataclasses
+    import keras
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.artifacts import KerasLatency
     from tfcompress.lowrank.svd import LowRankConfig, factorize
@@ -115,6 +120,11 @@ def _variant(method, original, x, train):
     model = original
     for step in method.split("+"):
         kind, _, value = step.partition(":")
+        if kind == "bn_reset":
+            source, model = model, keras.models.clone_model(model)
+            model.set_weights(source.get_weights())
+            set_bn_statistics(model, batches(x))
+            continue
         value = float(value)
         if kind == "magnitude":
             schedule = magnitude.schedule_for("polynomial", value, train.steps(len(x)))
@@ -137,7 +147,8 @@ def _variant(method, original, x, train):
                                        latency=KerasLatency(x, runs=40)).model
         else:
             raise TfcError(f"unknown method {kind!r} in --methods")
-        set_bn_statistics(model, batches(x))
+        if not train.epochs:  # A fine-tune's own moving averages stand (see filters.prune_and_finetune).
+            set_bn_statistics(model, batches(x))
     return model
 
 

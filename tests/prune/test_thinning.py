@@ -352,5 +352,42 @@ def test_a_broadcasting_multiply_is_named_and_left_whole():
     assert reasons == {"f": why, "attention": why}
 
 
+@pytest.mark.parametrize("epochs", [0, 1])
+def test_a_fine_tunes_batch_norm_statistics_stand(epochs, monkeypatch):
+    """After a global fine-tune the thinned model keeps the moving averages the fine-tune left in its batch norms
+    (no re-estimation from the few images afterwards); without one, they are re-estimated on the images."""
+    import keras
+    from tfcompress.data.images import Preprocessing, iter_batches, list_images
+    from tfcompress.evaluate.zoo import ZOO
+    from tfcompress.keras import train as trainer
+    zoo = ZOO["resnet_patches"]
+    model = keras.saving.load_model(zoo.path, safe_mode=True, compile=False)
+    x = next(iter_batches(list_images(zoo.calibration), Preprocessing(height=32, width=32, channels=3, mean=zoo.mean,
+                                                                      std=zoo.std), 64))
+    fitted, reset = [], []
+    real_fit, real_reset = trainer.fit, trainer.set_bn_statistics
+
+    def fit(student, *args, **kwargs):
+        history = real_fit(student, *args, **kwargs)
+        fitted.append([w.numpy().copy() for l in student.layers if isinstance(l, keras.layers.BatchNormalization)
+                       for w in (l.moving_mean, l.moving_variance)])
+        return history
+
+    monkeypatch.setattr(trainer, "fit", fit)
+    monkeypatch.setattr(trainer, "set_bn_statistics", lambda m, b: reset.append(m) or real_reset(m, b))
+    config = filters.FilterConfig(criterion="l1", ratio=0.5, layers=("conv2d_19",))
+    train = trainer.TrainConfig(epochs=epochs, batch_size=32, verbose=0)
+    result = filters.prune_and_finetune(model, config, x, None, train, teacher=model, layer_epochs=0)
+    stats = [w.numpy() for l in result.model.layers if isinstance(l, keras.layers.BatchNormalization)
+             for w in (l.moving_mean, l.moving_variance)]
+    assert result.pruned == {"conv2d_19": (16, 8)}
+    if epochs:  # One re-estimation, after thinning and before the fine-tune; the fine-tune's averages stand.
+        assert len(fitted) == 1 and len(reset) == 1
+        for got, want in zip(stats, fitted[0]):
+            np.testing.assert_array_equal(got, want)
+    else:  # After thinning, and once more at the end, with nothing trained in between.
+        assert not fitted and len(reset) == 2 and reset[-1] is result.model
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -459,9 +459,13 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
                        *, teacher=None, layer_epochs: int = 1) -> FilterResult:
     """The whole schedule: each layer thinned then fine-tuned for `layer_epochs`, then `train.epochs` globally.
 
-    Batch-norm statistics are re-estimated on x after every step.  Training
-    uses the shared trainer (labels and/or `teacher`); `train` is its
-    `TrainConfig`.
+    Batch-norm statistics are re-estimated on x after each group is thinned,
+    and after the last only if no global fine-tuning follows: a fine-tune's
+    own moving averages, over all its steps, stand.  Re-estimating them from
+    the few images afterwards undid much of what distillation recovered, and
+    the same pass alone moves an unpruned model away from itself (README,
+    "Batch-norm statistics after fine-tuning").  Training uses the shared
+    trainer (labels and/or `teacher`); `train` is its `TrainConfig`.
     """
     from tfcompress.keras import train as trainer  # pylint: disable=import-outside-toplevel
     batches = trainer.batches(x, train.batch_size)
@@ -474,5 +478,6 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
     result = prune_filters(model, config, x, finetune=finetune)
     if train.epochs:
         trainer.fit(result.model, x, labels, train, teacher=teacher)
-    trainer.set_bn_statistics(result.model, batches)
+    else:
+        trainer.set_bn_statistics(result.model, batches)
     return result
