@@ -364,10 +364,11 @@ def test_a_fine_tunes_batch_norm_statistics_stand(epochs, monkeypatch):
     model = keras.saving.load_model(zoo.path, safe_mode=True, compile=False)
     x = next(iter_batches(list_images(zoo.calibration), Preprocessing(height=32, width=32, channels=3, mean=zoo.mean,
                                                                       std=zoo.std), 64))
-    fitted, reset = [], []
+    fitted, reset, momenta = [], [], []
     real_fit, real_reset = trainer.fit, trainer.set_bn_statistics
 
     def fit(student, *args, **kwargs):
+        momenta.append({l.momentum for l in student.layers if isinstance(l, keras.layers.BatchNormalization)})
         history = real_fit(student, *args, **kwargs)
         fitted.append([w.numpy().copy() for l in student.layers if isinstance(l, keras.layers.BatchNormalization)
                        for w in (l.moving_mean, l.moving_variance)])
@@ -385,6 +386,11 @@ def test_a_fine_tunes_batch_norm_statistics_stand(epochs, monkeypatch):
         assert len(fitted) == 1 and len(reset) == 1
         for got, want in zip(stats, fitted[0]):
             np.testing.assert_array_equal(got, want)
+        # 2 steps: the averages forget all but STALE_SHARE of the statistics they started with, then the
+        # layers get their own momentum back.
+        assert len(momenta) == 1 and len(momenta[0]) == 1
+        assert momenta[0].pop() == pytest.approx(trainer.STALE_SHARE ** (1 / train.steps(len(x))))
+        assert {l.momentum for l in result.model.layers if isinstance(l, keras.layers.BatchNormalization)} == {0.99}
     else:  # After thinning, and once more at the end, with nothing trained in between.
         assert not fitted and len(reset) == 2 and reset[-1] is result.model
 

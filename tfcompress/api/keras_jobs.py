@@ -356,8 +356,7 @@ def drop_blocks(model, *, drop: int = 0, latency_target: float = 0.0, adapter_ep
     if result.fold_error > FOLD_TOLERANCE:
         raise TfcError(f"folding the adapters changed the outputs by {result.fold_error:.2e} "
                        f"(> {FOLD_TOLERANCE:g}); nothing written")
-    if not job.config.epochs:  # A fine-tune's own moving averages stand (see filters.prune_and_finetune).
-        set_bn_statistics(result.model, job.batches)
+    set_bn_statistics(result.model, job.batches)
     dropped = {b.add for b in result.dropped}
     rows = [["block (Add)", "layers", "recoverability", "LiteRT saving", "score", "dropped"]]
     before, after = result.latency

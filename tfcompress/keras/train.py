@@ -21,6 +21,7 @@ loss (labels go to the first) and every other head (a box regression, a
 dense map) by the mean squared error to the teacher's output, summed.
 """
 
+import contextlib
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -418,6 +419,27 @@ def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: T
     finally:
         for l in model.layers:
             l.trainable = saved[l.name]
+
+
+# After a fine-tune, its batch norms' moving averages keep at most this share of the statistics they started with.
+STALE_SHARE = 0.01
+
+
+@contextlib.contextmanager
+def moving_averages_over(model, steps: int):
+    """Within the block, every BatchNormalization's momentum is lowered (never raised) to STALE_SHARE ** (1 /
+    steps), so that after `steps` training steps its moving averages hold at most STALE_SHARE of the statistics
+    they started with: a short fine-tune's averages are then its own.  Only the averages change: a training
+    step normalizes by its batch's statistics whatever the momentum."""
+    bns = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=protected-access
+    saved = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = min(l.momentum, STALE_SHARE ** (1.0 / max(steps, 1)))
+    try:
+        yield
+    finally:
+        for l, m in zip(bns, saved):
+            l.momentum = m
 
 
 def set_bn_statistics(model, batches: Sequence[np.ndarray]) -> None:

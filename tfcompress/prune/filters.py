@@ -461,7 +461,9 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
 
     Batch-norm statistics are re-estimated on x after each group is thinned,
     and after the last only if no global fine-tuning follows: a fine-tune's
-    own moving averages, over all its steps, stand.  Re-estimating them from
+    own moving averages stand (their momentum lowered, if need be, so that
+    they forget the earlier statistics within the run; see
+    `trainer.moving_averages_over`).  Re-estimating them from
     the few images afterwards undid much of what distillation recovered, and
     the same pass alone moves an unpruned model away from itself (README,
     "Batch-norm statistics after fine-tuning").  Training uses the shared
@@ -477,7 +479,8 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
 
     result = prune_filters(model, config, x, finetune=finetune)
     if train.epochs:
-        trainer.fit(result.model, x, labels, train, teacher=teacher)
+        with trainer.moving_averages_over(result.model, train.steps(len(x))):
+            trainer.fit(result.model, x, labels, train, teacher=teacher)
     else:
         trainer.set_bn_statistics(result.model, batches)
     return result
