@@ -421,6 +421,11 @@ def fit_features(model, layer: str, x: np.ndarray, target: np.ndarray, config: T
             l.trainable = saved[l.name]
 
 
+def _batch_norms(model) -> list:
+    """Every BatchNormalization layer of `model`, nested models' included."""
+    return [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=W0212
+
+
 # After a fine-tune, its batch norms' moving averages keep at most this share of the statistics they started with.
 STALE_SHARE = 0.01
 
@@ -431,7 +436,7 @@ def moving_averages_over(model, steps: int):
     steps), so that after `steps` training steps its moving averages hold at most STALE_SHARE of the statistics
     they started with: a short fine-tune's averages are then its own.  Only the averages change: a training
     step normalizes by its batch's statistics whatever the momentum."""
-    bns = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=protected-access
+    bns = _batch_norms(model)
     saved = [l.momentum for l in bns]
     for l in bns:
         l.momentum = min(l.momentum, STALE_SHARE ** (1.0 / max(steps, 1)))
@@ -452,7 +457,7 @@ def set_bn_statistics(model, batches: Sequence[np.ndarray]) -> None:
     last few batches most: read from class folders in order, those hold the last classes only.  Used after
     pruning, whose changed weights leave the old statistics stale, and for models built with random weights.
     """
-    bns = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=protected-access
+    bns = _batch_norms(model)
     if not bns or not len(batches):  # Nothing to set: skip the pass over the images.
         return
     saved = [l.momentum for l in bns]
