@@ -426,6 +426,19 @@ def _batch_norms(model) -> list:
     return [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]  # pylint: disable=W0212
 
 
+@contextlib.contextmanager
+def _momentum_at_most(bns: Sequence, cap: float):
+    """Within the block, each batch norm of `bns` has momentum min(its own, cap); its own afterwards."""
+    saved = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = min(l.momentum, cap)
+    try:
+        yield
+    finally:
+        for l, m in zip(bns, saved):
+            l.momentum = m
+
+
 # After a fine-tune, its batch norms' moving averages keep at most this share of the statistics they started with.
 STALE_SHARE = 0.01
 
@@ -436,15 +449,8 @@ def moving_averages_over(model, steps: int):
     steps), so that after `steps` training steps its moving averages hold at most STALE_SHARE of the statistics
     they started with: a short fine-tune's averages are then its own.  Only the averages change: a training
     step normalizes by its batch's statistics whatever the momentum."""
-    bns = _batch_norms(model)
-    saved = [l.momentum for l in bns]
-    for l in bns:
-        l.momentum = min(l.momentum, STALE_SHARE ** (1.0 / max(steps, 1)))
-    try:
+    with _momentum_at_most(_batch_norms(model), STALE_SHARE ** (1.0 / max(steps, 1))):
         yield
-    finally:
-        for l, m in zip(bns, saved):
-            l.momentum = m
 
 
 def set_bn_statistics(model, batches: Sequence[np.ndarray]) -> None:
@@ -460,32 +466,27 @@ def set_bn_statistics(model, batches: Sequence[np.ndarray]) -> None:
     bns = _batch_norms(model)
     if not bns or not len(batches):  # Nothing to set: skip the pass over the images.
         return
-    saved = [l.momentum for l in bns]
     before = [(keras.ops.convert_to_numpy(l.moving_mean), keras.ops.convert_to_numpy(l.moving_variance)) for l in bns]
-    for l in bns:
-        l.momentum = 0.0
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     # One traced step rather than eager layer-by-layer calls (about 20x faster on small models).
     step = tf.function(lambda batch: model(batch, training=True), reduce_retracing=True)
     count, means, squares = 0, [0.0] * len(bns), [0.0] * len(bns)
-    try:
-        for batch in batches:
-            step(tf.convert_to_tensor(batch))
-            n = len(batch)
-            count += n
-            for i, l in enumerate(bns):
-                mean = keras.ops.convert_to_numpy(l.moving_mean).astype(np.float64)
-                var = keras.ops.convert_to_numpy(l.moving_variance).astype(np.float64)
-                means[i] = means[i] + n * mean
-                squares[i] = squares[i] + n * (var + mean ** 2)
-    except BaseException:
-        for l, (mean, var) in zip(bns, before):  # No half-set statistics.
-            l.moving_mean.assign(mean)
-            l.moving_variance.assign(var)
-        raise
-    finally:
-        for l, m in zip(bns, saved):
-            l.momentum = m
+    with _momentum_at_most(bns, 0.0):
+        try:
+            for batch in batches:
+                step(tf.convert_to_tensor(batch))
+                n = len(batch)
+                count += n
+                for i, l in enumerate(bns):
+                    mean = keras.ops.convert_to_numpy(l.moving_mean).astype(np.float64)
+                    var = keras.ops.convert_to_numpy(l.moving_variance).astype(np.float64)
+                    means[i] = means[i] + n * mean
+                    squares[i] = squares[i] + n * (var + mean ** 2)
+        except BaseException:
+            for l, (mean, var) in zip(bns, before):  # No half-set statistics.
+                l.moving_mean.assign(mean)
+                l.moving_variance.assign(var)
+            raise
     for l, total, square in zip(bns, means, squares):
         mean = total / count
         l.moving_mean.assign(mean.astype(np.float32))
