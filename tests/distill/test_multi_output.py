@@ -12,6 +12,8 @@ from tfcompress.evaluate.zoo import ZOO
 
 BOXES = ZOO["boxes_digits"]
 MIN_CLASS_AGREEMENT = 0.97
+# Float32 rounding of two runs whose losses differ only by a factor applied and divided out.
+UNITS_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,38 @@ def test_thinet_thins_a_layer_feeding_both_heads(boxes):
     assert np.mean(np.abs(chosen[1] - original[1])) < np.mean(np.abs(random[1] - original[1]))
     assert np.mean(chosen[0].argmax(1) == original[0].argmax(1)) >= np.mean(random[0].argmax(1) ==
                                                                           original[0].argmax(1))
+
+
+def _scaled_box(model, scale: float):
+    """`model` with its box output multiplied by `scale` (a Rescaling layer, no weights), the same weights."""
+    import keras
+    inputs = keras.Input(model.input_shape[1:])
+    cls, box = model(inputs)
+    return keras.Model(inputs, [cls, keras.layers.Rescaling(scale, name="units")(box)])
+
+
+@pytest.mark.parametrize("function_matching", [False, True])
+def test_a_value_heads_units_do_not_change_training(boxes, function_matching):
+    """A box head in pixels (x 1000) instead of [0, 1], teacher and student alike: each head's loss weight
+    follows the teacher's variance, so the student's loss is the same function of the same weights and
+    training reaches the same weights, where an unweighted squared error would weigh the box 10^6 times
+    more against the class head."""
+    import keras
+    from tfcompress.keras.heads import predict_all
+    from tfcompress.keras.train import TrainConfig, fit
+    model, train, held = boxes
+    config = TrainConfig(epochs=2, verbose=0, seed=0, function_matching=function_matching)
+    trained = []
+    for scale in (1.0, 1000.0):
+        teacher = _scaled_box(model, scale)
+        student = keras.models.clone_model(model)
+        student.set_weights([w * 0.9 for w in model.get_weights()])  # A student that differs from its teacher.
+        fit(_scaled_box(student, scale), train[:64], None, config, teacher=teacher)
+        trained.append(predict_all(student, held))
+    untrained = predict_all(model, held)[1]
+    assert np.mean(np.abs(trained[0][1] - untrained)) > 100 * UNITS_TOLERANCE  # Training moved the box head.
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, atol=UNITS_TOLERANCE)
 
 
 def test_a_value_head_without_a_teacher_is_refused(boxes):

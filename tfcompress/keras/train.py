@@ -18,7 +18,9 @@ each batch as it is drawn, half of it new views of the images (see `views`).
 
 A model with several outputs (see `heads`) trains every class head by this
 loss (labels go to the first) and every other head (a box regression, a
-dense map) by the mean squared error to the teacher's output, summed.
+dense map) by the mean squared error to the teacher's output over that
+output's variance, summed: a head's units (a box in [0, 1] or in pixels)
+then do not decide how much it counts.
 """
 
 import contextlib
@@ -331,7 +333,7 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
                *, teacher, callbacks, shared):
     """`fit` for several outputs, or one that is not a class vector: each class head by the loss above (the
     labels belong to the first), every other head by mean squared error against the teacher's output; the
-    losses are summed with equal weights."""
+    losses are summed with `_head_weights`."""
     framework = _framework(student)
     if teacher is None:
         values = [h.name for h in outputs if h.kind != "class"]
@@ -345,7 +347,21 @@ def _fit_heads(student, outputs: Sequence[Head], x: np.ndarray, labels: Optional
     targets, losses = _head_targets(outputs, len(x), labels, teacher_out), _head_losses(outputs, config, framework)
     keras.utils.set_random_seed(config.seed)
     return _train(student, x, targets, losses, lambda: _optimizer(framework, config.learning_rate, shared), config,
-                  callbacks)
+                  callbacks, loss_weights=_head_weights(outputs, teacher_out))
+
+
+def _head_weights(outputs: Sequence[Head], teacher_out) -> Optional[List[float]]:
+    """Each head's loss weight, None for one head: 1 for a class head, 1 / the variance of the teacher's
+    output over the images for every other (averaged over its elements), so that its squared error counts
+    as the share of the teacher's variance it misses, whatever the units (a box in [0, 1] has a variance
+    near 0.02: unweighted, its error weighed a fiftieth of a class head's)."""
+    if len(outputs) == 1:
+        return None
+    weights = []
+    for head in outputs:
+        variance = float(np.mean(np.var(teacher_out[head.index], axis=0))) if head.kind != "class" else 1.0
+        weights.append(1.0 / variance if variance > _EPS else 1.0)
+    return weights
 
 
 def _head_targets(outputs: Sequence[Head], n: int, labels: Optional[np.ndarray], teacher_out) -> list:
@@ -387,7 +403,8 @@ def _fit_views(student, outputs: Sequence[Head], x: np.ndarray, config: TrainCon
     losses = _head_losses(outputs, config, framework)
     schedule = framework.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
     student.compile(optimizer=_optimizer(framework, schedule, shared),
-                    loss=losses[0] if len(losses) == 1 else list(losses))
+                    loss=losses[0] if len(losses) == 1 else list(losses),
+                    loss_weights=_head_weights(outputs, predict_all(teacher, x)) if len(losses) > 1 else None)
     return student.fit(labelled(), steps_per_epoch=steps // config.epochs, epochs=config.epochs, shuffle=False,
                        verbose=config.verbose, callbacks=list(callbacks))
 
