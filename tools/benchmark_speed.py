@@ -52,6 +52,12 @@ beside the table: ThiNet's 3.23x fewer FLOPs on VGG-16 (Luo et al.,
 arXiv:1707.06342) and PRACTISE's 22% latency cut (Wang & Wu,
 arXiv:2202.07861).
 
+With --seeds=0,1,2 every row is measured once per seed (the zoo's fine-tuning
+images are drawn by the seed too) and a last table gives each row's mean,
+with the range of its agreement and head error: one seed's agreement on a
+few hundred held-out images moves by several points from one seed to the
+next, so a claim near a threshold needs more than one.
+
 Unstructured sparsity leaves every multiply in a dense kernel: it shrinks the
 gzip size and nothing else.  XNNPACK has sparse kernels only for 1x1 convs in
 NHWC float models it recognises and does not use them here.
@@ -88,7 +94,8 @@ _ZOO_METHODS = flags.DEFINE_list("zoo_methods", ["thinet:0.5", "thinet_inside:0.
 _ZOO_IMAGES = flags.DEFINE_integer("zoo_images", 200, "Unlabelled fine-tuning images per zoo model.",
                                    lower_bound=1)
 _RUNS = flags.DEFINE_integer("runs", 100, "Timed LiteRT runs per model.", lower_bound=20)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for training and sampling.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds for training and sampling: every model's rows are measured once "
+                          "per seed; with several, a summary gives each row's mean and range over them.")
 
 TINY_SET = 500
 
@@ -153,7 +160,8 @@ def _variant(method, original, x, train):
 
 
 def _rows(name, original, methods, x, held, labels, train):
-    """One table row per method: the variants of `original`, fine-tuned on x, measured on held."""
+    """(one table row per method, the same as numbers): the variants of `original`, fine-tuned on x, measured
+    on held."""
     import numpy as np
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.artifacts import interleaved_latency
@@ -181,20 +189,44 @@ def _rows(name, original, methods, x, held, labels, train):
         anchor = np.mean([np.mean(np.abs(int8[i] - reference[i].reshape(len(held), -1))) for i in values])
     base = bytes_size(flatbuffers[0])
     macs0 = count(original)[1]
-    rows = []
+    rows, measured = [], []
     for method, model, fb, t in zip(names, models, flatbuffers, latency):
         params, macs = count(model)
         outputs = predict_all(model, held)
         predicted = outputs[head.index].argmax(1)
         size = bytes_size(fb)
         error = np.mean([np.mean(np.abs(outputs[i] - reference[i])) for i in values]) if values else None
+        measured.append(dict(model=name, method=method, macs=macs / macs0, raw=size.raw / base.raw,
+                             gzip=size.gzip / base.gzip, latency=t / latency[0],
+                             accuracy=np.mean(predicted == labels),
+                             agreement=np.mean(predicted == reference[head.index].argmax(1)),
+                             error=None if error is None else error / anchor))
         error = "-" if error is None else (f"{error:.4f} (stock int8: {anchor:.4f})" if model is original
                                            else f"{error:.4f} ({error / anchor:.1f}x stock int8)")
         rows.append([name, method, params, f"{macs / 1e6:.1f} M ({macs / macs0:.2f}x)",
                      f"{size.raw} ({size.raw / base.raw:.2f}x)", f"{size.gzip} ({size.gzip / base.gzip:.2f}x)",
-                     f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{np.mean(predicted == labels):.2%}",
-                     f"{np.mean(predicted == reference[head.index].argmax(1)):.2%}", error])
-    return rows + failed
+                     f"{t * 1e6:.0f} us ({t / latency[0]:.2f}x)", f"{measured[-1]['accuracy']:.2%}",
+                     f"{measured[-1]['agreement']:.2%}", error])
+    return rows + failed, measured
+
+
+def _summary(measured, seeds):
+    """Each (model, method)'s mean over the seeds, and the range of its agreement and head error."""
+    import numpy as np
+    table = [["model", "method", "seeds", "MACs", ".tflite bytes", "gzip -9 bytes", "LiteRT latency", "accuracy",
+              "agreement: mean (min-max)", "regression heads: x stock int8, mean (min-max)"]]
+    keys = list(dict.fromkeys((m["model"], m["method"]) for m in measured))
+    for key in keys:
+        runs = [m for m in measured if (m["model"], m["method"]) == key]
+        agreement = [m["agreement"] for m in runs]
+        errors = [m["error"] for m in runs if m["error"] is not None]
+        table.append([*key, f"{len(runs)} of {len(seeds)}", *(f"{np.mean([m[c] for m in runs]):.2f}x"
+                                                            for c in ("macs", "raw", "gzip", "latency")),
+                      f"{np.mean([m['accuracy'] for m in runs]):.2%}",
+                      f"{np.mean(agreement):.2%} ({min(agreement):.2%}-{max(agreement):.2%})",
+                      f"{np.mean(errors):.1f}x ({min(errors):.1f}-{max(errors):.1f}x)" if errors and key[1] !=
+                      "(unpruned)" else "-"])
+    return table
 
 
 def _zoo_images(task: str, count: int, seed: int):
@@ -226,44 +258,58 @@ def main() -> None:
     x, y = digits_training_set()
     held = read_image_set(common.DEFAULT_EVAL)
     xh = np.concatenate(list(iter_batches(held.paths, Preprocessing(height=32, width=32, channels=3), 100)))
-    train = TrainConfig(epochs=_EPOCHS.value, seed=_SEED.value, verbose=0)
+    try:
+        seeds = [int(s) for s in _SEEDS.value]
+    except ValueError as e:
+        raise TfcError(f"--seeds takes integers: {e}") from e
+    if not seeds:
+        raise TfcError("--seeds needs at least one seed")
     table = [["model", "method", "params", "MACs", ".tflite bytes", "gzip -9 bytes", "LiteRT latency",
               "accuracy", "agreement", "regression heads: mean abs diff"]]
+    measured = []
     zoo_names = [n for m in _MODELS.value for n in (list(ZOO) if m == "zoo" else [m]) if n in ZOO]
-    for name in [m for m in _MODELS.value if m != "zoo" and m not in ZOO] + zoo_names:
-        keras.utils.set_random_seed(_SEED.value)
-        if name in ZOO:
-            zoo = ZOO[name]
-            original = keras.saving.load_model(zoo.path, safe_mode=True, compile=False)
-            h, w, c = original.inputs[0].shape[1:]
-            zoo_held = read_image_set(zoo.heldout)
-            hz = np.concatenate(list(iter_batches(zoo_held.paths, Preprocessing(
-                height=h, width=w, channels=c, mean=zoo.mean, std=zoo.std), 100)))
-            xz = _zoo_images(next(t for t in ("digits", "patches", "boxes") if t in name), _ZOO_IMAGES.value,
-                             _SEED.value)
-            table += _rows(name, original, _ZOO_METHODS.value, xz, hz, zoo_held.labels, train)
-            common.print_table(table)
-        elif name == "digits":
-            original = keras.saving.load_model(common.DEFAULT_MODEL, safe_mode=True, compile=False)
-            table += _rows(name, original, _METHODS.value, x, xh, held.labels, train)
+    for seed in seeds:
+        train = TrainConfig(epochs=_EPOCHS.value, seed=seed, verbose=0)
+        for name in [m for m in _MODELS.value if m != "zoo" and m not in ZOO] + zoo_names:
+            keras.utils.set_random_seed(seed)
+            label = name if len(seeds) == 1 else f"{name} (seed {seed})"
+            if name in ZOO:
+                zoo = ZOO[name]
+                original = keras.saving.load_model(zoo.path, safe_mode=True, compile=False)
+                h, w, c = original.inputs[0].shape[1:]
+                zoo_held = read_image_set(zoo.heldout)
+                hz = np.concatenate(list(iter_batches(zoo_held.paths, Preprocessing(
+                    height=h, width=w, channels=c, mean=zoo.mean, std=zoo.std), 100)))
+                xz = _zoo_images(next(t for t in ("digits", "patches", "boxes") if t in name), _ZOO_IMAGES.value,
+                                 seed)
+                rows, numbers = _rows(label, original, _ZOO_METHODS.value, xz, hz, zoo_held.labels, train)
+            elif name == "digits":
+                original = keras.saving.load_model(common.DEFAULT_MODEL, safe_mode=True, compile=False)
+                rows, numbers = _rows(label, original, _METHODS.value, x, xh, held.labels, train)
+            elif name == "mobilenet_v2":
+                size = _MOBILENET_SIZE.value
+
+                def scale(images, size=size):
+                    return tf.image.resize(images, (size, size)).numpy() * 2.0 - 1.0
+
+                xs, hs = scale(x), scale(xh)
+                original = _mobilenet(xs, y, size, _MOBILENET_EPOCHS.value, seed)
+                rows, numbers = _rows(f"mobilenet_v2 ({size}x{size})" + label[len(name):], original, _METHODS.value,
+                                      xs, hs, held.labels, train)
+            else:
+                raise TfcError(f"unknown model {name!r} in --models (digits, mobilenet_v2, zoo, {', '.join(ZOO)})")
+            table += rows
+            measured += [dict(m, model=name) for m in numbers]
             common.print_table(table)  # Each model's rows as soon as they are measured.
-        elif name == "mobilenet_v2":
-            size = _MOBILENET_SIZE.value
-
-            def scale(images):
-                return tf.image.resize(images, (size, size)).numpy() * 2.0 - 1.0
-
-            xs, hs = scale(x), scale(xh)
-            original = _mobilenet(xs, y, size, _MOBILENET_EPOCHS.value, _SEED.value)
-            table += _rows(f"mobilenet_v2 ({size}x{size})", original, _METHODS.value, xs, hs, held.labels, train)
-        else:
-            raise TfcError(f"unknown model {name!r} in --models (digits, mobilenet_v2, zoo, {', '.join(ZOO)})")
     print(f"\nbenchmark_speed: float32 .tflite, LiteRT XNNPACK 1 thread batch 1 ({_RUNS.value} runs, interleaved); "
           f"fine-tuned {_EPOCHS.value} epochs by distillation on {len(x)} unshipped digits (zoo: {_ZOO_IMAGES.value} "
           "unshipped images of its task); accuracy and agreement on the shipped held-out images")
     print("anchors: ThiNet on VGG-16 (Luo et al.): 3.23x fewer FLOPs (0.31x); PRACTISE (Wang & Wu): 22% latency cut "
           "(0.78x)")
     common.print_table(table)
+    if len(seeds) > 1:
+        print(f"\nover seeds {', '.join(map(str, seeds))} (ratios to each seed's unpruned row, averaged):")
+        common.print_table(_summary(measured, seeds))
 
 
 def run() -> None:
