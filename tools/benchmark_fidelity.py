@@ -1,6 +1,6 @@
 """benchmark_fidelity: int8 fidelity on the whole zoo, ours beside the stock TFLite converter, in one run.
 
-    python tools/benchmark_fidelity.py                  # every zoo model; about 6 minutes
+    python tools/benchmark_fidelity.py                  # every zoo model; about 20 minutes
     python tools/benchmark_fidelity.py --models=se_patches,boxes_digits --subsets=2
 
 For each model of testdata/zoo (see tfcompress/evaluate/zoo.py) and each of
@@ -8,8 +8,8 @@ For each model of testdata/zoo (see tfcompress/evaluate/zoo.py) and each of
 from the same half:
   - converter int8: the stock TFLiteConverter's default full-integer
     quantization (Optimize.DEFAULT with a representative dataset, float I/O);
-  - ours: `convert` with default flags (min/max ranges, empirical bias
-    correction), and with one technique changed per row.
+  - ours: `convert` with default flags (min/max ranges, leave-one-out vector
+    ranges, empirical bias correction), and with one technique changed per row.
   - the eightbit TF graph of `quantize_graph` with default flags (reference
     kernels), with TF1's chain (--kernels=tf1) and, where this process has
     oneDNN's ops, the fused oneDNN kernels, all from the same half.
@@ -49,6 +49,7 @@ _THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads.", lower_bound=1)
 # Our rows: label -> the `tfc.convert` arguments that differ from the defaults.
 OURS = {
     "ours (default)": {},
+    "ours, vector_ranges=calibrated": {"vector_ranges": "calibrated"},
     "ours, bias_correction=none": {"bias_correction": "none"},
     "ours, bias_correction=analytic": {"bias_correction": "analytic"},
     "ours, calibrator=mse": {"calibrator": "mse"},
@@ -129,7 +130,8 @@ def measure(name):
                 artifacts[label] = tfc.convert(
                     entry.path, os.path.join(tmp, "ours.tflite"), images=subset, options=options, overwrite=True,
                     bias_correction=changes.get("bias_correction", "empirical"),
-                    rounding=changes.get("rounding", "nearest")).flatbuffer
+                    rounding=changes.get("rounding", "nearest"),
+                    vector_ranges=changes.get("vector_ranges", "leave_one_out")).flatbuffer
             for label, kernels in graphs.items():
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
                 quantized = tfc.quantize_graph(entry.path, os.path.join(tmp, "graph_" + kernels), images=subset,

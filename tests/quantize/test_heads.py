@@ -15,6 +15,9 @@ from tfcompress.graph.runner import GraphRunner
 ENTRY = ZOO["boxes_digits"]
 # The eightbit class head agrees with float on at least this share of held-out images (float: 94.67% accurate).
 MIN_TOP1 = 0.9
+# The library runs the graphs in batches and this test in one: TF's float kernels round differently by
+# batch size (3e-6 relative measured on the MSE with TF_ENABLE_ONEDNN_OPTS=0), so sums agree to this.
+BATCHING_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,8 @@ def test_every_output_is_reported_and_only_the_softmax_is_a_class_vector(quantiz
     images = FolderSource(ENTRY.heldout).array(prep)
     ref, got = _outputs(quantized.float_model, images), _outputs(quantized.quantized, images)
     for head, r, g in zip(agreement.heads, ref, got):
-        assert head.mse == pytest.approx(float(np.mean((g - r) ** 2)), rel=1e-6)
-        assert head.mean_abs_error == pytest.approx(float(np.mean(np.abs(g - r))), rel=1e-6)
+        assert head.mse == pytest.approx(float(np.mean((g - r) ** 2)), rel=BATCHING_RTOL)
+        assert head.mean_abs_error == pytest.approx(float(np.mean(np.abs(g - r))), rel=BATCHING_RTOL)
     assert by_kind["class"].top1 == pytest.approx(float(np.mean(ref[0].argmax(1) == got[0].argmax(1))))
     assert by_kind["class"].top1 >= MIN_TOP1
 

@@ -78,18 +78,19 @@ CONVERT = os.path.join(ROOT, "tools", "convert.py")
 def test_convert_every_mode_from_one_cache(tmp_path):
     """int8 then uint8 from one cache: no image read, same bytes on rerun.
 
-    Empirical bias correction measures on pixels, which a cache does not hold, so these runs use the
-    analytic one (from the cache's channel means).
+    Empirical bias correction and the leave-one-out vector ranges measure on pixels, which a cache does not
+    hold, so these runs use the analytic correction (from the cache's channel means) and the calibrated ranges.
     """
     cache = tmp_path / "ranges.json"
     first = _run(f"--output={tmp_path / 'a.tflite'}", f"--calibration_cache={cache}", "--bias_correction=analytic",
-                 tool=CONVERT)
+                 "--vector_ranges=calibrated", tool=CONVERT)
     assert first.returncode == 0, first.stderr
     assert "100 images read" in first.stdout
     for mode in ("uint8", "int8"):
         out = tmp_path / f"{mode}.tflite"
         again = _run(f"--output={out}", f"--calibration_cache={cache}", f"--quantize={mode}",
-                     "--calibration_images=/nonexistent", "--bias_correction=analytic", tool=CONVERT)
+                     "--calibration_images=/nonexistent", "--bias_correction=analytic", "--vector_ranges=calibrated",
+                     tool=CONVERT)
         assert again.returncode == 0, again.stderr
         assert "reused cache, 0 images read" in again.stdout
     assert (tmp_path / "int8.tflite").read_bytes() == (tmp_path / "a.tflite").read_bytes()

@@ -349,6 +349,7 @@ class ConvertResult:
 
 BIAS_CORRECTIONS = ("empirical", "analytic", "none")
 ROUNDINGS = ("nearest", "adaround")
+VECTOR_RANGES = ("leave_one_out", "calibrated")
 
 
 def _first_images(images, prep, count: int):
@@ -432,7 +433,8 @@ def _pixel_input_range(ranges, float_model, prep, notes: List[str]):
 
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
             recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
-            rounding: str = "nearest", labels: Union[str, Sequence[str], None] = None,
+            rounding: str = "nearest", vector_ranges: str = "leave_one_out",
+            labels: Union[str, Sequence[str], None] = None,
             labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
             min_agreement: Optional[float] = None, agreement_images=None, layer_report: int = 0,
@@ -455,6 +457,10 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         images (a reused cache only) empirical is skipped, with a note.
       rounding: int8/uint8 weights: nearest, or adaround (each layer's up-or-down rounding learned from the
         calibration images, before bias correction; `export.adaround`).  Needs calibration images.
+      vector_ranges: int8/uint8 with min/max ranges: leave_one_out (each per-image vector tensor's range,
+        a pool's or dense layer's output, widened by the factor with the least leave-one-image-out error on
+        the calibration images; `calibrate.vectors`) or calibrated (as calibrated).  Without images (a reused
+        cache only) leave_one_out is skipped, with a note.
       labels: a labels file path, or the names in output order, for the metadata.
       labels_from: a labelled folder DIR/<label>/ whose class names become the labels.
       target: arm-cpu, hexagon-dsp, edgetpu, gpu or generic: the preflight to run.
@@ -478,6 +484,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
+    from tfcompress.calibrate import vectors  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
     from tfcompress.export import adaround, autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
@@ -497,6 +504,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         raise TfcError(f"unknown --bias_correction {bias_correction!r} (choose from {', '.join(BIAS_CORRECTIONS)})")
     if rounding not in ROUNDINGS:
         raise TfcError(f"unknown --rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
+    if vector_ranges not in VECTOR_RANGES:
+        raise TfcError(f"unknown --vector_ranges {vector_ranges!r} (choose from {', '.join(VECTOR_RANGES)})")
     if rounding == "adaround" and (not config.needs_ranges or images is None):
         raise TfcError("--rounding=adaround needs --quantize=int8 or uint8 and --calibration_images (it learns "
                        "from the images' layer outputs)")
@@ -556,6 +565,12 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
                                                     autocal.candidates(options.percentile), finish)
             calibrator = best.calibrator
         ranges = result.cache.ranges(calibrator)
+        if vector_ranges == "leave_one_out" and calibrator.method == "minmax" and not auto:
+            if images is None:
+                note += "; vector ranges as calibrated (no calibration images: the cache holds no pixels)"
+            else:
+                ranges, widened = vectors.widen(float_model, ranges, as_source(images).batches(prep, 32))
+                note += f"; {len(widened)} vector range(s) widened by leave-one-image-out error"
         if config.io != "float":
             ranges = _pixel_input_range(ranges, float_model, prep, pixel_notes)
     elif config.quantize == "int16x8":
