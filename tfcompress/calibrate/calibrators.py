@@ -49,6 +49,13 @@ def _with_zero(lo: float, hi: float) -> Tuple[float, float]:
     return float(lo), float(hi)
 
 
+def on_grid(values, lo, hi, levels: int = 255):
+    """`values` quantized and dequantized on `levels` equal steps from lo to hi (values outside clipped to
+    the ends); lo and hi may be arrays that broadcast against `values`."""
+    step = (hi - lo) / levels
+    return lo + np.round((np.clip(values, lo, hi) - lo) / step) * step
+
+
 def minmax(stats: TensorStats, config: CalibratorConfig) -> Tuple[float, float]:
     """The full observed range."""
     return _with_zero(stats.min, stats.max)
@@ -161,9 +168,7 @@ def mse(stats: TensorStats, config: CalibratorConfig) -> Tuple[float, float]:
 
     def error(i: int) -> float:
         lo, hi = _clip_to(stats, i * stats.bin_width)
-        step = (hi - lo) / 255.0
-        q = lo + np.round((np.clip(centres, lo, hi) - lo) / step) * step
-        return float(np.sum(counts * (centres - q) ** 2))
+        return float(np.sum(counts * (centres - on_grid(centres, lo, hi)) ** 2))
 
     best = min(_candidates(n, 1), key=lambda i: (error(i), i))
     return _clip_to(stats, best * stats.bin_width)

@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
+from tfcompress.calibrate.calibrators import on_grid
 from tfcompress.io.frozen import FrozenModel
 
 # The scale factors tried, 1 to 4 in eighths.
@@ -53,9 +54,9 @@ def vector_tensors(model: FrozenModel, names: Iterable[str]) -> List[str]:
             tensor = graph.get_tensor_by_name(name)
         except (KeyError, ValueError):
             continue
-        shape = tensor.shape
         if tensor.op.type in _MOVES:
             continue
+        shape = tensor.shape
         if shape.rank == 2 or (shape.rank == 4 and shape[1] == 1 and shape[2] == 1):
             found.append(name)
     return found
@@ -74,10 +75,9 @@ def leave_one_out_errors(values: np.ndarray, factors: np.ndarray = FACTORS) -> n
     others_hi, others_lo = np.maximum(others_hi, 0.0), np.minimum(others_lo, 0.0)
     errors = []
     for factor in factors:
-        lo, hi = others_lo * factor, others_hi * factor
-        step = np.maximum(hi - lo, 1e-12) / LEVELS
-        codes = np.clip(np.round((values - lo[:, None]) / step[:, None]), 0, LEVELS)
-        errors.append(float(np.sum((codes * step[:, None] + lo[:, None] - values) ** 2)))
+        lo = (others_lo * factor)[:, None]
+        hi = np.maximum(others_hi * factor, others_lo * factor + 1e-12)[:, None]  # An all-zero tensor: one step.
+        errors.append(float(np.sum((on_grid(values, lo, hi, LEVELS) - values) ** 2)))
     return np.asarray(errors)
 
 
