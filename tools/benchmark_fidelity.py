@@ -9,7 +9,8 @@ from the same half:
   - converter int8: the stock TFLiteConverter's default full-integer
     quantization (Optimize.DEFAULT with a representative dataset, float I/O);
   - ours: `convert` with default flags (min/max ranges, leave-one-out vector
-    ranges, empirical bias correction), and with one technique changed per row.
+    ranges, residual branches over their sum's range, empirical bias
+    correction), and with one technique changed per row.
   - the eightbit TF graph of `quantize_graph` with default flags (reference
     kernels), with TF1's chain (--kernels=tf1) and, where this process has
     oneDNN's ops, the fused oneDNN kernels, all from the same half.
@@ -53,6 +54,7 @@ _THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads.", lower_bound=1)
 OURS = {
     "ours (default)": {},
     "ours, vector_ranges=calibrated": {"vector_ranges": "calibrated"},
+    "ours, residual_ranges=calibrated": {"residual_ranges": "calibrated"},
     "ours, bias_correction=none": {"bias_correction": "none"},
     "ours, bias_correction=analytic": {"bias_correction": "analytic"},
     "ours, calibrator=mse": {"calibrator": "mse"},
@@ -135,7 +137,8 @@ def measure(name):
                     entry.path, os.path.join(tmp, "ours.tflite"), images=subset, options=options, overwrite=True,
                     bias_correction=changes.get("bias_correction", "empirical"),
                     rounding=changes.get("rounding", "nearest"),
-                    vector_ranges=changes.get("vector_ranges", "leave_one_out")).flatbuffer
+                    vector_ranges=changes.get("vector_ranges", "leave_one_out"),
+                    residual_ranges=changes.get("residual_ranges", "sum")).flatbuffer
             for label, kernels in graphs.items():
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
                 quantized = tfc.quantize_graph(entry.path, os.path.join(tmp, "graph_" + kernels), images=subset,

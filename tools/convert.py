@@ -58,6 +58,10 @@ _VECTOR_RANGES = flags.DEFINE_enum("vector_ranges", "leave_one_out", ["leave_one
                                    "int8/uint8 with min/max ranges: leave_one_out (each per-image vector "
                                    "tensor's range, a pool's or dense layer's output, widened by the factor "
                                    "with the least leave-one-image-out error) or calibrated (as calibrated).")
+_RESIDUAL_RANGES = flags.DEFINE_enum("residual_ranges", "sum", ["sum", "calibrated"],
+                                     "int8/uint8 with min/max ranges: sum (a residual Add's operand that "
+                                     "nothing else reads takes the union of its range and the sum's) or "
+                                     "calibrated (as calibrated).")
 _LABELS = flags.DEFINE_string("labels", None, "Labels file (one per line, output order) to embed as metadata.")
 _LABELS_FROM = flags.DEFINE_string("labels_from", None, "Labelled folder DIR/<label>/ whose sorted class names "
                                    "are embedded as labels.")
@@ -71,7 +75,8 @@ def main() -> None:
     result = convert(input_path, _OUTPUT.value, quantize=_QUANTIZE.value, images=images,
                      cache=_CAL["calibration_cache"].value, recalibrate=_CAL["recalibrate"].value,
                      per_channel=not _PER_TENSOR.value, bias_correction=_BIAS_CORRECTION.value,
-                     rounding=_ROUNDING.value, vector_ranges=_VECTOR_RANGES.value, labels=_LABELS.value,
+                     rounding=_ROUNDING.value, vector_ranges=_VECTOR_RANGES.value,
+                     residual_ranges=_RESIDUAL_RANGES.value, labels=_LABELS.value,
                      labels_from=_LABELS_FROM.value, target=_TARGET.value,
                      strict=_STRICT.value, float_layers=_FLOAT_LAYERS.value, min_agreement=_MIN_AGREEMENT.value,
                      agreement_images=_AGREEMENT_IMAGES.value, layer_report=_LAYER_REPORT.value,

@@ -5,18 +5,12 @@ import sys
 import numpy as np
 import pytest
 
-from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.calibrate.run import calibrate
-from tfcompress.data.images import Preprocessing
-from tfcompress.data.source import FolderSource
 from tfcompress.errors import TfcError
-from tfcompress.evaluate.zoo import ZOO
+from tfcompress.evaluate.zoo import ZOO, minmax_ranges
 from tfcompress.export import empirical_bias
 from tfcompress.export import flatbuffer as fb
 from tfcompress.export import tflite
 from tfcompress.export.litert import tensor_values
-from tfcompress.graph.passes import optimize
-from tfcompress.io.loaders import load_model
 
 IMAGES = 40
 # Summed over the corrected layers, the mean |per-channel mean error| must at least halve on the images the
@@ -45,12 +39,7 @@ def _layers(flatbuffer):
 
 
 def _quantized(name):
-    entry = ZOO[name]
-    model, _ = optimize(load_model(entry.path))
-    prep = Preprocessing.for_input(tuple(model.inputs[0].shape), mean=entry.mean, std=entry.std)
-    source = FolderSource.from_paths(FolderSource(entry.calibration).paths[:IMAGES])
-    minmax = CalibratorConfig(method="minmax")
-    ranges = calibrate(model, prep=prep, calibrator=minmax, images=source, progress=False).cache.ranges(minmax)
+    model, prep, source, ranges = minmax_ranges(name, IMAGES)
     calibrated, _ = tflite.calibrated_flatbuffer(model, ranges)
     return calibrated, tflite.quantize_calibrated(calibrated, "int8"), source.array(prep)
 

@@ -21,16 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcompress.calibrate.calibrators import CalibratorConfig
-from tfcompress.calibrate.run import calibrate
-from tfcompress.data.images import Preprocessing
-from tfcompress.data.source import FolderSource
-from tfcompress.evaluate.zoo import ZOO
+from tfcompress.evaluate.zoo import ZOO, minmax_ranges
 from tfcompress.export import flatbuffer as fb
 from tfcompress.export import tflite
 from tfcompress.export.litert import tensor_values
-from tfcompress.graph.passes import optimize
-from tfcompress.io.loaders import load_model
 
 IMAGES = 40
 # A statistic equals a min/max to float rounding: TF and TFLite kernels sum in different orders.
@@ -62,13 +56,8 @@ def _params(flatbuffer: bytes):
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_minmax_ranges_are_the_true_ranges_and_the_converters(name):
-    entry = ZOO[name]
-    model, _ = optimize(load_model(entry.path))
-    prep = Preprocessing.for_input(tuple(model.inputs[0].shape), mean=entry.mean, std=entry.std)
-    source = FolderSource.from_paths(FolderSource(entry.calibration).paths[:IMAGES])
+    model, prep, source, ranges = minmax_ranges(name, IMAGES)
     images = source.array(prep)
-    minmax = CalibratorConfig(method="minmax")
-    ranges = calibrate(model, prep=prep, calibrator=minmax, images=source, progress=False).cache.ranges(minmax)
 
     ours_calibrated, applied = tflite.calibrated_flatbuffer(model, ranges)
     converter = tflite._converter(model)  # pylint: disable=protected-access

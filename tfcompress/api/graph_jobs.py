@@ -350,6 +350,7 @@ class ConvertResult:
 BIAS_CORRECTIONS = ("empirical", "analytic", "none")
 ROUNDINGS = ("nearest", "adaround")
 VECTOR_RANGES = ("leave_one_out", "calibrated")
+RESIDUAL_RANGES = ("sum", "calibrated")
 
 
 def _first_images(images, prep, count: int):
@@ -433,7 +434,7 @@ def _pixel_input_range(ranges, float_model, prep, notes: List[str]):
 
 def convert(model, output: str, *, quantize: str = "int8", images=None, cache: Optional[str] = None,
             recalibrate: bool = False, per_channel: bool = True, bias_correction: str = "empirical",
-            rounding: str = "nearest", vector_ranges: str = "leave_one_out",
+            rounding: str = "nearest", vector_ranges: str = "leave_one_out", residual_ranges: str = "sum",
             labels: Union[str, Sequence[str], None] = None,
             labels_from: Optional[str] = None,
             target: str = "generic", strict: bool = False, float_layers: Sequence[str] = (),
@@ -461,6 +462,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         a pool's or dense layer's output, widened by the factor with the least leave-one-image-out error on
         the calibration images; `calibrate.vectors`) or calibrated (as calibrated).  Without images (a reused
         cache only) leave_one_out is skipped, with a note.
+      residual_ranges: int8/uint8 with min/max ranges: sum (a residual Add's operand that nothing else reads
+        takes the union of its range and the sum's; `calibrate.sums`) or calibrated (as calibrated).
       labels: a labels file path, or the names in output order, for the metadata.
       labels_from: a labelled folder DIR/<label>/ whose class names become the labels.
       target: arm-cpu, hexagon-dsp, edgetpu, gpu or generic: the preflight to run.
@@ -484,7 +487,7 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.calibrators import CalibratorConfig  # pylint: disable=import-outside-toplevel
-    from tfcompress.calibrate import vectors  # pylint: disable=import-outside-toplevel
+    from tfcompress.calibrate import sums, vectors  # pylint: disable=import-outside-toplevel
     from tfcompress.calibrate.run import calibrate as run_calibration  # pylint: disable=import-outside-toplevel
     from tfcompress.data.source import as_source  # pylint: disable=import-outside-toplevel
     from tfcompress.export import adaround, autocal, empirical_bias, fallback  # pylint: disable=import-outside-toplevel
@@ -506,6 +509,8 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
         raise TfcError(f"unknown --rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
     if vector_ranges not in VECTOR_RANGES:
         raise TfcError(f"unknown --vector_ranges {vector_ranges!r} (choose from {', '.join(VECTOR_RANGES)})")
+    if residual_ranges not in RESIDUAL_RANGES:
+        raise TfcError(f"unknown --residual_ranges {residual_ranges!r} (choose from {', '.join(RESIDUAL_RANGES)})")
     if rounding == "adaround" and (not config.needs_ranges or images is None):
         raise TfcError("--rounding=adaround needs --quantize=int8 or uint8 and --calibration_images (it learns "
                        "from the images' layer outputs)")
@@ -571,6 +576,9 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
             else:
                 ranges, widened = vectors.widen(float_model, ranges, as_source(images).batches(prep, 32))
                 note += f"; {len(widened)} vector range(s) widened by leave-one-image-out error"
+        if residual_ranges == "sum" and calibrator.method == "minmax" and not auto:
+            ranges, grown = sums.widen(float_model, ranges)
+            note += f"; {len(grown)} residual branch range(s) given their sum's"
         if config.io != "float":
             ranges = _pixel_input_range(ranges, float_model, prep, pixel_notes)
     elif config.quantize == "int16x8":

@@ -266,3 +266,21 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in (
     ZooModel("boxes_digits", "two heads: class softmax and box regression, PReLU, dense trunk", _BOXES, 0.0,
              255.0, {"class": "class", "box": "regression"}),
 )}
+
+
+def minmax_ranges(name: str, images: int):
+    """(the zoo model's optimized frozen graph, its preprocessing, a source of its first `images` calibration
+    images, their min/max ranges): the starting point of the range and bias tests."""
+    # pylint: disable=import-outside-toplevel
+    from tfcompress.calibrate.calibrators import CalibratorConfig
+    from tfcompress.calibrate.run import calibrate
+    from tfcompress.data.source import FolderSource
+    from tfcompress.graph.passes import optimize
+    from tfcompress.io.loaders import load_model
+    entry = ZOO[name]
+    model, _ = optimize(load_model(entry.path))
+    prep = Preprocessing.for_input(tuple(model.inputs[0].shape), mean=entry.mean, std=entry.std)
+    source = FolderSource.from_paths(FolderSource(entry.calibration).paths[:images])
+    minmax = CalibratorConfig(method="minmax")
+    ranges = calibrate(model, prep=prep, calibrator=minmax, images=source, progress=False).cache.ranges(minmax)
+    return model, prep, source, ranges
