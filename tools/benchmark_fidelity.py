@@ -50,7 +50,8 @@ _SUBSETS = flags.DEFINE_integer("subsets", 4, "Seeded halves of the calibration 
 _THREADS = flags.DEFINE_integer("threads", 1, "LiteRT threads.", lower_bound=1)
 
 
-# Our rows: label -> the `tfc.convert` arguments that differ from the defaults.
+# Our rows: label -> the `tfc.convert` arguments (or CalibrationOptions' calibrator and equalize) that differ
+# from the defaults.
 OURS = {
     "ours (default)": {},
     "ours, vector_ranges=calibrated": {"vector_ranges": "calibrated"},
@@ -107,7 +108,6 @@ def measure(name):
     from tfcompress.evaluate.artifacts import interleaved_latency
     from tfcompress.evaluate.measure import bytes_size, graph_size
     from tfcompress.evaluate.zoo import ZOO
-    from tfcompress.export.litert import LiteRTRunner
     from tfcompress.export.tflite import keras_float_flatbuffer
     from tfcompress.io.keras_models import load_keras
     entry = ZOO[name]
@@ -130,15 +130,7 @@ def measure(name):
         artifacts = {"converter int8": common.stock_int8(model, calibration[half])}
         with tempfile.TemporaryDirectory() as tmp:
             for label, changes in OURS.items():
-                options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
-                                                 calibrator=changes.get("calibrator", "minmax"),
-                                                 equalize=changes.get("equalize", False))
-                artifacts[label] = tfc.convert(
-                    entry.path, os.path.join(tmp, "ours.tflite"), images=subset, options=options, overwrite=True,
-                    bias_correction=changes.get("bias_correction", "empirical"),
-                    rounding=changes.get("rounding", "nearest"),
-                    vector_ranges=changes.get("vector_ranges", "leave_one_out"),
-                    residual_ranges=changes.get("residual_ranges", "sum")).flatbuffer
+                artifacts[label] = _ours(entry, subset, changes, tmp)
             for label, kernels in graphs.items():
                 options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
                 quantized = tfc.quantize_graph(entry.path, os.path.join(tmp, "graph_" + kernels), images=subset,
@@ -148,9 +140,7 @@ def measure(name):
                 if seed == 0:
                     graph_sizes[label] = graph_size(quantized.graph_def)
         for label, flatbuffer in artifacts.items():
-            runner = LiteRTRunner(flatbuffer, threads=_THREADS.value)
-            outputs = common.outputs_by_head(runner.outputs_by_name(held), sizes)
-            errors[label].append(_errors(entry, outputs, reference, len(held)))
+            errors[label].append(_litert_errors(entry, flatbuffer, held, reference, sizes))
         if seed == 0:
             first = artifacts
     whole = _whole_set(entry, model, source, calibration, held, reference, sizes)
@@ -185,16 +175,28 @@ def measure(name):
     return rows, (agrees, worst), _graph_against_ours(entry, errors), whole
 
 
+def _ours(entry, images, changes, tmp):
+    """Our `convert` of the zoo model from `images`, with one OURS entry's `changes` to its defaults."""
+    import tfcompress as tfc
+    changes = dict(changes)
+    options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
+                                     **{k: changes.pop(k) for k in ("calibrator", "equalize") if k in changes})
+    return tfc.convert(entry.path, os.path.join(tmp, "ours.tflite"), images=images, options=options,
+                       overwrite=True, **changes).flatbuffer
+
+
+def _litert_errors(entry, flatbuffer, held, reference, sizes):
+    """`_errors` of a flatbuffer run in LiteRT on the held-out images."""
+    from tfcompress.export.litert import LiteRTRunner
+    runner = LiteRTRunner(flatbuffer, threads=_THREADS.value)
+    return _errors(entry, common.outputs_by_head(runner.outputs_by_name(held), sizes), reference, len(held))
+
+
 def _whole_set(entry, model, source, calibration, held, reference, sizes):
     """{head: our default's error / the converter's}, each built once from every calibration image."""
-    import tfcompress as tfc
-    from tfcompress.export.litert import LiteRTRunner
-    options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = tfc.convert(entry.path, os.path.join(tmp, "ours.tflite"), images=source, options=options).flatbuffer
-    errors = [_errors(entry, common.outputs_by_head(LiteRTRunner(f, threads=_THREADS.value).outputs_by_name(held),
-                                                    sizes), reference, len(held))
-              for f in (ours, common.stock_int8(model, calibration))]
+        ours = _ours(entry, source, {}, tmp)
+    errors = [_litert_errors(entry, f, held, reference, sizes) for f in (ours, common.stock_int8(model, calibration))]
     return {head: errors[0][head][1] / errors[1][head][1] for head in entry.heads}
 
 

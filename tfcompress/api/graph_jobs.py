@@ -570,13 +570,15 @@ def convert(model, output: str, *, quantize: str = "int8", images=None, cache: O
                                                     autocal.candidates(options.percentile), finish)
             calibrator = best.calibrator
         ranges = result.cache.ranges(calibrator)
-        if vector_ranges == "leave_one_out" and calibrator.method == "minmax" and not auto:
+        # Both widen min/max ranges only: a clipping calibrator's (or auto's choice) is left as chosen.
+        widens = calibrator.method == "minmax" and not auto
+        if vector_ranges == "leave_one_out" and widens:
             if images is None:
                 note += "; vector ranges as calibrated (no calibration images: the cache holds no pixels)"
             else:
                 ranges, widened = vectors.widen(float_model, ranges, as_source(images).batches(prep, 32))
                 note += f"; {len(widened)} vector range(s) widened by leave-one-image-out error"
-        if residual_ranges == "sum" and calibrator.method == "minmax" and not auto:
+        if residual_ranges == "sum" and widens:
             ranges, grown = sums.widen(float_model, ranges)
             note += f"; {len(grown)} residual branch range(s) given their sum's"
         if config.io != "float":
