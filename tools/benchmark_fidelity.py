@@ -8,11 +8,11 @@ For each model of testdata/zoo (see tfcompress/evaluate/zoo.py) and each of
 from the same half:
   - converter int8: the stock TFLiteConverter's default full-integer
     quantization (Optimize.DEFAULT with a representative dataset, float I/O);
-  - ours: `convert` with default flags (min/max ranges, leave-one-out vector
-    ranges, residual branches over their sum's range, empirical bias
-    correction), and with one technique changed per row.
+  - ours: `convert` with default flags (cross-layer equalization, min/max
+    ranges, leave-one-out vector ranges, residual branches over their sum's
+    range, empirical bias correction), and with one technique changed per row.
   - the eightbit TF graph of `quantize_graph` with default flags (reference
-    kernels), with TF1's chain (--kernels=tf1) and, where this process has
+    kernels, cross-layer equalization), with TF1's chain (--kernels=tf1) and, where this process has
     oneDNN's ops, the fused oneDNN kernels, all from the same half.
 Each .tflite runs in LiteRT and each graph in TF on the model's held-out
 images, and is compared with the float Keras model head by head: top-1 agreement and output MSE for class
@@ -59,7 +59,7 @@ OURS = {
     "ours, bias_correction=none": {"bias_correction": "none"},
     "ours, bias_correction=analytic": {"bias_correction": "analytic"},
     "ours, calibrator=mse": {"calibrator": "mse"},
-    "ours, equalize": {"equalize": True},
+    "ours, equalize=False": {"equalize": False},
     "ours, rounding=adaround": {"rounding": "adaround"},
     "ours, rounding=adaround, bias_correction=none": {"rounding": "adaround", "bias_correction": "none"},
 }

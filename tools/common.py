@@ -58,9 +58,9 @@ def define_calibration_flags():
         percentile=flags.DEFINE_float("percentile", 99.99, "Percentile kept by --calibrator=percentile."),
         batch_size=flags.DEFINE_integer("batch_size", None, "Images per calibration run (default: as many as keep "
                                         "the largest activation within 16 MiB, at most 32).", lower_bound=1),
-        equalize=flags.DEFINE_boolean("equalize", False, "Cross-layer equalization of consecutive convolutions "
-                                      "before calibrating (pass it alike to calibrate, quantize_graph and "
-                                      "convert: the cache belongs to the equalized graph)."),
+        equalize=flags.DEFINE_boolean("equalize", True, "Cross-layer equalization of consecutive layers before "
+                                      "calibrating; --noequalize turns it off (alike for calibrate, "
+                                      "quantize_graph and convert: the cache belongs to the graph it was made on)."),
         **define_normalization_flags(0.0, 255.0),
     )
 

@@ -41,12 +41,16 @@ def _spread(model):
     return np.array(spreads)
 
 
-@pytest.mark.parametrize("name", ["xception_digits", "resnet_patches"])
+# The zoo models with pairs, and how many: separable blocks, ResNet bottlenecks, VGG's plain conv stack.
+PAIRS = {"xception_digits": 10, "resnet_patches": 5, "vgg_patches": 5}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
 def test_function_kept_and_channel_ranges_even_out(name):
     entry = ZOO[name]
     model = _optimized(name)
     equalized, pairs = cle.equalize(model)
-    assert pairs >= 5
+    assert pairs == PAIRS[name]
     prep = Preprocessing.for_input(tuple(model.inputs[0].shape), mean=entry.mean, std=entry.std)
     images = FolderSource.from_paths(FolderSource(entry.heldout).paths[:20]).array(prep)
     for before, after in zip(_outputs(model, images), _outputs(equalized, images)):
@@ -57,8 +61,9 @@ def test_function_kept_and_channel_ranges_even_out(name):
     assert np.median(after) < np.median(before), (before, after)
 
 
-def test_relu6_pairs_are_left_alone():
-    model = _optimized("mobilenetv2_patches")
+@pytest.mark.parametrize("name", ["mobilenetv2_patches", "se_patches", "boxes_digits"])
+def test_pairs_through_relu6_prelu_or_dense_layers_are_left_alone(name):
+    model = _optimized(name)
     equalized, pairs = cle.equalize(model)
     assert pairs == 0 and equalized is model
 
@@ -69,13 +74,14 @@ def test_the_cache_belongs_to_the_equalized_graph(tmp_path):
     import tfcompress as tfc
     entry = ZOO["resnet_patches"]
     options = tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std)
-    tfc.quantize_graph(entry.path, str(tmp_path / "q8_False"), images=entry.calibration, options=options,
-                       cache=str(tmp_path / "cache_False.json"))
-    # A cache of the plain graph does not serve the equalized one: one error, no output.
+    assert options.equalize  # The default.
+    tfc.quantize_graph(entry.path, str(tmp_path / "q8_True"), images=entry.calibration, options=options,
+                       cache=str(tmp_path / "cache_True.json"))
+    # A cache of the equalized graph does not serve the plain one: one error, no output.
     with pytest.raises(TfcError, match="stale"):
-        tfc.quantize_graph(entry.path, str(tmp_path / "mixed"), cache=str(tmp_path / "cache_False.json"),
+        tfc.quantize_graph(entry.path, str(tmp_path / "mixed"), cache=str(tmp_path / "cache_True.json"),
                            options=tfc.CalibrationOptions(input_mean=entry.mean, input_std=entry.std,
-                                                          equalize=True))
+                                                          equalize=False))
     assert not (tmp_path / "mixed").exists()
 
 

@@ -28,9 +28,11 @@ class CalibrationOptions:
         at most 32).
       input_mean, input_std: normalization (pixel - mean) / std, one value or one per channel.
       channel_order: "rgb", or "bgr" for Caffe-style 3-channel models.
-      equalize: cross-layer equalization of consecutive convolutions (`graph.equalize`) before
-        calibrating.  The float function is unchanged, but the activations are not, so a cache made
-        with it belongs to the equalized graph: calibrate, quantize_graph and convert take it alike.
+      equalize: cross-layer equalization of consecutive layers (`graph.equalize`; Nagel et al.,
+        arXiv:1906.04721) before calibrating.  The float function is unchanged, but the activations are
+        not, so a cache made with it belongs to the equalized graph: calibrate, quantize_graph and
+        convert take it alike.  On by default: on the zoo it lowers or keeps the int8 error of both the
+        TFLite model and the eightbit graph (README, fidelity benchmark).
     """
     calibrator: str = "minmax"
     percentile: float = 99.99
@@ -38,7 +40,7 @@ class CalibrationOptions:
     input_mean: Union[float, Sequence[float]] = 0.0
     input_std: Union[float, Sequence[float]] = 255.0
     channel_order: str = "rgb"
-    equalize: bool = False
+    equalize: bool = True
 
     def float_model(self, model):
         """(the optimized float model that is calibrated and quantized, the rewrites that made it)."""
