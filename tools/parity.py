@@ -35,6 +35,16 @@ _COUNT = flags.DEFINE_integer("count", 16, "How many images to run.", lower_boun
 _NORM = common.define_normalization_flags()
 _ALLOW_UNSAFE = flags.DEFINE_boolean("allow_unsafe_ops", False, "Accept reference graphs with ops outside the allowlist of pure ops.")
 _JSON = flags.DEFINE_boolean("json", False, "Print the report as one JSON object.")
+_EQUALIZE = flags.DEFINE_boolean("equalize", True, "Compare with the reference cross-layer equalized, as "
+                                 "quantize_graph and convert make it by default (--noequalize for a model made "
+                                 "with --noequalize).")
+
+
+def _float_model(path: str, equalize: bool, allow_unsafe_ops: bool = False):
+    """The optimized float graph of `path` that quantize_graph and convert quantize, cross-layer equalized or not."""
+    from tfcompress.api.graph_jobs import CalibrationOptions
+    from tfcompress.io.loaders import load_model
+    return CalibrationOptions(equalize=equalize).float_model(load_model(path, allow_unsafe_ops=allow_unsafe_ops))[0]
 
 
 def main() -> None:
@@ -46,8 +56,6 @@ def main() -> None:
     from tfcompress.export.flatbuffer import layer_label
     from tfcompress.api.evaluate import normalization
     from tfcompress.export.litert import LiteRTRunner, check_untrusted
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.loaders import load_model
 
     if _MODEL.value and not _MODEL.value.endswith(".tflite"):
         _graph_parity(_MODEL.value)
@@ -60,10 +68,8 @@ def main() -> None:
         check_untrusted(flatbuffer, _MODEL.value)  # LiteRT runs a user's file in a child process first.
         reference_path = _REFERENCE.value
     else:
-        flatbuffer, reference_path = _default_int8(), _REFERENCE.value or common.DEFAULT_MODEL
-    reference = None
-    if reference_path:
-        reference, _ = optimize(load_model(reference_path, allow_unsafe_ops=_ALLOW_UNSAFE.value))
+        flatbuffer, reference_path = _default_int8(_EQUALIZE.value), _REFERENCE.value or common.DEFAULT_MODEL
+    reference = _float_model(reference_path, _EQUALIZE.value, _ALLOW_UNSAFE.value) if reference_path else None
     mean, std, order = normalization(_MODEL.value or "", _NORM["input_mean"].value, _NORM["input_std"].value,
                                      _NORM["channel_order"].value)
     shape = LiteRTRunner(flatbuffer, source=_MODEL.value or "model").input_shape
@@ -99,13 +105,12 @@ def _graph_parity(path: str) -> None:
     from tfcompress.data.images import Preprocessing, iter_batches, list_images
     from tfcompress.errors import TfcError
     from tfcompress.evaluate.parity import check_graph_parity, describe_graph
-    from tfcompress.graph.passes import optimize
     from tfcompress.io.loaders import load_model
     if not _REFERENCE.value:
         raise TfcError(f"{path} is a TF graph: parity compares it with the float model it was made from, "
                        "so pass --reference")
     quantized = load_model(path, allow_unsafe_ops=_ALLOW_UNSAFE.value)
-    reference, _ = optimize(load_model(_REFERENCE.value, allow_unsafe_ops=_ALLOW_UNSAFE.value))
+    reference = _float_model(_REFERENCE.value, _EQUALIZE.value, _ALLOW_UNSAFE.value)
     mean, std, order = normalization(path, _NORM["input_mean"].value, _NORM["input_std"].value,
                                      _NORM["channel_order"].value)
     prep = Preprocessing.for_input(reference.image_input().shape, mean=mean, std=std, channel_order=order)
@@ -126,15 +131,14 @@ def _graph_parity(path: str) -> None:
         print(f"output {tensor}: top-1 agreement with float {top1:.2%}, mean abs error {mae:.3g}")
 
 
-def _default_int8() -> bytes:
-    """The shipped model converted to int8 with minmax ranges from the shipped calibration images."""
+def _default_int8(equalize: bool) -> bytes:
+    """The shipped model converted to int8 with minmax ranges from the shipped calibration images, from its
+    cross-layer equalized graph or not."""
     from tfcompress.calibrate.calibrators import CalibratorConfig
     from tfcompress.data.images import Preprocessing
     from tfcompress.calibrate.run import calibrate
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
-    from tfcompress.graph.passes import optimize
-    from tfcompress.io.loaders import load_model
-    model, _ = optimize(load_model(common.DEFAULT_MODEL))
+    model = _float_model(common.DEFAULT_MODEL, equalize)
     prep = Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0)
     result = calibrate(model, prep=prep, calibrator=CalibratorConfig(), images=common.DEFAULT_CALIBRATION,
                        progress=False)
