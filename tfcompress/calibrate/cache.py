@@ -173,8 +173,8 @@ def check_fresh(cache: CalibrationCache, path: str, model_fingerprint: str, prep
     or None when no data is at hand: a cache made from tensor data then stands for its model.
     """
     if cache.model_fingerprint != model_fingerprint:
-        raise TfcError(f"calibration cache {path} is stale: it was made for a different model; "
-                       "pass --recalibrate to overwrite it")
+        raise TfcError(f"calibration cache {path} is stale: it was made for a different model (or graph: "
+                       "with and without --equalize, on by default, differ); pass --recalibrate to overwrite it")
     from_data = "calibration_data" in cache.preprocessing
     if preprocessing is None:
         if not from_data:
