@@ -12,8 +12,9 @@ from the same half:
     ranges, leave-one-out vector ranges, residual branches over their sum's
     range, empirical bias correction), and with one technique changed per row.
   - the eightbit TF graph of `quantize_graph` with default flags (reference
-    kernels, cross-layer equalization), with TF1's chain (--kernels=tf1) and, where this process has
-    oneDNN's ops, the fused oneDNN kernels, all from the same half.
+    kernels, cross-layer equalization), with TF1's chain (--kernels=tf1)
+    and, where this process has oneDNN's ops, the fused oneDNN kernels, all
+    from the same half.
 Each .tflite runs in LiteRT and each graph in TF on the model's held-out
 images, and is compared with the float Keras model head by head: top-1 agreement and output MSE for class
 heads (on the probabilities), mean absolute error for regression heads.

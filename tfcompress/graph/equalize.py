@@ -16,9 +16,10 @@ clip at 6 would move), so a pair through it is left alone, as is any other
 op between.  PReLU, LeakyReLU and dense layers (dense -> ReLU -> dense, a
 flatten into a dense layer) commute with the scale too, but equalizing
 through them raised the int8 error of the zoo's box net and VGG net (README,
-cross-layer equalization), so they are not followed.  The per-tensor weights of the eightbit reference kernels gain
-most; with TFLite's per-channel weights what changes is the activations'
-ranges (see the README's fidelity benchmark).
+cross-layer equalization), so they are not followed.  The per-tensor
+weights of the eightbit reference kernels gain most; with TFLite's
+per-channel weights what changes is the activations' ranges (see the
+README's fidelity benchmark).
 
 Reference:
   Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
