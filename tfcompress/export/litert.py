@@ -91,8 +91,19 @@ class LiteRTRunner:
         return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> None:
+        self.set_input(x)
+        self.invoke()
+
+    def set_input(self, x: np.ndarray) -> None:
+        """Feeds one float image [H, W, C] (quantized as `quantized_io` says for an integer input)."""
         try:
             self.interpreter.set_tensor(self.input["index"], self._feed(x[None]))
+        except (ValueError, RuntimeError) as e:
+            raise TfcError(f"LiteRT cannot feed {self.source}: {str(e).strip().splitlines()[0][:200]}") from e
+
+    def invoke(self) -> None:
+        """Runs the model on the input last fed, nothing else: what a timing should measure."""
+        try:
             self.interpreter.invoke()
         except (ValueError, RuntimeError) as e:
             raise TfcError(f"LiteRT cannot run {self.source}: {str(e).strip().splitlines()[0][:200]}") from e
