@@ -123,6 +123,30 @@ def test_quantized_io_pixels_feeds_raw_pixels(artifacts):
     assert bad.returncode == 1 and "--quantized_io=pixels needs" in bad.stderr
 
 
+def test_latency_times_the_invoke_alone(artifacts, monkeypatch):
+    """Feeding (a float image quantized in Python for an integer input) happens once per interpreter, before the
+    timed runs; every timed run is one invoke and nothing else."""
+    from tfcompress.evaluate import artifacts as timing
+    from tfcompress.export.litert import LiteRTRunner
+    out, _ = artifacts
+    flatbuffers = [(out / name).read_bytes() for name in ("int8.tflite", "f16.tflite")]
+    calls = {"feed": 0, "invoke": 0, "predict": 0}
+
+    def counted(name, method):
+        def wrapper(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return wrapper
+    monkeypatch.setattr(LiteRTRunner, "_feed", counted("feed", LiteRTRunner._feed))
+    monkeypatch.setattr(LiteRTRunner, "invoke", counted("invoke", LiteRTRunner.invoke))
+    monkeypatch.setattr(LiteRTRunner, "predict", counted("predict", LiteRTRunner.predict))
+    images, _ = _heldout()
+    medians = timing.interleaved_latency(flatbuffers, images[:1], runs=20, blocks=2)
+    assert len(medians) == 2 and all(m > 0 for m in medians)
+    # 2 blocks x 2 models: one feed each; 5 warm-up and 10 timed invokes each.
+    assert calls == {"feed": 4, "invoke": 2 * 2 * (5 + 10), "predict": 0}
+
+
 def test_eval_bad_input(artifacts, tmp_path):
     out, _ = artifacts
     corrupt = tmp_path / "corrupt.tflite"
