@@ -60,16 +60,18 @@ def main() -> None:
     if _MODEL.value and not _MODEL.value.endswith(".tflite"):
         _graph_parity(_MODEL.value)
         return
+    reference = None
     if _MODEL.value:
         if not os.path.isfile(_MODEL.value):
             raise TfcError(f"model {_MODEL.value} does not exist")
         with open(_MODEL.value, "rb") as f:
             flatbuffer = f.read()
         check_untrusted(flatbuffer, _MODEL.value)  # LiteRT runs a user's file in a child process first.
-        reference_path = _REFERENCE.value
-    else:
-        flatbuffer, reference_path = _default_int8(_EQUALIZE.value), _REFERENCE.value or common.DEFAULT_MODEL
-    reference = _float_model(reference_path, _EQUALIZE.value, _ALLOW_UNSAFE.value) if reference_path else None
+    else:  # The shipped model's float graph is both what is converted and, unless --reference, the reference.
+        reference = _float_model(common.DEFAULT_MODEL, _EQUALIZE.value)
+        flatbuffer = _default_int8(reference)
+    if _REFERENCE.value:
+        reference = _float_model(_REFERENCE.value, _EQUALIZE.value, _ALLOW_UNSAFE.value)
     mean, std, order = normalization(_MODEL.value or "", _NORM["input_mean"].value, _NORM["input_std"].value,
                                      _NORM["channel_order"].value)
     shape = LiteRTRunner(flatbuffer, source=_MODEL.value or "model").input_shape
@@ -131,14 +133,13 @@ def _graph_parity(path: str) -> None:
         print(f"output {tensor}: top-1 agreement with float {top1:.2%}, mean abs error {mae:.3g}")
 
 
-def _default_int8(equalize: bool) -> bytes:
-    """The shipped model converted to int8 with minmax ranges from the shipped calibration images, from its
-    cross-layer equalized graph or not."""
+def _default_int8(model) -> bytes:
+    """The shipped model's optimized float graph `model` (`_float_model`) converted to int8 with minmax ranges
+    from the shipped calibration images."""
     from tfcompress.calibrate.calibrators import CalibratorConfig
     from tfcompress.data.images import Preprocessing
     from tfcompress.calibrate.run import calibrate
     from tfcompress.export.tflite import TfliteConfig, convert_tflite
-    model = _float_model(common.DEFAULT_MODEL, equalize)
     prep = Preprocessing.for_input(model.image_input().shape, mean=0.0, std=255.0)
     result = calibrate(model, prep=prep, calibrator=CalibratorConfig(), images=common.DEFAULT_CALIBRATION,
                        progress=False)

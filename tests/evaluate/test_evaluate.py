@@ -211,10 +211,10 @@ def test_parity_names_the_layer_where_a_changed_reference_diverges(tmp_path):
     from tfcompress.io.loaders import freeze_keras_model, load_model
     from tests.conftest import _tool_module  # pylint: disable=import-outside-toplevel
     parity_tool = _tool_module("parity")  # another tool's flags, defined earlier in this process, are cleared
-    flatbuffer = parity_tool._default_int8(equalize=False)  # pylint: disable=protected-access
+    reference, _ = optimize(load_model(KERAS_MODEL))
+    flatbuffer = parity_tool._default_int8(reference)  # pylint: disable=protected-access
     prep = Preprocessing(height=32, width=32, channels=3)
     images = np.concatenate(list(iter_batches(list_images(CALIBRATION)[:8], prep, 8)))
-    reference, _ = optimize(load_model(KERAS_MODEL))
     report = check_parity(flatbuffer, reference, images)
     unchanged = report
     assert report.output_top1_xnnpack_vs_float == 1.0 and report.output_top1_builtin_vs_float == 1.0
