@@ -11,8 +11,10 @@ Add or an SE Multiply lose the same channels together (--noresidual_groups:
 inside blocks only).  --ratio of every group's channels go, or, with
 --allocation=sensitivity, --ratio of the model's MACs, spread over the
 groups by how much thinning each alone changes the outputs on the training
-images.  One group at a time, each followed by --layer_epochs of
-fine-tuning, then --epochs of global fine-tuning.
+images.  ThiNet refits the consumers of each thinned group to the original
+model's outputs (--noto_original: ThiNet's own rescaling).  One group at a
+time, each followed by --layer_epochs of fine-tuning, then --epochs of
+global fine-tuning.
 
 With labelled --train_images (DIR/<label>/*) the loss mixes hard labels and
 the original model's soft targets (--alpha); with an unlabelled folder it
@@ -48,6 +50,9 @@ _LAYER_EPOCHS = flags.DEFINE_integer("layer_epochs", 1, "Filter methods: fine-tu
 _RESIDUAL_GROUPS = flags.DEFINE_bool(
     "residual_groups", True, "Filter methods: also thin channel groups tied by residual Adds and SE Multiplies "
     "(every producer of the group at once); false thins inside blocks only.")
+_TO_ORIGINAL = flags.DEFINE_bool(
+    "to_original", True, "thinet: refit each thinned layer's consumers (whole kernels, least squares) to the "
+    "original model's outputs; false: ThiNet's per-channel rescaling to the current model's outputs.")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.5, "Final fraction of zero weights per layer, in [0, 1).")
 _SCHEDULE = flags.DEFINE_enum("schedule", "polynomial", ["constant", "polynomial"],
                               "constant: the final sparsity from the first step; polynomial: rising from 0 "
@@ -67,7 +72,8 @@ def main() -> None:
                    schedule=_SCHEDULE.value, ramp=_RAMP.value, frequency=_FREQUENCY.value,
                    sparsity_map=_SPARSITY_MAP.value, exclude=_EXCLUDE.value, m_by_n=_M_BY_N.value,
                    layers=_LAYERS.value, layer_epochs=_LAYER_EPOCHS.value,
-                   residual_groups=_RESIDUAL_GROUPS.value, allocation=_ALLOCATION.value, **kwargs)
+                   residual_groups=_RESIDUAL_GROUPS.value, allocation=_ALLOCATION.value,
+                   to_original=_TO_ORIGINAL.value, **kwargs)
     common.print_job("prune", input_path, _JOB, result)
     common.save_and_report(result, _JOB, default_run)
 

@@ -183,7 +183,8 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
           labels=None, distill_from: Optional[str] = None, schedule: str = "polynomial", ramp: float = 0.6,
           frequency: int = 10, sparsity_map=(), exclude: Sequence[str] = (), m_by_n=None,
           layers: Sequence[str] = (), layer_epochs: int = 1, residual_groups: bool = True,
-          allocation: str = "uniform", options: TrainOptions = TrainOptions()) -> KerasResult:
+          allocation: str = "uniform", to_original: bool = True, options: TrainOptions = TrainOptions()
+          ) -> KerasResult:
     """Magnitude pruning (Zhu & Gupta, arXiv:1710.01878) or filter pruning with physical thinning.
 
     Args:
@@ -207,6 +208,9 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
       allocation: filter methods: "uniform" (every group loses `ratio` of its channels, as ThiNet's paper does)
         or "sensitivity" (per-group ratios from each group's measured effect on the outputs, removing `ratio`
         of the model's MACs); see `filters.FilterConfig`.
+      to_original: thinet: each thinned layer's consumers are refitted, by least squares over their whole
+        kernels, to the original model's outputs (He et al., arXiv:1707.06168); False rescales them to the
+        current model's outputs, ThiNet's way, and lets the errors of earlier layers compound.
       options: training options (default 10 epochs).
 
     Raises:
@@ -250,7 +254,7 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
             what += ", tf_keras model through tensorflow-model-optimization"
         return job.result(result, what, rows)
     config = filters.FilterConfig(criterion=method, ratio=ratio, allocation=allocation, layers=tuple(layers),
-                                  seed=options.seed, residual_groups=residual_groups)
+                                  seed=options.seed, residual_groups=residual_groups, to_original=to_original)
     thinned = filters.prune_and_finetune(job.original, config, job.x, job.labels, job.config, teacher=job.teacher,
                                          layer_epochs=layer_epochs)
     rows = [["layer", "channels before", "channels after"]]
@@ -258,6 +262,8 @@ def prune(model, *, method: str = "magnitude", sparsity: float = 0.5, ratio: flo
     rows += [[name, "-", f"left whole: {why}"] for name, why in thinned.skipped.items()]
     what = (f"{method} filters, ratio {ratio:g} of each group's channels" if allocation == "uniform" else
             f"{method} filters, {ratio:g} of the MACs spread over the groups by measured sensitivity")
+    if method == "thinet":
+        what += ", consumers refitted to the original's outputs" if to_original else ", ThiNet's rescaling"
     return job.result(thinned.model, what, rows, details=thinned)
 
 
