@@ -593,19 +593,34 @@ def prune_and_finetune(model, config: FilterConfig, x: np.ndarray, labels: Optio
 RIDGE = 1e-3
 
 
-def _patches(consumer, a: np.ndarray, n, ys, xs) -> np.ndarray:
-    """The consumer's input windows at sampled output positions: [samples, kh, kw, C] for a conv, the
-    depthwise step's outputs [samples, C * multiplier] for a separable conv."""
+# Sampled positions per block of the normal equations (bounds the float64 windows held at once).
+_CHUNK = 2048
+
+
+def _window_source(consumer, a: np.ndarray) -> np.ndarray:
+    """What a consumer's windows are cut from: its padded input, or for a separable conv its depthwise step's
+    output (float32, as captured)."""
     if isinstance(consumer, keras.layers.SeparableConv2D):
-        d = keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
+        return keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
             a.astype(np.float32), keras.ops.convert_to_numpy(consumer.depthwise_kernel), strides=consumer.strides,
             padding=consumer.padding, dilation_rate=consumer.dilation_rate))
-        return d[n, ys, xs, :].astype(np.float64)
-    kh, kw = consumer.kernel_size
-    sh, sw = consumer.strides
-    a = _padded(consumer, a)
-    return np.stack([a[i, y * sh:y * sh + kh, x * sw:x * sw + kw, :] for i, y, x in zip(n, ys, xs)]
-                    ).astype(np.float64)
+    return _padded(consumer, a)
+
+
+def _windows(consumer, source: np.ndarray, n, ys, xs) -> np.ndarray:
+    """The consumer's inputs at sampled output positions, [samples, taps, rows] in float64: its kh x kw
+    windows for a conv, the depthwise outputs (one tap) for a separable conv."""
+    if isinstance(consumer, keras.layers.SeparableConv2D):
+        return source[n, ys, xs, :][:, None, :].astype(np.float64)
+    (kh, kw), (sh, sw) = consumer.kernel_size, consumer.strides
+    return np.stack([source[i, y * sh:y * sh + kh, x * sw:x * sw + kw, :] for i, y, x in zip(n, ys, xs)]
+                    ).reshape(len(n), kh * kw, -1).astype(np.float64)
+
+
+def _taps_kernel(layer) -> np.ndarray:
+    """The kernel whose rows a reconstruction solves, as [taps, rows, outputs] in float64."""
+    kernel = keras.ops.convert_to_numpy(thinning.output_kernel(layer)).astype(np.float64)
+    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
 
 
 def reconstruct_kernels(model, target: thinning.Prunable, kept: np.ndarray, x: np.ndarray, seed: int,
@@ -614,7 +629,9 @@ def reconstruct_kernels(model, target: thinning.Prunable, kept: np.ndarray, x: n
     kept channels, by ridge least squares on sampled output positions: the model's own inputs (every earlier
     group already thinned) against the reference model's outputs, all of a consumer's output channels at once
     (He et al., arXiv:1707.06168, Sec. 3.2, reconstructing W rather than ThiNet's per-channel scale).  The
-    removed channels' rows are zeroed; dense consumers keep ThiNet's scaling.  Rows of other origins stay."""
+    removed channels' rows are zeroed; dense consumers keep ThiNet's scaling.  Rows of other origins stay.
+    Activations are held in float32 as captured; the normal equations are summed in float64 over blocks of
+    sampled positions."""
     rng = np.random.default_rng(seed + 1)
     rows = thinning.consumer_rows(model, target)
     kept_mask = np.zeros(target.channels, bool)
@@ -623,39 +640,36 @@ def reconstruct_kernels(model, target: thinning.Prunable, kept: np.ndarray, x: n
         consumer = model.get_layer(name)
         if isinstance(consumer, keras.layers.Dense):
             continue
-        origin = rows[name]
-        mine = origin >= 0
-        keep_rows = mine & kept_mask[np.maximum(origin, 0)]
+        original = reference.model.get_layer(name)
+        multiplier = consumer.depth_multiplier if isinstance(consumer, keras.layers.SeparableConv2D) else 1
+        mine = np.repeat(rows[name] >= 0, multiplier)
+        solved = mine & np.repeat(kept_mask[np.maximum(rows[name], 0)], multiplier)
         feeding = consumer._inbound_nodes[0].parent_nodes[0].operation.name  # pylint: disable=protected-access
         a = _activations(model, feeding, x)
         out_h, out_w = _output_size(consumer, a.shape[1:3])
-        kernel_var = thinning.output_kernel(consumer)
-        kernel = keras.ops.convert_to_numpy(kernel_var).astype(np.float64)  # [kh, kw, rows, O] or [1, 1, rows, O]
-        separable = isinstance(consumer, keras.layers.SeparableConv2D)
-        multiplier = consumer.depth_multiplier if separable else 1
-        taps = 1 if separable else int(np.prod(kernel.shape[:2]))
-        features = taps * int(keep_rows.sum()) * multiplier
-        samples = min(len(a) * out_h * out_w, max(THINET_SAMPLES, 8 * features))
-        flat = rng.choice(len(a) * out_h * out_w, samples, replace=False)
-        n, ys, xs = np.unravel_index(flat, (len(a), out_h, out_w))
-        windows = _patches(consumer, a, n, ys, xs).reshape(samples, taps, -1)  # [S, taps, rows * m]
-        row_mask = np.repeat(keep_rows, multiplier)
-        other_mask = ~np.repeat(mine, multiplier)
-        w2 = kernel.reshape(taps, -1, kernel.shape[-1])
-        fixed = np.einsum("str,tro->so", windows[:, :, other_mask], w2[:, other_mask])
-        original = reference.model.get_layer(name)
-        a_ref = _activations(reference.model, feeding, x)
-        w_ref = keras.ops.convert_to_numpy(thinning.output_kernel(original)).astype(np.float64)
-        w_ref = w_ref.reshape(taps, -1, w_ref.shape[-1])
-        mapped = reference.outputs.get(name, np.arange(kernel.shape[-1]))
-        wanted = np.einsum("str,tro->so", _patches(original, a_ref, n, ys, xs).reshape(samples, taps, -1),
-                           w_ref[:, :, mapped])
-        wanted += (_bias(original)[mapped] if original.use_bias else 0.0) - (_bias(consumer) if consumer.use_bias
-                                                                               else 0.0)
-        f = windows[:, :, row_mask].reshape(samples, -1)
-        gram = f.T @ f
-        ridge = RIDGE * float(np.trace(gram)) / max(len(gram), 1)
-        solution = np.linalg.solve(gram + ridge * np.eye(len(gram)), f.T @ (wanted - fixed))
-        w2[:, row_mask] = solution.reshape(taps, int(row_mask.sum()), -1)
-        w2[:, np.repeat(mine & ~keep_rows, multiplier)] = 0.0
-        kernel_var.assign(w2.reshape(kernel.shape).astype(kernel_var.dtype))
+        source = _window_source(consumer, a)
+        source_ref = _window_source(original, _activations(reference.model, feeding, x))
+        del a
+        w, w_ref = _taps_kernel(consumer), _taps_kernel(original)
+        mapped = reference.outputs.get(name, np.arange(w.shape[-1]))
+        w_ref = w_ref[:, :, mapped]
+        bias_gap = (_bias(original)[mapped] if original.use_bias else 0.0) - _bias(consumer)
+        features = len(w) * int(solved.sum())
+        samples = min(len(source) * out_h * out_w, max(THINET_SAMPLES, 8 * features))
+        n, ys, xs = np.unravel_index(rng.choice(len(source) * out_h * out_w, samples, replace=False),
+                                     (len(source), out_h, out_w))
+        gram, moment = np.zeros((features, features)), np.zeros((features, w.shape[-1]))
+        for i in range(0, samples, _CHUNK):
+            at = slice(i, i + _CHUNK)
+            windows = _windows(consumer, source, n[at], ys[at], xs[at])
+            wanted = np.einsum("str,tro->so", _windows(original, source_ref, n[at], ys[at], xs[at]), w_ref)
+            fixed = np.einsum("str,tro->so", windows[:, :, ~mine], w[:, ~mine])
+            f = windows[:, :, solved].reshape(len(windows), -1)
+            gram += f.T @ f
+            moment += f.T @ (wanted + bias_gap - fixed)
+        ridge = RIDGE * float(np.trace(gram)) / max(features, 1)
+        w[:, solved] = np.linalg.solve(gram + ridge * np.eye(features), moment).reshape(len(w), int(solved.sum()),
+                                                                                         -1)
+        w[:, mine & ~solved] = 0.0
+        kernel = thinning.output_kernel(consumer)
+        kernel.assign(w.reshape(tuple(kernel.shape)).astype(kernel.dtype))
