@@ -19,8 +19,10 @@ global fine-tuning.
 With labelled --train_images (DIR/<label>/*) the loss mixes hard labels and
 the original model's soft targets (--alpha); with an unlabelled folder it
 distils from the original alone (--distill_from=original, the default then).
-The output holds plain layers with exact zeros; batch-norm statistics are
-re-estimated on the training images after pruning.  With no --input, the
+Magnitude pruning's output holds plain layers with exact zeros, its
+batch-norm statistics re-estimated on the training images; a thinned
+model keeps those of its fine-tune (or, refitted by ThiNet and not
+fine-tuned, the original's).  With no --input, the
 shipped digits model is pruned on the shipped calibration images.
 """
 
