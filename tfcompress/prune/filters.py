@@ -166,6 +166,26 @@ def _padded(consumer, a: np.ndarray) -> np.ndarray:
     return np.pad(a, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
 
 
+def _window_source(consumer, a: np.ndarray) -> np.ndarray:
+    """What a consumer's windows are cut from: its padded input, or for a separable conv its depthwise step's
+    output (float32, as captured)."""
+    if isinstance(consumer, keras.layers.SeparableConv2D):
+        return keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
+            a.astype(np.float32), keras.ops.convert_to_numpy(consumer.depthwise_kernel), strides=consumer.strides,
+            padding=consumer.padding, dilation_rate=consumer.dilation_rate))
+    return _padded(consumer, a)
+
+
+def _windows(consumer, source: np.ndarray, n, ys, xs) -> np.ndarray:
+    """The consumer's inputs at sampled output positions, [samples, taps, rows] in float64: its kh x kw
+    windows for a conv, the depthwise outputs (one tap) for a separable conv."""
+    if isinstance(consumer, keras.layers.SeparableConv2D):
+        return source[n, ys, xs, :][:, None, :].astype(np.float64)
+    (kh, kw), (sh, sw) = consumer.kernel_size, consumer.strides
+    return np.stack([source[i, y * sh:y * sh + kh, x * sw:x * sw + kw, :] for i, y, x in zip(n, ys, xs)]
+                    ).reshape(len(n), kh * kw, -1).astype(np.float64)
+
+
 def _points(consumer, a: np.ndarray, rng, samples: int) -> Tuple[np.ndarray, ...]:
     """Sampled outputs of a consumer fed `a`: (image, output) for a dense layer, (image, row, column, output)
     for a conv."""
@@ -195,15 +215,9 @@ def _contributions(consumer, a: np.ndarray, points: Tuple[np.ndarray, ...], orig
         return x, x.sum(1)
     if tuple(consumer.dilation_rate) != (1, 1) or consumer.groups != 1:
         raise TfcError(f"ThiNet handles undilated, ungrouped convs; {consumer.name} is not one")
-    kh, kw = w.shape[:2]
-    sh, sw = consumer.strides
-    a = _padded(consumer, a)
     n, ys, xs, o = points
-    x = np.empty((len(n), a.shape[-1]))
-    for i in range(len(n)):
-        patch = a[n[i], ys[i] * sh:ys[i] * sh + kh, xs[i] * sw:xs[i] * sw + kw, :].astype(np.float64)
-        x[i] = np.einsum("hwc,hwc->c", patch, w[:, :, :, o[i]])
-    x = _grouped(x, origin)
+    windows = _windows(consumer, _window_source(consumer, a), n, ys, xs)  # [samples, taps, C]
+    x = _grouped(np.einsum("stc,tcs->sc", windows, w.reshape(-1, *w.shape[-2:])[:, :, o]), origin)
     return x, x.sum(1)
 
 
@@ -212,14 +226,10 @@ def _separable_contributions(consumer, a: np.ndarray, points: Tuple[np.ndarray, 
     """As `_contributions`, through a separable conv: input channel c reaches pointwise output o only through
     its own depthwise outputs, so its contribution is sum_j depthwise(a)[c*m + j] * pointwise[c*m + j, o] for
     depth multiplier m (the depthwise bias, spread over the channels, is left out as a conv's bias is)."""
-    depthwise = keras.ops.convert_to_numpy(consumer.depthwise_kernel)
     pointwise = keras.ops.convert_to_numpy(consumer.pointwise_kernel).astype(np.float64)[0, 0]
-    d = keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
-        a.astype(np.float32), depthwise, strides=consumer.strides, padding=consumer.padding,
-        dilation_rate=consumer.dilation_rate)).astype(np.float64)
-    channels, multiplier = depthwise.shape[2], depthwise.shape[3]
+    channels, multiplier = consumer.depthwise_kernel.shape[2], consumer.depthwise_kernel.shape[3]
     n, ys, xs, o = points
-    per_output = d[n, ys, xs, :] * pointwise[:, o].T  # [samples, channels * multiplier]
+    per_output = _windows(consumer, _window_source(consumer, a), n, ys, xs)[:, 0] * pointwise[:, o].T
     x = per_output.reshape(len(n), channels, multiplier).sum(-1)
     return x, x.sum(1)
 
@@ -595,26 +605,6 @@ RIDGE = 1e-3
 
 # Sampled positions per block of the normal equations (bounds the float64 windows held at once).
 _CHUNK = 2048
-
-
-def _window_source(consumer, a: np.ndarray) -> np.ndarray:
-    """What a consumer's windows are cut from: its padded input, or for a separable conv its depthwise step's
-    output (float32, as captured)."""
-    if isinstance(consumer, keras.layers.SeparableConv2D):
-        return keras.ops.convert_to_numpy(keras.ops.depthwise_conv(
-            a.astype(np.float32), keras.ops.convert_to_numpy(consumer.depthwise_kernel), strides=consumer.strides,
-            padding=consumer.padding, dilation_rate=consumer.dilation_rate))
-    return _padded(consumer, a)
-
-
-def _windows(consumer, source: np.ndarray, n, ys, xs) -> np.ndarray:
-    """The consumer's inputs at sampled output positions, [samples, taps, rows] in float64: its kh x kw
-    windows for a conv, the depthwise outputs (one tap) for a separable conv."""
-    if isinstance(consumer, keras.layers.SeparableConv2D):
-        return source[n, ys, xs, :][:, None, :].astype(np.float64)
-    (kh, kw), (sh, sw) = consumer.kernel_size, consumer.strides
-    return np.stack([source[i, y * sh:y * sh + kh, x * sw:x * sw + kw, :] for i, y, x in zip(n, ys, xs)]
-                    ).reshape(len(n), kh * kw, -1).astype(np.float64)
 
 
 def _taps_kernel(layer) -> np.ndarray:
