@@ -280,8 +280,7 @@ def main() -> None:
                 zoo_held = read_image_set(zoo.heldout)
                 hz = np.concatenate(list(iter_batches(zoo_held.paths, Preprocessing(
                     height=h, width=w, channels=c, mean=zoo.mean, std=zoo.std), 100)))
-                xz = _zoo_images(next(t for t in ("digits", "patches", "boxes") if t in name), _ZOO_IMAGES.value,
-                                 seed)
+                xz = _zoo_images(zoo.task, _ZOO_IMAGES.value, seed)
                 rows, numbers = _rows(label, original, _ZOO_METHODS.value, xz, hz, zoo_held.labels, train)
             elif name == "digits":
                 original = keras.saving.load_model(common.DEFAULT_MODEL, safe_mode=True, compile=False)

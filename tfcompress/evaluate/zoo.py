@@ -242,6 +242,12 @@ class ZooModel:
         return os.path.join(TESTDATA, "zoo", f"{self.name}.keras")
 
     @property
+    def task(self) -> str:
+        """What its images show: "digits" (full-frame), "patches" (photo patches) or "boxes" (a digit placed on
+        a canvas), read from its image folders."""
+        return self.images[0].split("/")[0] if "/" in self.images[0] else "digits"
+
+    @property
     def calibration(self) -> str:
         return os.path.join(TESTDATA, "images", self.images[0])
 
