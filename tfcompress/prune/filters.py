@@ -397,16 +397,13 @@ def _output_change(reference: List[np.ndarray], outputs: List[np.ndarray]) -> fl
 def group_sensitivity(model, targets: List[thinning.Prunable], config: FilterConfig, x: np.ndarray
                       ) -> Dict[str, List[float]]:
     """Group name -> 1 - the relative output change (`_output_change`) with that group alone thinned at each
-    SENSITIVITY_GRID ratio by the criterion, measured on the first SENSITIVITY_IMAGES images: ThiNet's choice
-    with its consumers refitted as `prune_filters` refits them (`config.to_original`, `reconstruct_kernels`,
-    a copy of the model as the reference) or rescaled, other criteria's choice as it stands.  Thinning is
-    emulated in place by zeroing (and refitting or rescaling) the consumers' input rows, which gives the
-    thinned model's outputs exactly; the weights are restored after.  A group ThiNet cannot handle is left
-    out."""
+    SENSITIVITY_GRID ratio by the criterion (ThiNet with its rescaling), measured on the first
+    SENSITIVITY_IMAGES images.  Thinning is emulated in place by zeroing (and rescaling) the consumers' input
+    rows, which gives the thinned model's outputs exactly; the weights are restored after.  A group ThiNet
+    cannot handle is left out."""
     from tfcompress.keras.heads import predict_all  # pylint: disable=import-outside-toplevel
     images = x[:SENSITIVITY_IMAGES]
     reference = predict_all(model, images)
-    refit = Reference(copy_model(model), {}) if config.criterion == "thinet" and config.to_original else None
     curves = {}
     for target in targets:
         channels = target.channels
@@ -421,28 +418,21 @@ def group_sensitivity(model, targets: List[thinning.Prunable], config: FilterCon
             rows = thinning.consumer_rows(model, target)
             ranking = _ranking(model, target, config, x)
         kernels = {n: _input_kernel(model.get_layer(n)) for n in target.consumers}
-        kernels.update({f"{n}/out": thinning.output_kernel(model.get_layer(n)) for n in target.consumers})
         saved = {n: keras.ops.convert_to_numpy(k) for n, k in kernels.items()}
         curve = []
         try:
             for ratio in SENSITIVITY_GRID:
                 keep = _keep_count(channels, ratio)
                 if config.criterion == "thinet":
-                    kept = np.setdiff1d(np.arange(channels), removed[:channels - keep])
-                    factors = _rescale(blocks, kept, channels)
+                    factors = _rescale(blocks, np.setdiff1d(np.arange(channels), removed[:channels - keep]),
+                                       channels)
                 else:
                     mask = np.zeros(channels)
                     mask[ranking[:keep]] = 1.0
                     factors = {n: mask for n in target.consumers}
                 for n, kernel in kernels.items():
-                    kernel.assign(saved[n])
-                if refit is not None:  # In order, as it runs on the model: a refit consumer may feed the next.
-                    reconstruct_kernels(model, target, kept, x, config.seed, refit)
-                for n in target.consumers:
-                    if refit is not None and not isinstance(model.get_layer(n), keras.layers.Dense):
-                        continue
                     factor = _over_rows(factors[n], rows[n]).astype(saved[n].dtype)
-                    kernels[n].assign(saved[n] * factor.reshape((1,) * (saved[n].ndim - 2) + (-1, 1)))
+                    kernel.assign(saved[n] * factor.reshape((1,) * (saved[n].ndim - 2) + (-1, 1)))
                 curve.append(1.0 - _output_change(reference, predict_all(model, images)))
         finally:
             for n, kernel in kernels.items():
