@@ -65,3 +65,31 @@ def test_zoo_model_is_its_architecture_and_trained(name):
 if __name__ == "__main__":
     import sys
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _effect(a, b) -> float:
+    """The difference of two image sets' mean pixel values, in units of their pooled standard deviation."""
+    return float(abs(a.mean() - b.mean()) / np.sqrt((a.var() + b.var()) / 2))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_benchmark_fine_tunes_each_model_on_images_of_its_task(name):
+    """benchmark_speed's unshipped fine-tuning images for a model (`ZooModel.task`) have its input shape and are
+    closer to its shipped calibration images than any other task's images of that shape: the boxes model, whose
+    name contains "digits", was once fine-tuned on full-frame digits (mean pixel 0.30 against its canvases'
+    0.10)."""
+    from tfcompress.data.images import Preprocessing
+    from tfcompress.data.source import FolderSource
+    from tfcompress.io.keras_models import load_keras
+    from tools import benchmark_speed
+    entry = ZOO[name]
+    _, h, w, c = load_keras(entry.path).input_shape
+    shipped = FolderSource(entry.calibration).array(Preprocessing(height=h, width=w, channels=c, mean=entry.mean,
+                                                                  std=entry.std))[:64]
+    images = {task: benchmark_speed._zoo_images(task, 64, 0) for task in ("digits", "patches", "boxes")}
+    assert images[entry.task].shape[1:] == shipped.shape[1:]
+    own = _effect(images[entry.task], shipped)
+    for task, x in images.items():
+        if task != entry.task and x.shape[1:] == shipped.shape[1:]:
+            assert own < _effect(x, shipped), (task, own)
+
