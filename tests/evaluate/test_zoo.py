@@ -62,11 +62,6 @@ def test_zoo_model_is_its_architecture_and_trained(name):
         assert error <= MAX_BOX_ERROR, error
 
 
-if __name__ == "__main__":
-    import sys
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def _effect(a, b) -> float:
     """The difference of two image sets' mean pixel values, in units of their pooled standard deviation."""
     return float(abs(a.mean() - b.mean()) / np.sqrt((a.var() + b.var()) / 2))
@@ -93,3 +88,7 @@ def test_benchmark_fine_tunes_each_model_on_images_of_its_task(name):
         if task != entry.task and x.shape[1:] == shipped.shape[1:]:
             assert own < _effect(x, shipped), (task, own)
 
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(pytest.main([__file__, "-q"]))
