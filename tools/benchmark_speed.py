@@ -232,15 +232,18 @@ def _summary(measured, seeds):
 def _zoo_images(task: str, count: int, seed: int):
     """`count` unlabelled training images of a zoo task that testdata does not ship, as the model takes them."""
     import numpy as np
+    from tfcompress.errors import TfcError
     from tfcompress.evaluate.zoo import digits_training_set
     rng = np.random.default_rng(seed)
     if task == "digits":
         x = digits_training_set()[0][..., :1]
     elif task == "patches":
         x = (sources.training_patches()[0].astype(np.float32) - 127.5) / 127.5
-    else:
+    elif task == "boxes":
         small, _, (_, _, train) = sources.small_digits()
         x = sources.place_digits(small[train], rng, copies=1)[0][..., None].astype(np.float32) / 255.0
+    else:
+        raise TfcError(f"no unshipped training images for zoo task {task!r} (digits, patches or boxes)")
     return x[np.sort(rng.choice(len(x), min(count, len(x)), replace=False))]
 
 
